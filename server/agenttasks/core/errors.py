@@ -1,0 +1,100 @@
+"""Domain errors. The core raises these; only the transport turns them into statuses.
+
+Each class is one row of the table in `agenttasks.api.errors`, which gives its gRPC code, HTTP
+status and stable reason. A test checks that every subclass here has a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One bad field of a request, named as the client spelled it (snake_case)."""
+
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base of all errors a client may see. `message` is safe to show to the caller."""
+
+    def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class InvalidArgument(DomainError):
+    """The request is malformed; nothing was written."""
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        super().__init__(f"invalid request: {summary}", metadata={"field": violations[0].field})
+        self.violations = violations
+
+    @classmethod
+    def field(cls, name: str, description: str) -> InvalidArgument:
+        return cls([FieldViolation(name, description)])
+
+
+class Unauthenticated(DomainError):
+    """No credential, or one that is malformed, expired, revoked or unknown."""
+
+
+class PermissionDenied(DomainError):
+    """The credential is valid but its role may not make this call."""
+
+
+class AgentNotFound(DomainError):
+    """No such agent in the caller's tenant (another tenant's agents answer the same)."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"agent {agent_id} not found", metadata={"agent_id": agent_id})
+
+
+class TaskNotFound(DomainError):
+    """No such task under that agent in the caller's tenant."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id} not found", metadata={"task_id": task_id})
+
+
+class AgentUnavailable(DomainError):
+    """The agent is paused, stopped or in error, so it takes no new tasks."""
+
+    def __init__(self, agent_id: str, status: str) -> None:
+        super().__init__(
+            f"agent {agent_id} is {status} and accepts no tasks",
+            metadata={"agent_id": agent_id, "agent_status": status},
+        )
+
+
+class TaskFinished(DomainError):
+    """The task already reached a terminal status, so it cannot be changed."""
+
+    def __init__(self, task_id: str, status: str, action: str) -> None:
+        super().__init__(
+            f"cannot {action} task {task_id}: it is already {status}",
+            metadata={"task_id": task_id, "task_status": status},
+        )
+
+
+class IdempotencyKeyReused(DomainError):
+    """A client key came back with a different request body than the first time."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used with a different request; use a new key",
+            metadata={"request_id": key},
+        )
+
+
+class LeaseLost(DomainError):
+    """A worker reported on a task whose lease it no longer holds; nothing was changed."""
+
+
+class ShuttingDown(DomainError):
+    """The server is draining and takes no new work; retry against another replica or later."""

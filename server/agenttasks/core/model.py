@@ -1,0 +1,188 @@
+"""Domain records: agents, tasks, events, API keys and idempotency records.
+
+Plain frozen dataclasses: the store persists them, the core derives new ones with
+`dataclasses.replace`, and the transport layer renders them. Times are aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+JsonObject = dict[str, Any]
+
+
+def utcnow() -> datetime:
+    """The current time, aware and in UTC (all stored times are)."""
+    return datetime.now(UTC)
+
+
+class TaskStatus(enum.StrEnum):
+    """Task states; the values are the fixed wire strings of the REST contract."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    AWAITING_INPUT = "awaiting_input"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+class AgentStatus(enum.StrEnum):
+    """Agent states. Only ACTIVE agents accept new tasks."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+
+class CallbackMode(enum.StrEnum):
+    POLL = "poll"
+    WEBHOOK = "webhook"
+
+
+class Role(enum.StrEnum):
+    """What a credential may do: admin everything in its tenant, client the task and agent APIs,
+    worker only the worker protocol (and reading the tasks it serves)."""
+
+    ADMIN = "admin"
+    CLIENT = "client"
+    WORKER = "worker"
+
+
+class EventType(enum.StrEnum):
+    """Kinds of stored task events. `snapshot` and `end` exist only on watch streams."""
+
+    CREATED = "created"
+    STATUS = "status"
+    PROGRESS = "progress"
+    OUTPUT = "output"
+    MESSAGE = "message"
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    tenant: str
+    agent_id: str
+    name: str
+    description: str = ""
+    status: AgentStatus = AgentStatus.ACTIVE
+    status_message: str = ""
+    default_timeout_seconds: int = 3600
+    max_attempts: int = 3
+    input_timeout_seconds: int = 86400
+    metadata: JsonObject = field(default_factory=dict)
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    percent: float
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    text: str = ""
+    data: JsonObject | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskError:
+    code: str
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    tenant: str
+    task_id: str
+    agent_id: str
+    message: str
+    status: TaskStatus = TaskStatus.QUEUED
+    priority: int = 5
+    metadata: JsonObject = field(default_factory=dict)
+    callback_mode: CallbackMode = CallbackMode.POLL
+    webhook_url: str = ""
+    timeout_seconds: int = 3600
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    progress: Progress | None = None
+    output: str = ""
+    result: TaskResult | None = None
+    error: TaskError | None = None
+    input_prompt: str = ""
+    attempt: int = 0
+    last_sequence: int = 0
+    status_reason: str = ""
+    # Store-assigned insertion order: FIFO within a priority. 0 until inserted.
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMessage:
+    message_id: str
+    text: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """One stored change of a task. `sequence` is dense per task, starting at 1."""
+
+    tenant: str
+    task_id: str
+    sequence: int
+    type: EventType
+    status: TaskStatus
+    time: datetime
+    # Type-specific payload: reason, prompt, progress, output, message, result, error, attempt.
+    data: JsonObject = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    """A stored API key. Only the SHA-256 of the secret part is kept."""
+
+    key_id: str
+    tenant: str
+    role: Role
+    secret_hash: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """The answer given to a request that carried a client key, kept to answer retries."""
+
+    tenant: str
+    scope: str
+    key: str
+    request_hash: str
+    response: JsonObject
+    created_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the tenant every lookup is scoped to, and the role that bounds the call."""
+
+    tenant: str
+    role: Role
+    subject: str

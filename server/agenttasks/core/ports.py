@@ -1,0 +1,128 @@
+"""The storage port: the one protocol every backend (SQLite, PostgreSQL) implements.
+
+The core expresses each operation as a plain function over a transaction view (`ReadTx` or
+`WriteTx`) and hands it to `Store.read` or `Store.write`. The backend runs it where blocking is
+allowed (a reader or writer thread, never the event loop) and, for writes, inside one
+transaction: a state change and its events commit together or not at all. A write function
+that raises leaves nothing behind, and the exception reaches the awaiting caller.
+
+Backends may run many write functions in one commit (group commit), so a write function must
+only touch the database through its `tx` and must not block on anything else.
+
+All lookups take the tenant: rows of another tenant are invisible, never an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Protocol, TypeVar
+
+from agenttasks.core.model import (
+    Agent,
+    ApiKeyRecord,
+    IdempotencyRecord,
+    Task,
+    TaskEvent,
+    TaskStatus,
+)
+
+T = TypeVar("T")
+
+
+class ReadTx(Protocol):
+    """A consistent read view of the store."""
+
+    def get_agent(self, tenant: str, agent_id: str) -> Agent | None: ...
+
+    def list_agents(self, tenant: str, *, after_created: tuple[datetime, str] | None, limit: int) -> list[Agent]:
+        """Agents oldest first, strictly after the (created_at, agent_id) cursor when given."""
+        ...
+
+    def get_task(self, tenant: str, task_id: str) -> Task | None: ...
+
+    def list_tasks(
+        self, tenant: str, agent_id: str, *, status: TaskStatus | None, before_seq: int | None, limit: int
+    ) -> list[Task]:
+        """The agent's tasks newest first (by seq), strictly before `before_seq` when given."""
+        ...
+
+    def unfinished_tasks(self, tenant: str, agent_id: str) -> list[Task]:
+        """The agent's tasks that are not in a terminal status, oldest first."""
+        ...
+
+    def events_after(self, tenant: str, task_id: str, after_sequence: int, limit: int) -> list[TaskEvent]:
+        """The task's events with sequence > after_sequence, in order, at most `limit`."""
+        ...
+
+    def queued_ahead(self, tenant: str, agent_id: str, priority: int, seq: int) -> int:
+        """How many queued tasks of the agent will be dispatched before one at (priority, seq)."""
+        ...
+
+    def recent_run_seconds(self, tenant: str, agent_id: str, limit: int) -> float | None:
+        """Mean running time of the agent's last `limit` completed tasks, None without history."""
+        ...
+
+    def get_api_key(self, key_id: str) -> ApiKeyRecord | None: ...
+
+    def list_api_keys(self, tenant: str) -> list[ApiKeyRecord]: ...
+
+    def get_idempotency(self, tenant: str, scope: str, key: str) -> IdempotencyRecord | None:
+        """The stored answer for a client key, if it has not expired."""
+        ...
+
+    def get_meta(self, name: str) -> str | None:
+        """A server-wide setting kept in the store (e.g. generated secrets)."""
+        ...
+
+
+class WriteTx(ReadTx, Protocol):
+    """A read view that can also write; everything done through it commits atomically."""
+
+    def insert_agent(self, agent: Agent) -> None: ...
+
+    def update_agent(self, agent: Agent) -> None: ...
+
+    def delete_agent(self, tenant: str, agent_id: str) -> None:
+        """Deletes the agent with its tasks, events and idempotency records."""
+        ...
+
+    def insert_task(self, task: Task) -> Task:
+        """Inserts a new task and returns it with its store-assigned `seq`."""
+        ...
+
+    def update_task(self, task: Task) -> None:
+        """Replaces every mutable column of an existing task."""
+        ...
+
+    def append_event(self, event: TaskEvent) -> None:
+        """Stores an event; (task_id, sequence) is unique."""
+        ...
+
+    def put_idempotency(self, record: IdempotencyRecord) -> None: ...
+
+    def purge_idempotency(self, now: datetime) -> int:
+        """Deletes expired idempotency records; returns how many."""
+        ...
+
+    def put_api_key(self, record: ApiKeyRecord) -> None: ...
+
+    def revoke_api_key(self, key_id: str, at: datetime) -> bool:
+        """Marks a key revoked; False when there is no such key."""
+        ...
+
+    def set_meta(self, name: str, value: str) -> None: ...
+
+
+class Store(Protocol):
+    """An open store. `close` is safe to call twice."""
+
+    async def read(self, fn: Callable[[ReadTx], T]) -> T:
+        """Runs fn against a read view off the event loop and returns its result."""
+        ...
+
+    async def write(self, fn: Callable[[WriteTx], T]) -> T:
+        """Runs fn in a write transaction off the event loop; returns once it is durably committed."""
+        ...
+
+    async def close(self) -> None: ...

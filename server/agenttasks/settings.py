@@ -1,0 +1,75 @@
+"""The one typed settings object. Nothing else in the package reads `os.environ`.
+
+Values come from (highest first) CLI flags passed as keyword arguments, `AGENTTASKS_*`
+environment variables, then the defaults here, which are chosen so `agenttasks serve` just works
+on a fresh machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Server and client configuration. See the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTTASKS_", extra="ignore", validate_default=True)
+
+    # --- storage ---
+    db: str = Field("agenttasks.db", description="SQLite database file (created on first start).")
+
+    # --- listening ---
+    grpc_host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one).")
+    http_host: str = Field("127.0.0.1", description="Address the REST gateway (Envoy) binds.")
+    http_port: int = Field(8080, ge=0, le=65535, description="REST gateway port.")
+    gateway: bool = Field(True, description="Start the Envoy REST gateway beside gRPC.")
+    public_base_url: str = Field(
+        "", description="Base of poll_url/cancel_url in Submit answers; default http://HTTP_HOST:HTTP_PORT."
+    )
+    shutdown_grace_seconds: float = Field(5.0, gt=0, description="How long SIGTERM waits for calls to finish.")
+
+    # --- auth ---
+    jwt_secret: SecretStr | None = Field(
+        None, description="HS256 secret for JWTs; default: a secret generated and kept in the database."
+    )
+    jwt_public_key: str | None = Field(
+        None, description="PEM public key (or a path to one) to verify RS256/ES256 JWTs instead of HS256."
+    )
+    jwt_issuer: str | None = Field(None, description="Required `iss` of JWTs, when set.")
+    jwt_audience: str | None = Field(None, description="Required `aud` of JWTs, when set.")
+    jwt_tenant_claim: str = Field("sub", description="JWT claim that names the tenant.")
+    jwt_role_claim: str = Field("role", description="JWT claim that names the role (default client).")
+    jwt_leeway_seconds: int = Field(30, ge=0, description="Clock skew allowed on exp/nbf/iat.")
+
+    # --- request limits ---
+    max_message_bytes: int = Field(256 * 1024, gt=0, description="Largest task or client message (UTF-8).")
+    max_metadata_bytes: int = Field(16 * 1024, gt=0, description="Largest metadata object as JSON.")
+    max_metadata_depth: int = Field(8, gt=0, description="Deepest nesting of metadata.")
+    max_timeout_seconds: int = Field(7 * 86400, gt=0, description="Largest timeout_override.")
+    idempotency_ttl_seconds: int = Field(86400, ge=86400, description="How long client keys are remembered.")
+
+    # --- client commands ---
+    server: str = Field("127.0.0.1:50051", description="gRPC address the client commands call.")
+    api_key: SecretStr | None = Field(None, description="API key (or JWT) the client commands send.")
+
+    @field_validator("jwt_public_key")
+    @classmethod
+    def _load_key_file(cls, value: str | None) -> str | None:
+        """Accept either the PEM text or a path to it, so the key can live in a mounted file."""
+        if value and "-----BEGIN" not in value:
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise ValueError(f"jwt_public_key: no PEM text and no file at {value}")
+            return path.read_text()
+        return value
+
+    @property
+    def base_url(self) -> str:
+        """Where clients reach the REST API, for links in answers."""
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        return f"http://{self.http_host}:{self.http_port}"
