@@ -1,0 +1,149 @@
+"""The task state machine, as pure functions: (task, input) -> (new task, events).
+
+Nothing here touches storage or the clock; callers pass `now`, so every transition is testable
+on its own and runs unchanged inside any backend's write transaction. Each change yields events
+with the next per-task sequence numbers; the caller stores task and events in one transaction.
+
+    queued -> running -> completed | failed
+    queued -> cancelled            running <-> awaiting_input
+    running | awaiting_input -> cancelled | failed
+    running -> queued   (lease lost with attempts left)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from datetime import datetime
+from typing import Any
+
+from agenttasks.core.errors import TaskFinished
+from agenttasks.core.model import (
+    EventType,
+    JsonObject,
+    Progress,
+    Task,
+    TaskError,
+    TaskEvent,
+    TaskMessage,
+    TaskResult,
+    TaskStatus,
+)
+
+Transition = tuple[Task, list[TaskEvent]]
+
+# Reasons recorded on status events and in Task.status_reason.
+CANCELLED_BY_CLIENT = "CANCELLED_BY_CLIENT"
+AGENT_DELETED = "AGENT_DELETED"
+INPUT_RECEIVED = "INPUT_RECEIVED"
+
+_ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.QUEUED: frozenset({TaskStatus.RUNNING, TaskStatus.CANCELLED, TaskStatus.FAILED}),
+    TaskStatus.RUNNING: frozenset(
+        {TaskStatus.AWAITING_INPUT, TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.QUEUED}
+    ),
+    TaskStatus.AWAITING_INPUT: frozenset({TaskStatus.RUNNING, TaskStatus.FAILED, TaskStatus.CANCELLED}),
+    TaskStatus.COMPLETED: frozenset(),
+    TaskStatus.FAILED: frozenset(),
+    TaskStatus.CANCELLED: frozenset(),
+}
+
+
+def can_move(src: TaskStatus, dst: TaskStatus) -> bool:
+    """Whether the lifecycle allows src -> dst."""
+    return dst in _ALLOWED[src]
+
+
+def _compact(data: dict[str, Any]) -> JsonObject:
+    return {k: v for k, v in data.items() if v not in (None, "", {})}
+
+
+def _emit(task: Task, etype: EventType, now: datetime, data: JsonObject) -> Transition:
+    seq = task.last_sequence + 1
+    new = replace(task, last_sequence=seq, updated_at=now)
+    event = TaskEvent(
+        tenant=task.tenant, task_id=task.task_id, sequence=seq, type=etype, status=new.status, time=now, data=data
+    )
+    return new, [event]
+
+
+def _move(task: Task, dst: TaskStatus, now: datetime, *, data: JsonObject | None = None, **changes: Any) -> Transition:
+    if not can_move(task.status, dst):  # a bug in the caller, never client input
+        raise AssertionError(f"illegal transition {task.status} -> {dst} for task {task.task_id}")
+    moved = replace(task, status=dst, **changes)
+    return _emit(moved, EventType.STATUS, now, _compact({"reason": moved.status_reason, **(data or {})}))
+
+
+def created(task: Task) -> Transition:
+    """The first event of a new task."""
+    return _emit(task, EventType.CREATED, task.created_at, _compact({"priority": task.priority}))
+
+
+def cancel(task: Task, now: datetime, reason: str = CANCELLED_BY_CLIENT) -> Transition:
+    """Cancel at once. Cancelling a cancelled task changes nothing (idempotent); a completed or
+    failed one cannot be cancelled."""
+    if task.status is TaskStatus.CANCELLED:
+        return task, []
+    if task.status.terminal:
+        raise TaskFinished(task.task_id, task.status.value, "cancel")
+    return _move(task, TaskStatus.CANCELLED, now, status_reason=reason, completed_at=now, input_prompt="")
+
+
+def add_message(task: Task, message: TaskMessage, now: datetime) -> Transition:
+    """Record a client message. Answering an agent that awaits input puts the task back to
+    running, as a second event, so watchers that follow only status events see it."""
+    if task.status.terminal:
+        raise TaskFinished(task.task_id, task.status.value, "send a message to")
+    payload = {"message_id": message.message_id, "text": message.text}
+    task, events = _emit(task, EventType.MESSAGE, now, {"message": payload})
+    if task.status is TaskStatus.AWAITING_INPUT:
+        task, more = _move(task, TaskStatus.RUNNING, now, input_prompt="", status_reason=INPUT_RECEIVED)
+        events += more
+    return task, events
+
+
+def start(task: Task, now: datetime) -> Transition:
+    """A worker took the task: a new attempt begins."""
+    return _move(task, TaskStatus.RUNNING, now, started_at=now, attempt=task.attempt + 1, status_reason="")
+
+
+def progress(task: Task, value: Progress, now: datetime) -> Transition:
+    new, events = _emit(replace(task, progress=value), EventType.PROGRESS, now, {"progress": asdict(value)})
+    return new, events
+
+
+def output(task: Task, chunk: str, now: datetime) -> Transition:
+    return _emit(replace(task, output=task.output + chunk), EventType.OUTPUT, now, {"output": chunk})
+
+
+def ask_input(task: Task, prompt: str, now: datetime) -> Transition:
+    return _move(task, TaskStatus.AWAITING_INPUT, now, input_prompt=prompt, data={"prompt": prompt})
+
+
+def complete(task: Task, result: TaskResult, now: datetime) -> Transition:
+    return _move(
+        task,
+        TaskStatus.COMPLETED,
+        now,
+        result=result,
+        completed_at=now,
+        input_prompt="",
+        data={"result": asdict(result)},
+    )
+
+
+def fail(task: Task, error: TaskError, now: datetime) -> Transition:
+    return _move(
+        task,
+        TaskStatus.FAILED,
+        now,
+        error=error,
+        completed_at=now,
+        input_prompt="",
+        status_reason=error.code,
+        data={"error": asdict(error)},
+    )
+
+
+def requeue(task: Task, reason: str, now: datetime) -> Transition:
+    """Back to the queue after a lost lease; the next start is a new attempt."""
+    return _move(task, TaskStatus.QUEUED, now, status_reason=reason, input_prompt="", progress=None)

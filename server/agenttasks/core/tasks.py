@@ -1,0 +1,302 @@
+"""The task API, transport-neutral: what Submit, GetStatus, SendMessage, Cancel, ListTasks and
+WatchTask mean. The gRPC servicer only translates messages to and from these calls.
+
+Every change is one `store.write` of a pure function: read, check, transition, store task and
+events together. Events are handed to the watch hub only after the commit, so a watcher never
+sees anything the store could still lose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from agenttasks.core import idempotency, lifecycle, validation
+from agenttasks.core.errors import AgentNotFound, AgentUnavailable, InvalidArgument, TaskNotFound
+from agenttasks.core.ids import check_id, new_id
+from agenttasks.core.model import (
+    AgentStatus,
+    JsonObject,
+    Principal,
+    Task,
+    TaskEvent,
+    TaskMessage,
+    TaskStatus,
+    utcnow,
+)
+from agenttasks.core.paging import PageTokens
+from agenttasks.core.ports import ReadTx, Store, WriteTx
+from agenttasks.core.watch import EventHub, WatchItem, follow
+
+# Without run history, assume a task takes this long when estimating start times.
+DEFAULT_RUN_SECONDS = 60.0
+RUN_HISTORY = 50
+EVENT_PAGE = 500
+# AIP-159 wildcard: a task can be addressed without knowing its agent.
+ANY_AGENT = "-"
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    task_id: str
+    agent_id: str
+    status: TaskStatus
+    created_at: datetime
+    estimated_start: datetime
+    poll_url: str
+    cancel_url: str
+
+    def to_json(self) -> JsonObject:
+        data = asdict(self)
+        data["created_at"] = self.created_at.isoformat()
+        data["estimated_start"] = self.estimated_start.isoformat()
+        return data
+
+    @classmethod
+    def from_json(cls, data: JsonObject) -> SubmitResult:
+        return cls(
+            task_id=data["task_id"],
+            agent_id=data["agent_id"],
+            status=TaskStatus(data["status"]),
+            created_at=datetime.fromisoformat(data["created_at"]),
+            estimated_start=datetime.fromisoformat(data["estimated_start"]),
+            poll_url=data["poll_url"],
+            cancel_url=data["cancel_url"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MessageResult:
+    task_id: str
+    message_id: str
+    status: TaskStatus
+    created_at: datetime
+
+    def to_json(self) -> JsonObject:
+        return {**asdict(self), "created_at": self.created_at.isoformat()}
+
+    @classmethod
+    def from_json(cls, data: JsonObject) -> MessageResult:
+        return cls(
+            task_id=data["task_id"],
+            message_id=data["message_id"],
+            status=TaskStatus(data["status"]),
+            created_at=datetime.fromisoformat(data["created_at"]),
+        )
+
+
+def find_task(tx: ReadTx, tenant: str, agent_id: str, task_id: str) -> Task:
+    """The task, if it exists in this tenant under this agent (or any agent for the AIP-159
+    wildcard "-"); otherwise exactly TaskNotFound."""
+    task = tx.get_task(tenant, task_id)
+    if task is None or agent_id not in (task.agent_id, ANY_AGENT):
+        raise TaskNotFound(task_id)
+    return task
+
+
+def check_parent(agent_id: str) -> str:
+    """The agent id of a task path: a UUID, or "-" for any agent of the tenant (AIP-159)."""
+    return ANY_AGENT if agent_id == ANY_AGENT else check_id(agent_id, "agent_id")
+
+
+class TaskCore:
+    """Task operations for authenticated principals."""
+
+    def __init__(
+        self,
+        store: Store,
+        hub: EventHub,
+        *,
+        limits: validation.Limits,
+        base_url: str,
+        page_tokens: PageTokens,
+        idempotency_ttl: timedelta = timedelta(hours=24),
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._limits = limits
+        self._base_url = base_url.rstrip("/")
+        self._tokens = page_tokens
+        self._ttl = idempotency_ttl
+        self._clock = clock
+
+    def _urls(self, agent_id: str, task_id: str) -> tuple[str, str]:
+        base = f"{self._base_url}/agent/{agent_id}/task/{task_id}"
+        return base, f"{base}/cancel"
+
+    async def _commit(self, fn: Callable[[WriteTx], tuple[Any, list[TaskEvent]]]) -> Any:
+        result, events = await self._store.write(fn)
+        self._hub.publish(events)
+        return result
+
+    async def submit(
+        self,
+        principal: Principal,
+        agent_id: str,
+        *,
+        message: str,
+        priority: int | None = None,
+        timeout_override: int | None = None,
+        metadata: JsonObject | None = None,
+        callback_mode: str = "",
+        webhook_url: str = "",
+        request_id: str = "",
+    ) -> SubmitResult:
+        agent_id = check_id(agent_id, "agent_id")
+        spec = validation.validate_submit(
+            message=message,
+            priority=priority,
+            timeout_override=timeout_override,
+            metadata=metadata,
+            callback_mode=callback_mode,
+            webhook_url=webhook_url,
+            request_id=request_id,
+            limits=self._limits,
+        )
+        tenant = principal.tenant
+        digest = idempotency.request_hash(
+            {
+                "agent_id": agent_id,
+                "message": spec.message,
+                "priority": spec.priority,
+                "timeout_override": spec.timeout_override,
+                "metadata": spec.metadata,
+                "callback_mode": spec.callback_mode.value,
+                "webhook_url": spec.webhook_url,
+            }
+        )
+        now = self._clock()
+        task_id = new_id()
+
+        def op(tx: WriteTx) -> tuple[SubmitResult, list[TaskEvent]]:
+            if (stored := idempotency.replay(tx, tenant, "submit", spec.request_id, digest)) is not None:
+                return SubmitResult.from_json(stored), []
+            agent = tx.get_agent(tenant, agent_id)
+            if agent is None:
+                raise AgentNotFound(agent_id)
+            if agent.status is not AgentStatus.ACTIVE:
+                raise AgentUnavailable(agent_id, agent.status.value)
+            task = Task(
+                tenant=tenant,
+                task_id=task_id,
+                agent_id=agent_id,
+                message=spec.message,
+                priority=spec.priority,
+                metadata=spec.metadata,
+                callback_mode=spec.callback_mode,
+                webhook_url=spec.webhook_url,
+                timeout_seconds=spec.timeout_override or agent.default_timeout_seconds,
+                created_at=now,
+                updated_at=now,
+            )
+            task, events = lifecycle.created(task)
+            task = tx.insert_task(task)
+            for event in events:
+                tx.append_event(event)
+            ahead = tx.queued_ahead(tenant, agent_id, task.priority, task.seq)
+            run_seconds = tx.recent_run_seconds(tenant, agent_id, RUN_HISTORY) or DEFAULT_RUN_SECONDS
+            poll_url, cancel_url = self._urls(agent_id, task_id)
+            result = SubmitResult(
+                task_id=task_id,
+                agent_id=agent_id,
+                status=task.status,
+                created_at=now,
+                estimated_start=now + timedelta(seconds=ahead * run_seconds),
+                poll_url=poll_url,
+                cancel_url=cancel_url,
+            )
+            idempotency.remember(tx, tenant, "submit", spec.request_id, digest, result.to_json(), now, self._ttl)
+            return result, events
+
+        result: SubmitResult = await self._commit(op)
+        return result
+
+    async def get(self, principal: Principal, agent_id: str, task_id: str) -> Task:
+        agent_id, task_id = check_parent(agent_id), check_id(task_id, "task_id")
+        return await self._store.read(lambda tx: find_task(tx, principal.tenant, agent_id, task_id))
+
+    async def send_message(
+        self, principal: Principal, agent_id: str, task_id: str, message: str, request_id: str = ""
+    ) -> MessageResult:
+        agent_id, task_id = check_parent(agent_id), check_id(task_id, "task_id")
+        validation.validate_message(message, request_id, self._limits)
+        tenant = principal.tenant
+        digest = idempotency.request_hash({"task_id": task_id, "message": message})
+        now = self._clock()
+        msg = TaskMessage(message_id=new_id(), text=message, created_at=now)
+
+        def op(tx: WriteTx) -> tuple[MessageResult, list[TaskEvent]]:
+            if (stored := idempotency.replay(tx, tenant, "message", request_id, digest)) is not None:
+                return MessageResult.from_json(stored), []
+            task = find_task(tx, tenant, agent_id, task_id)
+            task, events = lifecycle.add_message(task, msg, now)
+            tx.update_task(task)
+            for event in events:
+                tx.append_event(event)
+            result = MessageResult(task_id=task_id, message_id=msg.message_id, status=task.status, created_at=now)
+            idempotency.remember(tx, tenant, "message", request_id, digest, result.to_json(), now, self._ttl)
+            return result, events
+
+        result: MessageResult = await self._commit(op)
+        return result
+
+    async def cancel(self, principal: Principal, agent_id: str, task_id: str) -> Task:
+        agent_id, task_id = check_parent(agent_id), check_id(task_id, "task_id")
+        tenant = principal.tenant
+        now = self._clock()
+
+        def op(tx: WriteTx) -> tuple[Task, list[TaskEvent]]:
+            task, events = lifecycle.cancel(find_task(tx, tenant, agent_id, task_id), now)
+            if events:
+                tx.update_task(task)
+                for event in events:
+                    tx.append_event(event)
+            return task, events
+
+        task: Task = await self._commit(op)
+        return task
+
+    async def list(
+        self, principal: Principal, agent_id: str, *, status: str = "", page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[Task], str]:
+        """A page of the agent's tasks, newest first, and the token of the next page ("" at the end)."""
+        agent_id = check_id(agent_id, "agent_id")
+        wanted = validation.validate_status_filter(status)
+        limit = validation.validate_page_size(page_size)
+        tenant = principal.tenant
+        query = {"tenant": tenant, "agent_id": agent_id, "status": status, "kind": "tasks"}
+        before = int(self._tokens.decode(page_token, query)[0]) if page_token else None
+
+        def op(tx: ReadTx) -> list[Task]:
+            if tx.get_agent(tenant, agent_id) is None:
+                raise AgentNotFound(agent_id)
+            return tx.list_tasks(tenant, agent_id, status=wanted, before_seq=before, limit=limit + 1)
+
+        tasks = await self._store.read(op)
+        if len(tasks) <= limit:
+            return tasks, ""
+        tasks = tasks[:limit]
+        return tasks, self._tokens.encode(query, [tasks[-1].seq])
+
+    async def watch(
+        self, principal: Principal, agent_id: str, task_id: str, after_sequence: int = 0
+    ) -> AsyncIterator[WatchItem]:
+        """Snapshot, missed events after `after_sequence`, live events, then an end marker."""
+        agent_id, task_id = check_parent(agent_id), check_id(task_id, "task_id")
+        if after_sequence < 0:
+            raise InvalidArgument.field("after_sequence", "must not be negative")
+        tenant = principal.tenant
+        sub = self._hub.subscribe(task_id)  # before the snapshot, so no event falls in between
+        try:
+            task = await self._store.read(lambda tx: find_task(tx, tenant, agent_id, task_id))
+
+            async def fetch_after(seq: int) -> list[TaskEvent]:
+                return await self._store.read(lambda tx: tx.events_after(tenant, task_id, seq, EVENT_PAGE))
+
+            async for item in follow(sub, task, after_sequence, fetch_after):
+                yield item
+        finally:
+            sub.close()

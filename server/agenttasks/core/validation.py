@@ -1,0 +1,214 @@
+"""Validation of client input, before anything is written.
+
+Every check names the field as the client spelled it, and all violations of a request are
+reported together so a client fixes its request in one round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from agenttasks.core.errors import FieldViolation, InvalidArgument
+from agenttasks.core.model import CallbackMode, JsonObject, TaskStatus
+
+MAX_URL_LENGTH = 2048
+MAX_REQUEST_ID_LENGTH = 128
+MAX_NAME_LENGTH = 200
+MAX_DESCRIPTION_LENGTH = 4096
+DEFAULT_PRIORITY = 5
+_REQUEST_ID_CHARS = frozenset(string.ascii_letters + string.digits + "-_.:~/+=")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Request bounds, taken from Settings by the service."""
+
+    max_message_bytes: int = 256 * 1024
+    max_metadata_bytes: int = 16 * 1024
+    max_metadata_depth: int = 8
+    max_timeout_seconds: int = 7 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitSpec:
+    """A Submit request that passed validation."""
+
+    message: str
+    priority: int
+    timeout_override: int | None
+    metadata: JsonObject
+    callback_mode: CallbackMode
+    webhook_url: str
+    request_id: str
+
+
+class _Violations:
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldViolation(field, description))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)
+
+
+def _check_text(v: _Violations, field: str, value: str, max_bytes: int) -> None:
+    if not value.strip():
+        v.add(field, "required and must not be empty")
+    elif len(value.encode("utf-8", "surrogatepass")) > max_bytes:
+        v.add(field, f"must be at most {max_bytes} bytes")
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a JSON value: a scalar is 0, {} or [] is 1. Iterative, so a hostile
+    document cannot exhaust the stack."""
+    depth, level = 0, [value]
+    while True:
+        containers = [x for x in level if isinstance(x, dict | list)]
+        if not containers:
+            return depth
+        depth += 1
+        level = [c for x in containers for c in (x.values() if isinstance(x, dict) else x)]
+
+
+def _check_metadata(v: _Violations, field: str, metadata: Any, limits: Limits) -> None:
+    if not isinstance(metadata, dict):
+        v.add(field, "must be a JSON object")
+        return
+    if json_depth(metadata) > limits.max_metadata_depth:
+        v.add(field, f"must be nested at most {limits.max_metadata_depth} levels deep")
+        return
+    size = len(json.dumps(metadata, separators=(",", ":")).encode())
+    if size > limits.max_metadata_bytes:
+        v.add(field, f"must be at most {limits.max_metadata_bytes} bytes as JSON, got {size}")
+
+
+def check_request_id(v: _Violations, value: str) -> None:
+    if len(value) > MAX_REQUEST_ID_LENGTH:
+        v.add("request_id", f"must be at most {MAX_REQUEST_ID_LENGTH} characters")
+    elif value and not set(value) <= _REQUEST_ID_CHARS:
+        v.add("request_id", "may hold only letters, digits and - _ . : ~ / + =")
+
+
+def check_http_url(value: str) -> str | None:
+    """Why value is not an acceptable http(s) URL, or None when it is."""
+    if len(value) > MAX_URL_LENGTH:
+        return f"must be at most {MAX_URL_LENGTH} characters"
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises on a malformed port
+    except ValueError:
+        return "must be a valid URL"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http or https URL"
+    if not parts.hostname:
+        return "must name a host"
+    if parts.username or parts.password:
+        return "must not carry credentials"
+    return None
+
+
+def validate_submit(
+    *,
+    message: str,
+    priority: int | None,
+    timeout_override: int | None,
+    metadata: Any,
+    callback_mode: str,
+    webhook_url: str,
+    request_id: str,
+    limits: Limits,
+) -> SubmitSpec:
+    """Check every field of a Submit; raise InvalidArgument listing all that are wrong."""
+    v = _Violations()
+    _check_text(v, "message", message, limits.max_message_bytes)
+    if priority is not None and not 1 <= priority <= 10:
+        v.add("priority", f"must be between 1 and 10, got {priority}")
+    if timeout_override is not None and not 0 < timeout_override <= limits.max_timeout_seconds:
+        v.add("timeout_override", f"must be between 1 and {limits.max_timeout_seconds} seconds")
+    _check_metadata(v, "metadata", metadata if metadata is not None else {}, limits)
+    mode: CallbackMode | None = None
+    try:
+        mode = CallbackMode(callback_mode or CallbackMode.POLL)
+    except ValueError:
+        v.add("callback_mode", f"must be 'poll' or 'webhook', got {callback_mode[:32]!r}")
+    if mode is CallbackMode.WEBHOOK:
+        if not webhook_url:
+            v.add("webhook_url", "required when callback_mode is 'webhook'")
+        elif (why := check_http_url(webhook_url)) is not None:
+            v.add("webhook_url", why)
+    elif mode is CallbackMode.POLL and webhook_url:
+        v.add("webhook_url", "only allowed when callback_mode is 'webhook'")
+    check_request_id(v, request_id)
+    v.raise_if_any()
+    assert mode is not None  # noqa: S101 - a violation was raised otherwise
+    return SubmitSpec(
+        message=message,
+        priority=priority if priority is not None else DEFAULT_PRIORITY,
+        timeout_override=timeout_override,
+        metadata=metadata if metadata is not None else {},
+        callback_mode=mode,
+        webhook_url=webhook_url,
+        request_id=request_id,
+    )
+
+
+def validate_message(message: str, request_id: str, limits: Limits) -> None:
+    """Check a SendMessage body."""
+    v = _Violations()
+    _check_text(v, "message", message, limits.max_message_bytes)
+    check_request_id(v, request_id)
+    v.raise_if_any()
+
+
+def validate_status_filter(status: str) -> TaskStatus | None:
+    if not status:
+        return None
+    try:
+        return TaskStatus(status)
+    except ValueError:
+        allowed = ", ".join(s.value for s in TaskStatus)
+        raise InvalidArgument.field("status", f"must be one of {allowed}") from None
+
+
+def validate_page_size(page_size: int, default: int = 50, maximum: int = 500) -> int:
+    if page_size < 0:
+        raise InvalidArgument.field("page_size", "must not be negative")
+    return min(page_size or default, maximum)
+
+
+def validate_agent_fields(
+    *,
+    name: str | None,
+    description: str | None,
+    default_timeout_seconds: int | None,
+    max_attempts: int | None,
+    input_timeout_seconds: int | None,
+    metadata: Any,
+    limits: Limits,
+    creating: bool,
+) -> None:
+    """Check the settable fields of an agent (all optional on update)."""
+    v = _Violations()
+    if name is not None or creating:
+        if not (name or "").strip():
+            v.add("name", "required and must not be empty")
+        elif len(name or "") > MAX_NAME_LENGTH:
+            v.add("name", f"must be at most {MAX_NAME_LENGTH} characters")
+    if description is not None and len(description) > MAX_DESCRIPTION_LENGTH:
+        v.add("description", f"must be at most {MAX_DESCRIPTION_LENGTH} characters")
+    if default_timeout_seconds is not None and not 0 < default_timeout_seconds <= limits.max_timeout_seconds:
+        v.add("default_timeout_seconds", f"must be between 1 and {limits.max_timeout_seconds}")
+    if max_attempts is not None and not 1 <= max_attempts <= 100:
+        v.add("max_attempts", "must be between 1 and 100")
+    if input_timeout_seconds is not None and not 0 < input_timeout_seconds <= 30 * 86400:
+        v.add("input_timeout_seconds", f"must be between 1 and {30 * 86400}")
+    if metadata is not None:
+        _check_metadata(v, "metadata", metadata, limits)
+    v.raise_if_any()

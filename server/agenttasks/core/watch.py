@@ -1,0 +1,171 @@
+"""In-process fan-out of committed task events to WatchTask streams.
+
+The store is the source of truth; the hub is only the fast path. A watcher subscribes before
+it reads the snapshot, so nothing committed afterwards can slip between the two. Each
+subscription has a bounded queue: a watcher too slow to keep up is marked as lagging instead of
+growing memory without bound, and catches up by reading the store. Gaps (an event published out
+of order) are filled from the store the same way, so every watcher sees every event once, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from agenttasks.core.model import Task, TaskEvent, TaskStatus
+
+QUEUE_LIMIT = 1024
+
+# Stream end reasons, sent on the final `end` message of a watch.
+END_TASK_FINISHED = "TASK_FINISHED"
+END_SERVER_SHUTDOWN = "SERVER_SHUTDOWN"
+
+
+class _Shutdown:
+    """Queued to every subscription when the hub closes."""
+
+
+_SHUTDOWN = _Shutdown()
+
+
+class Subscription:
+    """One watcher's view of the hub: live events of one task, or a lag/shutdown signal."""
+
+    def __init__(self, hub: EventHub, task_id: str) -> None:
+        self._hub = hub
+        self.task_id = task_id
+        self._queue: asyncio.Queue[TaskEvent | _Shutdown] = asyncio.Queue()
+        self.lagged = False
+        self.closed = False
+
+    def _offer(self, item: TaskEvent | _Shutdown) -> None:
+        if isinstance(item, TaskEvent) and self._queue.qsize() >= QUEUE_LIMIT:
+            self.lagged = True  # the watcher re-reads the store; dropping here loses nothing
+            return
+        self._queue.put_nowait(item)
+
+    async def next(self) -> TaskEvent | None:
+        """The next live event, or None when the hub shut down."""
+        item = await self._queue.get()
+        return None if isinstance(item, _Shutdown) else item
+
+    def drain(self) -> None:
+        """Forget queued events after catching up from the store."""
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, _Shutdown):
+                self._queue.put_nowait(item)
+                return
+        self.lagged = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._hub._remove(self)
+
+
+class EventHub:
+    """Routes published events to the subscriptions of their task."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, set[Subscription]] = defaultdict(set)
+        self._closed = False
+
+    def subscribe(self, task_id: str) -> Subscription:
+        sub = Subscription(self, task_id)
+        if self._closed:
+            sub._offer(_SHUTDOWN)
+        else:
+            self._subs[task_id].add(sub)
+        return sub
+
+    def _remove(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.task_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.task_id]
+
+    def publish(self, events: Iterable[TaskEvent]) -> None:
+        """Hand committed events to their watchers. Never blocks."""
+        for event in events:
+            for sub in self._subs.get(event.task_id, ()):
+                sub._offer(event)
+
+    def watcher_count(self, task_id: str) -> int:
+        return len(self._subs.get(task_id, ()))
+
+    def close(self) -> None:
+        """End every watch with a shutdown signal (on server drain)."""
+        self._closed = True
+        for subs in self._subs.values():
+            for sub in subs:
+                sub._offer(_SHUTDOWN)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    task: Task
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The last item of every watch: why it ended, and where a resume would start."""
+
+    reason: str
+    task_id: str
+    status: TaskStatus
+    last_sequence: int
+
+
+WatchItem = Snapshot | TaskEvent | StreamEnd
+FetchEvents = Callable[[int], Awaitable[list[TaskEvent]]]
+
+
+async def _stored_after(fetch_after: FetchEvents, after: int) -> AsyncIterator[TaskEvent]:
+    """Every stored event after `after`, page by page, until the store has no more."""
+    while batch := await fetch_after(after):
+        for event in batch:
+            yield event
+        after = batch[-1].sequence
+
+
+async def follow(
+    sub: Subscription, task: Task, after_sequence: int, fetch_after: FetchEvents
+) -> AsyncIterator[WatchItem]:
+    """The watch protocol over a subscription taken before `task` was read.
+
+    Yields the snapshot, then stored events after `after_sequence` up to the snapshot, then live
+    events, and finally a StreamEnd. `fetch_after(seq)` reads a page of stored events after seq.
+    """
+    yield Snapshot(task)
+    last, status = task.last_sequence, task.status
+    if 0 < after_sequence < last:
+        async for event in _stored_after(fetch_after, after_sequence):
+            if event.sequence > last:
+                break
+            yield event
+    catch_up = False
+    while not status.terminal:
+        if catch_up or sub.lagged:
+            # The store has every committed event: read past the gap or the dropped ones.
+            sub.drain()
+            catch_up = False
+            async for event in _stored_after(fetch_after, last):
+                yield event
+                last, status = event.sequence, event.status
+                if status.terminal:
+                    break
+            continue
+        live = await sub.next()
+        if live is None:
+            yield StreamEnd(END_SERVER_SHUTDOWN, task.task_id, status, last)
+            return
+        if live.sequence == last + 1:
+            yield live
+            last, status = live.sequence, live.status
+        elif live.sequence > last + 1:
+            catch_up = True
+    yield StreamEnd(END_TASK_FINISHED, task.task_id, status, last)
