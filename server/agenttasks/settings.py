@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     jwt_audience: str | None = Field(None, description="Required `aud` of JWTs, when set.")
     jwt_tenant_claim: str = Field("sub", description="JWT claim that names the tenant.")
     jwt_role_claim: str = Field("role", description="JWT claim that names the role (default client).")
+    api_key_cache_seconds: float = Field(
+        5.0, ge=0, description="How long a verified API key is trusted before it is looked up again."
+    )
     jwt_leeway_seconds: int = Field(30, ge=0, description="Clock skew allowed on exp/nbf/iat.")
 
     # --- request limits ---

@@ -1,0 +1,88 @@
+"""The one wrapper every RPC goes through: authenticate, authorize, run, map errors.
+
+Domain errors become rich statuses from the error table; anything else is logged with its trace
+and leaves as INTERNAL with a generic message, so nothing reaches a client as UNKNOWN or with a
+stack trace. Streams that already sent messages end with a final message instead of an error
+status, because an error after the first message is invisible to HTTP/1.1 clients behind Envoy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Protocol, TypeVar
+
+import grpc
+
+from agenttasks.api.errors import to_status
+from agenttasks.auth.roles import authorize
+from agenttasks.core.errors import DomainError, ShuttingDown
+from agenttasks.core.model import Principal
+
+log = logging.getLogger(__name__)
+
+Resp = TypeVar("Resp")
+
+
+class Authenticates(Protocol):
+    async def authenticate(self, metadata: Mapping[str, str]) -> Principal: ...
+
+
+def call_metadata(context: grpc.aio.ServicerContext[object, object]) -> dict[str, str]:
+    """The call's text metadata with lower-case keys (binary `-bin` entries are skipped)."""
+    return {key.lower(): value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+
+
+class Gate:
+    def __init__(self, authenticator: Authenticates) -> None:
+        self._auth = authenticator
+        self.draining = False
+
+    async def _principal(self, context: grpc.aio.ServicerContext[object, object], method: str) -> Principal:
+        if self.draining:
+            raise ShuttingDown("server is shutting down; retry shortly")
+        principal = await self._auth.authenticate(call_metadata(context))
+        authorize(principal, method)
+        return principal
+
+    async def unary(
+        self,
+        context: grpc.aio.ServicerContext[object, object],
+        method: str,
+        handler: Callable[[Principal], Awaitable[Resp]],
+    ) -> Resp:
+        try:
+            return await handler(await self._principal(context, method))
+        except Exception as error:
+            failure: BaseException = error
+        await self._abort(context, method, failure)
+        raise AssertionError("unreachable: abort raises")
+
+    async def stream(
+        self,
+        context: grpc.aio.ServicerContext[object, object],
+        method: str,
+        handler: Callable[[Principal], AsyncIterator[Resp]],
+        on_midstream_error: Callable[[BaseException], Resp] | None = None,
+    ) -> AsyncIterator[Resp]:
+        sent = False
+        try:
+            principal = await self._principal(context, method)
+            async for message in handler(principal):
+                yield message
+                sent = True
+            return
+        except Exception as error:
+            failure: BaseException = error
+        if sent and on_midstream_error is not None:
+            log.error("stream %s failed after its first message", method, exc_info=failure)
+            yield on_midstream_error(failure)
+            return
+        await self._abort(context, method, failure)
+
+    @staticmethod
+    async def _abort(context: grpc.aio.ServicerContext[object, object], method: str, error: BaseException) -> None:
+        if not isinstance(error, DomainError):
+            log.error("unexpected error in %s", method, exc_info=error)
+        status = to_status(error)
+        await context.abort(status.code, status.details, status.trailing_metadata)

@@ -1,0 +1,200 @@
+"""The running service: store, cores, gRPC server with health and reflection, background loops.
+
+`Service` is an async context manager; `stop` follows the drain order of STYLE: refuse new calls
+and report NOT_SERVING, end watch streams with a resumable final message, let in-flight calls
+finish within the grace period, stop the loops, close the store. It is safe to call twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from agenttasks.api.agent_servicer import AgentServicer
+from agenttasks.api.gate import Gate
+from agenttasks.api.task_servicer import TaskServicer
+from agenttasks.auth import Authenticator, create_api_key, server_jwt_secret
+from agenttasks.background import Supervisor, every
+from agenttasks.core.agents import AgentCore
+from agenttasks.core.model import Role, utcnow
+from agenttasks.core.paging import PageTokens
+from agenttasks.core.ports import Store, WriteTx
+from agenttasks.core.tasks import TaskCore
+from agenttasks.core.validation import Limits
+from agenttasks.core.watch import EventHub
+from agenttasks.settings import Settings
+from agenttasks.store import open_store
+from agenttasks.v1 import agent_service_pb2, agent_service_pb2_grpc, task_service_pb2, task_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# The asyncio flavour of the health servicer (grpc-stubs does not know `health.aio`).
+HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
+
+BOOTSTRAP_TENANT = "default"
+_BOOTSTRAP_MARK = "bootstrap_admin_key_issued"
+PURGE_INTERVAL_SECONDS = 3600.0
+
+GRPC_OPTIONS = [
+    # Two servers on one port would silently share traffic; a clash must fail loudly instead.
+    ("grpc.so_reuseport", 0),
+    # Thousands of watchers connecting at once are otherwise CANCELLED by the gRPC core.
+    ("grpc.server.max_pending_requests", 20000),
+    ("grpc.server.max_pending_requests_hard_limit", 40000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10000),
+]
+
+
+class StartupError(Exception):
+    """The service cannot start (e.g. its port is taken); the message is one clear line."""
+
+
+async def ensure_secret(store: Store, name: str) -> str:
+    """A random secret kept in the store's meta table, made on first use."""
+
+    def op(tx: WriteTx) -> str:
+        value = tx.get_meta(name)
+        if value is None:
+            value = secrets.token_urlsafe(32)
+            tx.set_meta(name, value)
+        return value
+
+    return await store.write(op)
+
+
+async def bootstrap_admin_key(store: Store) -> str | None:
+    """On the very first start, an admin key for the default tenant (shown once); else None."""
+    if await store.read(lambda tx: tx.get_meta(_BOOTSTRAP_MARK)) is not None:
+        return None
+    key = await create_api_key(store, BOOTSTRAP_TENANT, Role.ADMIN, description="bootstrap admin key")
+    await store.write(lambda tx: tx.set_meta(_BOOTSTRAP_MARK, utcnow().isoformat()))
+    return key
+
+
+class Service:
+    """agenttasks' gRPC service over one store."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bootstrap_key: str | None = None
+        self.port = 0
+        self.hub = EventHub()
+        self._store: Store | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: HealthServicer | None = None
+        self._gate: Gate | None = None
+        self._supervisor: Supervisor | None = None
+        self._stopped = False
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "service not started"  # noqa: S101
+        return self._store
+
+    @property
+    def supervisor(self) -> Supervisor:
+        assert self._supervisor is not None, "service not started"  # noqa: S101
+        return self._supervisor
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.grpc_host}:{self.port}"
+
+    async def start(self) -> None:
+        s = self.settings
+        self._store = store = await open_store(s.db)
+        try:
+            await self._start(store)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, store: Store) -> None:
+        s = self.settings
+        jwt_secret = await server_jwt_secret(store, s)
+        tokens = PageTokens(await ensure_secret(store, "page_token_secret"))
+        self.bootstrap_key = await bootstrap_admin_key(store)
+        limits = Limits(
+            max_message_bytes=s.max_message_bytes,
+            max_metadata_bytes=s.max_metadata_bytes,
+            max_metadata_depth=s.max_metadata_depth,
+            max_timeout_seconds=s.max_timeout_seconds,
+        )
+        self.tasks = TaskCore(
+            store,
+            self.hub,
+            limits=limits,
+            base_url=s.base_url,
+            page_tokens=tokens,
+            idempotency_ttl=timedelta(seconds=s.idempotency_ttl_seconds),
+        )
+        self.agents = AgentCore(store, self.hub, limits=limits, page_tokens=tokens)
+        self._gate = gate = Gate(Authenticator(store, s, jwt_secret, api_key_cache_ttl=s.api_key_cache_seconds))
+
+        self._server = server = grpc.aio.server(options=GRPC_OPTIONS)
+        task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(self.tasks, gate), server)
+        agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.agents, gate), server)
+        self._health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        services = [
+            task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
+            agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+        ]
+        reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        try:
+            self.port = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        except RuntimeError:
+            self.port = 0
+        if self.port == 0:
+            raise StartupError(f"cannot listen on {s.grpc_host}:{s.grpc_port} for gRPC: address in use or unavailable")
+        await server.start()
+        for name in ["", *services]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        self._supervisor = sup = Supervisor()
+        sup.start("purge-idempotency-keys", self._purge_loop)
+
+    async def _purge_loop(self, stopping: asyncio.Event) -> None:
+        store = self.store
+
+        async def purge() -> None:
+            removed = await store.write(lambda tx: tx.purge_idempotency(utcnow()))
+            if removed:
+                log.info("purged %d expired idempotency keys", removed)
+
+        await every(PURGE_INTERVAL_SECONDS, stopping, purge)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and close. Safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._gate is not None:
+            self._gate.draining = True
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        self.hub.close()
+        if self._server is not None:
+            await self._server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        if self._supervisor is not None:
+            await self._supervisor.stop()
+        if self._store is not None:
+            await self._store.close()
+
+    async def __aenter__(self) -> Service:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
