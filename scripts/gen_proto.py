@@ -63,7 +63,9 @@ def main() -> int:
             p.name: p for p in committed_dir.iterdir() if p.name.endswith(GENERATED_SUFFIXES) or p.name == "__init__.py"
         }
         drift = sorted(set(fresh) ^ set(committed))
-        drift += sorted(n for n in set(fresh) & set(committed) if not filecmp.cmp(fresh[n], committed[n], shallow=False))
+        drift += sorted(
+            n for n in set(fresh) & set(committed) if not filecmp.cmp(fresh[n], committed[n], shallow=False)
+        )
         if drift:
             print("generated modules drifted from proto/; run: python scripts/gen_proto.py", file=sys.stderr)
             for name in drift:

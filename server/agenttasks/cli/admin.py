@@ -1,0 +1,109 @@
+"""Local admin commands that act on the database file directly: API keys and tokens.
+
+They need no running server and no credential (access to the database file is the credential),
+so an operator can always mint the first keys. SQLite in WAL mode lets them run beside `serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+
+from agenttasks.auth import create_api_key, issue_token, revoke_api_key, server_jwt_secret
+from agenttasks.cli.client import CliError
+from agenttasks.core.model import Role
+from agenttasks.settings import Settings
+from agenttasks.store import open_store
+
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """'90', '90s', '15m', '1h', '7d' -> seconds."""
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 90s, 15m, 1h, 7d)")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+async def _keys_create(settings: Settings, tenant: str, role: Role, description: str) -> str:
+    store = await open_store(settings.db)
+    try:
+        return await create_api_key(store, tenant, role, description)
+    finally:
+        await store.close()
+
+
+async def _keys_list(settings: Settings, tenant: str) -> list[str]:
+    store = await open_store(settings.db)
+    try:
+        keys = await store.read(lambda tx: tx.list_api_keys(tenant))
+    finally:
+        await store.close()
+    return [
+        f"{k.key_id}  {k.role.value:<6}  {'revoked' if k.revoked_at else 'active '}  "
+        f"{k.created_at.isoformat()}  {k.description}"
+        for k in keys
+    ]
+
+
+async def _keys_revoke(settings: Settings, key_id: str) -> bool:
+    store = await open_store(settings.db)
+    try:
+        return await revoke_api_key(store, key_id)
+    finally:
+        await store.close()
+
+
+async def _token(settings: Settings, tenant: str, ttl: int, role: Role) -> str:
+    store = await open_store(settings.db)
+    try:
+        secret = await server_jwt_secret(store, settings)
+    finally:
+        await store.close()
+    return issue_token(
+        secret,
+        tenant,
+        ttl,
+        role,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        tenant_claim=settings.jwt_tenant_claim,
+        role_claim=settings.jwt_role_claim,
+    )
+
+
+def _tenant(text: str) -> str:
+    if not text.strip():
+        raise CliError("--tenant must not be empty")
+    return text.strip()
+
+
+def keys_create(settings: Settings, args: argparse.Namespace) -> int:
+    print(asyncio.run(_keys_create(settings, _tenant(args.tenant), Role(args.role), args.description)))
+    return 0
+
+
+def keys_list(settings: Settings, args: argparse.Namespace) -> int:
+    for line in asyncio.run(_keys_list(settings, _tenant(args.tenant))):
+        print(line)
+    return 0
+
+
+def keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    key_id = args.key_id.split("_")[1] if args.key_id.startswith("atk_") else args.key_id
+    if not asyncio.run(_keys_revoke(settings, key_id)):
+        raise CliError(f"no API key with id {key_id}")
+    print(f"revoked {key_id}", file=sys.stderr)
+    return 0
+
+
+def token(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        print(asyncio.run(_token(settings, _tenant(args.tenant), args.ttl, Role(args.role))))
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    return 0

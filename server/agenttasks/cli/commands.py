@@ -1,0 +1,157 @@
+"""Client commands: each one RPC (or a watch stream) against a running server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from agenttasks.cli import render
+from agenttasks.cli.client import Client, CliError
+from agenttasks.v1 import agent_service_pb2 as apb
+from agenttasks.v1 import task_service_pb2 as tpb
+
+# AIP-159: a task can be named without its agent.
+ANY_AGENT = "-"
+
+
+def _metadata(text: str | None) -> struct_pb2.Struct | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CliError(f"--metadata is not valid JSON: {error.msg} at position {error.pos}") from None
+    if not isinstance(value, dict):
+        raise CliError('--metadata must be a JSON object, like \'{"team": "search"}\'')
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    return struct
+
+
+def _show(args: argparse.Namespace, message: Any, text: str) -> None:
+    print(render.as_json(message) if args.json else text)
+
+
+def agents_create(client: Client, args: argparse.Namespace) -> int:
+    request = apb.CreateAgentRequest(
+        name=args.name,
+        description=args.description,
+        default_timeout_seconds=args.default_timeout,
+        max_attempts=args.max_attempts,
+        input_timeout_seconds=args.input_timeout,
+        metadata=_metadata(args.metadata),
+    )
+    agent = client.call(client.agents.CreateAgent, request).agent
+    _show(args, agent, agent.agent_id)
+    return 0
+
+
+def agents_get(client: Client, args: argparse.Namespace) -> int:
+    agent = client.call(client.agents.GetAgent, apb.GetAgentRequest(agent_id=args.agent_id)).agent
+    _show(args, agent, render.agent_text(agent))
+    return 0
+
+
+def agents_list(client: Client, args: argparse.Namespace) -> int:
+    token = ""
+    while True:
+        page = client.call(client.agents.ListAgents, apb.ListAgentsRequest(page_size=200, page_token=token))
+        for agent in page.agents:
+            print(render.as_json(agent) if args.json else render.agent_row(agent))
+        token = page.next_page_token
+        if not token:
+            return 0
+
+
+def agents_status(client: Client, args: argparse.Namespace) -> int:
+    rpc = {
+        "pause": (client.agents.PauseAgent, apb.PauseAgentRequest),
+        "resume": (client.agents.ResumeAgent, apb.ResumeAgentRequest),
+        "stop": (client.agents.StopAgent, apb.StopAgentRequest),
+    }[args.agents_command]
+    agent = client.call(rpc[0], rpc[1](agent_id=args.agent_id)).agent
+    _show(args, agent, f"{agent.agent_id} {agent.status}")
+    return 0
+
+
+def agents_delete(client: Client, args: argparse.Namespace) -> int:
+    answer = client.call(client.agents.DeleteAgent, apb.DeleteAgentRequest(agent_id=args.agent_id))
+    _show(args, answer, f"deleted {answer.agent_id} ({answer.cancelled_tasks} unfinished tasks cancelled)")
+    return 0
+
+
+def submit(client: Client, args: argparse.Namespace) -> int:
+    request = tpb.SubmitRequest(
+        agent_id=args.agent_id,
+        message=args.message,
+        priority=args.priority,
+        timeout_override=args.timeout,
+        metadata=_metadata(args.metadata),
+        callback_mode="webhook" if args.webhook_url else "",
+        webhook_url=args.webhook_url or "",
+        request_id=args.request_id or "",
+    )
+    answer = client.call(client.tasks.Submit, request)
+    _show(args, answer, answer.task_id)
+    if args.watch:
+        return _watch(client, args.agent_id, answer.task_id, 0, args.json)
+    return 0
+
+
+def status(client: Client, args: argparse.Namespace) -> int:
+    task = client.call(client.tasks.GetStatus, tpb.GetStatusRequest(agent_id=ANY_AGENT, task_id=args.task_id)).task
+    _show(args, task, render.task_text(task))
+    return 0
+
+
+def cancel(client: Client, args: argparse.Namespace) -> int:
+    task = client.call(client.tasks.Cancel, tpb.CancelRequest(agent_id=ANY_AGENT, task_id=args.task_id)).task
+    _show(args, task, f"{task.task_id} {task.status}")
+    return 0
+
+
+def send(client: Client, args: argparse.Namespace) -> int:
+    request = tpb.SendMessageRequest(
+        agent_id=ANY_AGENT, task_id=args.task_id, message=args.message, request_id=args.request_id or ""
+    )
+    answer = client.call(client.tasks.SendMessage, request)
+    _show(args, answer, f"{answer.message_id} sent; task {answer.status}")
+    return 0
+
+
+def tasks_list(client: Client, args: argparse.Namespace) -> int:
+    token, shown = "", 0
+    while shown < args.limit:
+        request = tpb.ListTasksRequest(
+            agent_id=args.agent_id, status=args.status or "", page_size=min(200, args.limit - shown), page_token=token
+        )
+        page = client.call(client.tasks.ListTasks, request)
+        for task in page.tasks:
+            print(render.as_json(task) if args.json else render.task_row(task))
+        shown += len(page.tasks)
+        token = page.next_page_token
+        if not token:
+            break
+    return 0
+
+
+def _watch(client: Client, agent_id: str, task_id: str, after: int, as_json: bool) -> int:
+    request = tpb.WatchTaskRequest(agent_id=agent_id, task_id=task_id, after_sequence=after)
+    final = ""
+    for event in client.stream(client.tasks.WatchTask, request):
+        if as_json:
+            print(render.as_json(event), flush=True)
+        else:
+            render.write_event(event, sys.stdout)
+        if event.type == "end":
+            final = event.status
+    # Exit status tells scripts how the task ended: 0 completed, 1 otherwise.
+    return 0 if final == "completed" else 1
+
+
+def watch(client: Client, args: argparse.Namespace) -> int:
+    return _watch(client, ANY_AGENT, args.task_id, args.after, args.json)

@@ -1,0 +1,244 @@
+"""`agenttasks`: the command line. Run `agenttasks --help`, or `agenttasks COMMAND --help`.
+
+Every command has help text (a test checks it), and every failure is one clear line on stderr
+with a non-zero exit: no stack traces for bad input or an unreachable server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from agenttasks import __version__
+from agenttasks.cli import admin, commands
+from agenttasks.cli.admin import parse_duration
+from agenttasks.cli.client import Client, CliError
+from agenttasks.core.model import Role
+from agenttasks.settings import Settings
+
+ClientCommand = Callable[[Client, argparse.Namespace], int]
+LocalCommand = Callable[[Settings, argparse.Namespace], int]
+
+EPILOG = """\
+first steps:
+  agenttasks serve                       # prints 'admin api key: ...' on first start
+  export AGENTTASKS_API_KEY=atk_...      # that key
+  agenttasks agents create my-agent      # prints the agent id
+  agenttasks submit AGENT_ID "summarise the report" --watch
+
+settings also come from AGENTTASKS_* environment variables (see the README); flags win.
+"""
+
+
+def _priority(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 10, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (plus the usage), exit 2, like argparse but without the noise."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message}\n(see '{self.prog} --help')\n")
+
+
+def _client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", help="gRPC address of the service (env AGENTTASKS_SERVER; default 127.0.0.1:50051)")
+    p.add_argument("--api-key", help="API key or JWT to send (env AGENTTASKS_API_KEY)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _db_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help="SQLite database file (env AGENTTASKS_DB; default ./agenttasks.db)")
+
+
+def _add(
+    sub: Any, name: str, help_text: str, *, client: ClientCommand | None = None, local: LocalCommand | None = None
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
+    if client is not None:
+        _client_options(p)
+        p.set_defaults(client_command=client)
+    if local is not None:
+        p.set_defaults(local_command=local)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="agenttasks",
+        description="Hand work to AI agents and follow it to a result.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"agenttasks {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = _add(sub, "serve", "Start the service (gRPC, background loops, REST gateway) in the foreground.")
+    _db_option(p)
+    p.add_argument("--grpc-host", help="address to bind gRPC (default 127.0.0.1)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (default 50051; 0 picks a free one)")
+    p.add_argument("--http-host", help="address to bind the REST gateway (default 127.0.0.1)")
+    p.add_argument("--http-port", type=int, help="REST gateway port (default 8080)")
+    p.add_argument("--no-gateway", action="store_true", help="run gRPC only, without the REST gateway")
+    p.add_argument("--jwt-secret", help="HS256 secret for JWTs (env AGENTTASKS_JWT_SECRET; default: generated)")
+    p.add_argument("--public-base-url", help="base of poll_url/cancel_url in answers")
+    p.set_defaults(serve=True)
+
+    keys = _add(sub, "keys", "Manage API keys (acts on the database file; no server needed).")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=_Parser, required=True)
+    p = _add(
+        keys_sub, "create", "Create an API key and print it (it is shown only this once).", local=admin.keys_create
+    )
+    _db_option(p)
+    p.add_argument("--tenant", required=True, help="tenant the key acts for")
+    p.add_argument("--role", choices=[r.value for r in Role], default="client", help="what it may do (default client)")
+    p.add_argument("--description", default="", help="a note to tell keys apart")
+    p = _add(keys_sub, "list", "List a tenant's API keys (ids and roles, never secrets).", local=admin.keys_list)
+    _db_option(p)
+    p.add_argument("--tenant", required=True, help="tenant whose keys to list")
+    p = _add(keys_sub, "revoke", "Revoke an API key by id (or by the key itself).", local=admin.keys_revoke)
+    _db_option(p)
+    p.add_argument("key_id", help="the key id (the part after 'atk_')")
+
+    p = _add(sub, "token", "Print a JWT for a tenant, signed with the server's HS256 secret.", local=admin.token)
+    _db_option(p)
+    p.add_argument("--tenant", required=True, help="tenant the token acts for")
+    p.add_argument("--ttl", type=parse_duration, default=3600, help="lifetime, e.g. 15m, 1h, 7d (default 1h)")
+    p.add_argument("--role", choices=[r.value for r in Role], default="client", help="role claim (default client)")
+    p.add_argument("--jwt-secret", help="sign with this secret instead of the one in the database")
+
+    agents = _add(sub, "agents", "Create and manage agents.")
+    agents_sub = agents.add_subparsers(dest="agents_command", metavar="ACTION", parser_class=_Parser, required=True)
+    p = _add(agents_sub, "create", "Create an agent and print its id.", client=commands.agents_create)
+    p.add_argument("name", help="a name for people")
+    p.add_argument("--description", default="", help="what the agent does")
+    p.add_argument("--default-timeout", type=_positive, help="running-time bound of its tasks in seconds (3600)")
+    p.add_argument("--max-attempts", type=_positive, help="starts allowed per task before it fails (3)")
+    p.add_argument("--input-timeout", type=_positive, help="how long a task may await input in seconds (86400)")
+    p.add_argument("--metadata", help="JSON object kept with the agent")
+    for action, text in [
+        ("get", "Show an agent."),
+        ("pause", "Pause an agent: its queue is kept, nothing is dispatched, submits are refused."),
+        ("resume", "Make an agent active again."),
+        ("stop", "Stop an agent: submits are refused and nothing is dispatched."),
+        ("delete", "Delete an agent, cancelling its unfinished tasks."),
+    ]:
+        handler = {
+            "get": commands.agents_get,
+            "delete": commands.agents_delete,
+        }.get(action, commands.agents_status)
+        p = _add(agents_sub, action, text, client=handler)
+        p.add_argument("agent_id", help="the agent's id")
+    _add(agents_sub, "list", "List your agents.", client=commands.agents_list)
+
+    p = _add(sub, "submit", "Submit a task to an agent and print its id.", client=commands.submit)
+    p.add_argument("agent_id", help="the agent's id")
+    p.add_argument("message", help="the task's instructions")
+    p.add_argument("--priority", type=_priority, help="1 (lowest) to 10 (highest); default 5")
+    p.add_argument("--timeout", type=_positive, help="running-time bound in seconds (overrides the agent's)")
+    p.add_argument("--metadata", help="JSON object kept with the task")
+    p.add_argument("--webhook-url", help="deliver the result to this URL (callback_mode webhook)")
+    p.add_argument("--request-id", help="idempotency key: a retry with the same key returns the same task")
+    p.add_argument("--watch", action="store_true", help="then follow the task until it ends")
+
+    p = _add(sub, "status", "Show a task's status, progress and result.", client=commands.status)
+    p.add_argument("task_id", help="the task's id")
+    p = _add(sub, "watch", "Follow a task live until it ends (exit 0 if it completed).", client=commands.watch)
+    p.add_argument("task_id", help="the task's id")
+    p.add_argument("--after", type=int, default=0, help="also replay stored events after this sequence number")
+    p = _add(sub, "cancel", "Cancel a task.", client=commands.cancel)
+    p.add_argument("task_id", help="the task's id")
+    p = _add(sub, "send", "Send a message to a task (answers an agent awaiting input).", client=commands.send)
+    p.add_argument("task_id", help="the task's id")
+    p.add_argument("message", help="the message")
+    p.add_argument("--request-id", help="idempotency key for the message")
+
+    tasks = _add(sub, "tasks", "List tasks.")
+    tasks_sub = tasks.add_subparsers(dest="tasks_command", metavar="ACTION", parser_class=_Parser, required=True)
+    p = _add(tasks_sub, "list", "List an agent's tasks, newest first.", client=commands.tasks_list)
+    p.add_argument("agent_id", help="the agent's id")
+    p.add_argument("--status", help="only tasks in this status")
+    p.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, overridden by the flags that were given."""
+    overrides: dict[str, Any] = {}
+    for name in (
+        "db",
+        "grpc_host",
+        "grpc_port",
+        "http_host",
+        "http_port",
+        "jwt_secret",
+        "public_base_url",
+        "server",
+        "api_key",
+    ):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    if getattr(args, "no_gateway", False):
+        overrides["gateway"] = False
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "settings"
+        raise CliError(f"bad setting {where}: {first['msg']}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        settings = settings_from(args)
+        if getattr(args, "serve", False):
+            from agenttasks.cli.serve import serve  # the server's imports are not needed by clients
+
+            return serve(settings)
+        if (local := getattr(args, "local_command", None)) is not None:
+            code: int = local(settings, args)
+            return code
+        if (remote := getattr(args, "client_command", None)) is not None:
+            client = Client(settings)
+            try:
+                code = remote(client, args)
+                return code
+            finally:
+                client.close()
+        parser.print_help()
+        return 2
+    except CliError as error:
+        print(f"agenttasks: {error.message}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""WatchTask over real gRPC: snapshot first, every event in order, resume after a sequence number
+(also across a server restart), many watchers each get everything, and the stream ends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from agenttasks.app import Service
+from agenttasks.auth import create_api_key
+from agenttasks.core.model import Role
+from agenttasks.v1 import task_service_pb2 as tpb
+from tests.support import Api, api_for, error_info, make_settings
+
+pytestmark = pytest.mark.asyncio
+
+
+def watch(api: Api, agent_id: str, task_id: str, after: int = 0) -> AsyncIterator[tpb.WatchTaskResponse]:
+    request = tpb.WatchTaskRequest(agent_id=agent_id, task_id=task_id, after_sequence=after)
+    stream: AsyncIterator[tpb.WatchTaskResponse] = api.tasks.WatchTask(request, metadata=api.metadata)
+    return stream
+
+
+async def send(api: Api, agent_id: str, task_id: str, text: str) -> None:
+    await api.tasks.SendMessage(
+        tpb.SendMessageRequest(agent_id=agent_id, task_id=task_id, message=text), metadata=api.metadata
+    )
+
+
+async def cancel(api: Api, agent_id: str, task_id: str) -> None:
+    await api.tasks.Cancel(tpb.CancelRequest(agent_id=agent_id, task_id=task_id), metadata=api.metadata)
+
+
+async def collect(stream: AsyncIterator[tpb.WatchTaskResponse]) -> list[tpb.WatchTaskResponse]:
+    return [message async for message in stream]
+
+
+async def test_snapshot_then_live_events_in_order_then_end(client: Api, agent_id: str) -> None:
+    task_id = (await client.submit(agent_id, "watch me")).task_id
+    stream = watch(client, agent_id, task_id)
+    iterator = aiter(stream)
+    snapshot = await anext(iterator)
+    assert snapshot.type == "snapshot"
+    assert (snapshot.sequence, snapshot.status, snapshot.task.message) == (1, "queued", "watch me")
+
+    for i in range(5):
+        await send(client, agent_id, task_id, f"note {i}")
+    await cancel(client, agent_id, task_id)
+    rest = [m async for m in iterator]
+    assert [m.type for m in rest] == ["message"] * 5 + ["status", "end"]
+    assert [m.sequence for m in rest[:-1]] == [2, 3, 4, 5, 6, 7]
+    assert [m.message.text for m in rest[:5]] == [f"note {i}" for i in range(5)]
+    assert (rest[-2].status, rest[-2].reason) == ("cancelled", "CANCELLED_BY_CLIENT")
+    assert (rest[-1].reason, rest[-1].status, rest[-1].sequence) == ("TASK_FINISHED", "cancelled", 7)
+
+
+async def test_watch_of_a_finished_task_is_snapshot_and_end(client: Api, agent_id: str) -> None:
+    task_id = (await client.submit(agent_id)).task_id
+    await cancel(client, agent_id, task_id)
+    messages = await collect(watch(client, agent_id, task_id))
+    assert [m.type for m in messages] == ["snapshot", "end"]
+    assert messages[0].task.status == "cancelled"
+
+
+async def test_resume_after_a_sequence_replays_what_was_missed(client: Api, agent_id: str) -> None:
+    task_id = (await client.submit(agent_id)).task_id
+    for i in range(4):
+        await send(client, agent_id, task_id, f"m{i}")
+    await cancel(client, agent_id, task_id)  # sequences: 1 created, 2-5 messages, 6 cancelled
+    messages = await collect(watch(client, agent_id, task_id, after=2))
+    assert [(m.type, m.sequence) for m in messages] == [
+        ("snapshot", 6),
+        ("message", 3),
+        ("message", 4),
+        ("message", 5),
+        ("status", 6),
+        ("end", 6),
+    ]
+
+
+async def test_resume_across_a_server_restart(db_path: Path) -> None:
+    settings = make_settings(db_path)
+    async with Service(settings) as first:
+        key = await create_api_key(first.store, "default", Role.CLIENT)
+        api = api_for(first.address, key)
+        agent_id = await api.create_agent()
+        task_id = (await api.submit(agent_id)).task_id
+        iterator = aiter(watch(api, agent_id, task_id))
+        seen = [await anext(iterator)]
+        await send(api, agent_id, task_id, "before restart")
+        seen.append(await anext(iterator))
+        await first.stop()  # drain: the stream ends with a resumable end message
+        ending = [m async for m in iterator]
+        await api.channel.close()
+    assert [m.type for m in seen] == ["snapshot", "message"]
+    assert [(m.type, m.reason) for m in ending] == [("end", "SERVER_SHUTDOWN")]
+    last_seen = ending[-1].sequence
+    assert last_seen == 2
+
+    async with Service(settings) as second:
+        api = api_for(second.address, key)
+        try:
+            # Written while nobody watched: it must be replayed on resume.
+            await send(api, agent_id, task_id, "while away")
+            iterator = aiter(watch(api, agent_id, task_id, after=last_seen))
+            snapshot = await anext(iterator)
+            replay = await anext(iterator)
+            await cancel(api, agent_id, task_id)
+            rest = [m async for m in iterator]
+        finally:
+            await api.channel.close()
+    assert (snapshot.type, snapshot.sequence) == ("snapshot", 3)
+    assert (replay.type, replay.sequence, replay.message.text) == ("message", 3, "while away")
+    assert [(m.type, m.sequence) for m in rest] == [("status", 4), ("end", 4)]
+
+
+async def test_many_watchers_each_get_every_event(client: Api, agent_id: str) -> None:
+    task_id = (await client.submit(agent_id)).task_id
+    streams = [aiter(watch(client, agent_id, task_id)) for _ in range(50)]
+    snapshots = await asyncio.gather(*(anext(s) for s in streams))
+    assert {s.type for s in snapshots} == {"snapshot"}
+    for i in range(10):
+        await send(client, agent_id, task_id, f"event {i}")
+    await cancel(client, agent_id, task_id)
+    results = await asyncio.gather(*(collect(s) for s in streams))  # type: ignore[arg-type]
+    expected = [*range(2, 13), 12]
+    for messages in results:
+        assert [m.sequence for m in messages] == expected
+        assert messages[-1].type == "end"
+
+
+async def test_a_watcher_that_falls_behind_still_gets_everything(service: Service, client: Api, agent_id: str) -> None:
+    from agenttasks.core import watch as watch_module
+
+    task_id = (await client.submit(agent_id)).task_id
+    iterator = aiter(watch(client, agent_id, task_id))
+    await anext(iterator)
+    limit = watch_module.QUEUE_LIMIT
+    watch_module.QUEUE_LIMIT = 3  # so a burst of messages overflows the live queue
+    try:
+        await asyncio.gather(*(send(client, agent_id, task_id, f"burst {i}") for i in range(40)))
+        await cancel(client, agent_id, task_id)
+        rest = [m async for m in iterator]
+    finally:
+        watch_module.QUEUE_LIMIT = limit
+    assert [m.sequence for m in rest] == [*range(2, 43), 42]
+
+
+async def test_watch_errors_before_the_first_message_are_statuses(
+    client: Api, other_tenant: Api, agent_id: str
+) -> None:
+    task_id = (await client.submit(agent_id)).task_id
+    for api, args, expected in [
+        (other_tenant, (agent_id, task_id, 0), (grpc.StatusCode.NOT_FOUND, "TASK_NOT_FOUND")),
+        (client, ("nope", task_id, 0), (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")),
+        (client, (agent_id, task_id, -1), (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await collect(watch(api, *args))  # type: ignore[arg-type]
+        assert error_info(caught.value)[:2] == expected
+
+
+async def test_wildcard_agent_watches_by_task_id_alone(client: Api, agent_id: str) -> None:
+    task_id = (await client.submit(agent_id)).task_id
+    await cancel(client, agent_id, task_id)
+    messages = await collect(watch(client, "-", task_id))
+    assert [m.type for m in messages] == ["snapshot", "end"]
