@@ -1,0 +1,193 @@
+-- Every statement the SQLite backend runs, by name. Parameters are named (:tenant) and bound
+-- from dicts. Times are INTEGER microseconds since the epoch (UTC). Task and agent rows are
+-- read with SELECT * and mapped by column name, so a migration that adds a column does not
+-- have to touch every query here.
+
+-- name: create_schema_migrations
+-- Outside the versioned migrations: it is what records them.
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at INTEGER NOT NULL
+);
+
+-- name: applied_migrations
+SELECT version, name, applied_at FROM schema_migrations ORDER BY version;
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name, applied_at) VALUES (:version, :name, :applied_at);
+
+-- name: get_agent
+SELECT * FROM agents WHERE tenant = :tenant AND agent_id = :agent_id;
+
+-- name: list_agents
+-- A row-value cursor keeps this one index range scan whether or not a page cursor is given.
+SELECT * FROM agents
+WHERE tenant = :tenant AND (created_at, agent_id) > (:after_created, :after_id)
+ORDER BY created_at, agent_id
+LIMIT :limit;
+
+-- name: insert_agent
+INSERT INTO agents (
+    tenant, agent_id, name, description, status, status_message, default_timeout_seconds,
+    max_attempts, input_timeout_seconds, metadata, created_at, updated_at
+) VALUES (
+    :tenant, :agent_id, :name, :description, :status, :status_message, :default_timeout_seconds,
+    :max_attempts, :input_timeout_seconds, :metadata, :created_at, :updated_at
+);
+
+-- name: update_agent
+UPDATE agents SET
+    name = :name,
+    description = :description,
+    status = :status,
+    status_message = :status_message,
+    default_timeout_seconds = :default_timeout_seconds,
+    max_attempts = :max_attempts,
+    input_timeout_seconds = :input_timeout_seconds,
+    metadata = :metadata,
+    updated_at = :updated_at
+WHERE tenant = :tenant AND agent_id = :agent_id;
+
+-- name: delete_agent
+-- Tasks and their events go by ON DELETE CASCADE.
+DELETE FROM agents WHERE tenant = :tenant AND agent_id = :agent_id;
+
+-- name: delete_agent_idempotency
+-- Idempotency rows have no agent column: they belong to an agent when the stored answer names
+-- it or one of its tasks (the core's submit and message answers carry agent_id / task_id).
+-- Run before the tasks are deleted. Deleting an agent is rare, so scanning the tenant's rows
+-- is cheaper than an agent column every write would have to fill.
+DELETE FROM idempotency
+WHERE tenant = :tenant
+    AND (json_extract(response, '$.agent_id') = :agent_id
+        OR json_extract(response, '$.task_id') IN (
+            SELECT task_id FROM tasks WHERE tenant = :tenant AND agent_id = :agent_id));
+
+-- name: get_task
+SELECT * FROM tasks WHERE tenant = :tenant AND task_id = :task_id;
+
+-- name: list_tasks
+-- :before_seq is always bound (a huge value when there is no cursor) so this stays a range
+-- scan of tasks_by_agent from the newest row, whichever page is asked for.
+SELECT * FROM tasks
+WHERE tenant = :tenant AND agent_id = :agent_id AND seq < :before_seq
+    AND (:status IS NULL OR status = :status)
+ORDER BY seq DESC
+LIMIT :limit;
+
+-- name: unfinished_tasks
+-- The IN list must match the tasks_unfinished index predicate word for word for SQLite to use it.
+SELECT * FROM tasks
+WHERE tenant = :tenant AND agent_id = :agent_id
+    AND status IN ('queued', 'running', 'awaiting_input')
+ORDER BY seq;
+
+-- name: insert_task
+INSERT INTO tasks (
+    task_id, tenant, agent_id, message, status, priority, metadata, callback_mode, webhook_url,
+    timeout_seconds, created_at, updated_at, started_at, completed_at, progress, output, result,
+    error, input_prompt, attempt, last_sequence, status_reason
+) VALUES (
+    :task_id, :tenant, :agent_id, :message, :status, :priority, :metadata, :callback_mode,
+    :webhook_url, :timeout_seconds, :created_at, :updated_at, :started_at, :completed_at,
+    :progress, :output, :result, :error, :input_prompt, :attempt, :last_sequence, :status_reason
+);
+
+-- name: update_task
+-- Identity (tenant, task_id, agent_id, seq) and created_at never change.
+UPDATE tasks SET
+    message = :message,
+    status = :status,
+    priority = :priority,
+    metadata = :metadata,
+    callback_mode = :callback_mode,
+    webhook_url = :webhook_url,
+    timeout_seconds = :timeout_seconds,
+    updated_at = :updated_at,
+    started_at = :started_at,
+    completed_at = :completed_at,
+    progress = :progress,
+    output = :output,
+    result = :result,
+    error = :error,
+    input_prompt = :input_prompt,
+    attempt = :attempt,
+    last_sequence = :last_sequence,
+    status_reason = :status_reason
+WHERE tenant = :tenant AND task_id = :task_id;
+
+-- name: queued_ahead
+-- Walks tasks_queued from the head of the queue to (priority, seq): cost grows with the number
+-- ahead (about 80 ns each, measured). The tenant is checked once on the agent row: agent_id is
+-- globally unique and the foreign key ties each task's tenant to its agent's.
+SELECT count(*) FROM agents AS a JOIN tasks AS t ON t.agent_id = a.agent_id
+WHERE a.tenant = :tenant AND a.agent_id = :agent_id
+    AND t.status = 'queued'
+    AND (t.priority > :priority OR (t.priority = :priority AND t.seq < :seq));
+
+-- name: recent_run_seconds
+-- Microseconds; NULL (no rows) means no history.
+SELECT avg(completed_at - started_at) FROM (
+    SELECT completed_at, started_at FROM tasks
+    WHERE tenant = :tenant AND agent_id = :agent_id AND status = 'completed'
+        AND started_at IS NOT NULL AND completed_at IS NOT NULL
+    ORDER BY completed_at DESC
+    LIMIT :limit
+);
+
+-- name: events_after
+SELECT * FROM task_events
+WHERE tenant = :tenant AND task_id = :task_id AND sequence > :after_sequence
+ORDER BY sequence
+LIMIT :limit;
+
+-- name: append_event
+INSERT INTO task_events (task_id, sequence, tenant, type, status, time, data)
+VALUES (:task_id, :sequence, :tenant, :type, :status, :time, :data);
+
+-- name: get_api_key
+-- By key id alone: this is how a presented key is found before its tenant is known.
+SELECT * FROM api_keys WHERE key_id = :key_id;
+
+-- name: list_api_keys
+SELECT * FROM api_keys WHERE tenant = :tenant ORDER BY created_at, key_id;
+
+-- name: put_api_key
+INSERT INTO api_keys (key_id, tenant, role, secret_hash, created_at, revoked_at, description)
+VALUES (:key_id, :tenant, :role, :secret_hash, :created_at, :revoked_at, :description)
+ON CONFLICT (key_id) DO UPDATE SET
+    tenant = excluded.tenant,
+    role = excluded.role,
+    secret_hash = excluded.secret_hash,
+    created_at = excluded.created_at,
+    revoked_at = excluded.revoked_at,
+    description = excluded.description;
+
+-- name: revoke_api_key
+-- A second revoke keeps the first time: that is when the key stopped working.
+UPDATE api_keys SET revoked_at = coalesce(revoked_at, :at) WHERE key_id = :key_id;
+
+-- name: get_idempotency
+SELECT * FROM idempotency
+WHERE tenant = :tenant AND scope = :scope AND key = :key AND expires_at > :now;
+
+-- name: put_idempotency
+-- Replaces an expired row that the purge has not reached yet.
+INSERT INTO idempotency (tenant, scope, key, request_hash, response, created_at, expires_at)
+VALUES (:tenant, :scope, :key, :request_hash, :response, :created_at, :expires_at)
+ON CONFLICT (tenant, scope, key) DO UPDATE SET
+    request_hash = excluded.request_hash,
+    response = excluded.response,
+    created_at = excluded.created_at,
+    expires_at = excluded.expires_at;
+
+-- name: purge_idempotency
+DELETE FROM idempotency WHERE expires_at <= :now;
+
+-- name: get_meta
+SELECT value FROM meta WHERE name = :name;
+
+-- name: set_meta
+INSERT INTO meta (name, value) VALUES (:name, :value)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value;

@@ -1,0 +1,372 @@
+"""`ReadTx` and `WriteTx` over one sqlite3 connection, and the row <-> record codecs.
+
+The store opens and ends the transaction around a read or write function; these views only run
+the named statements of `sql/sqlite.sql`. A view is detached when its function returns, so a
+function that keeps it and uses it later fails loudly instead of writing outside any batch.
+
+Times are stored as INTEGER microseconds since the Unix epoch: exact for every aware datetime
+Python can hold, ordered, and subtractable in SQL (run times). JSON is stored compact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from agenttasks.core.model import (
+    Agent,
+    AgentStatus,
+    ApiKeyRecord,
+    CallbackMode,
+    EventType,
+    IdempotencyRecord,
+    JsonObject,
+    Progress,
+    Role,
+    Task,
+    TaskError,
+    TaskEvent,
+    TaskResult,
+    TaskStatus,
+    utcnow,
+)
+from agenttasks.store.sql import load_queries
+
+Q = load_queries("sqlite")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+# Larger than any seq and smaller than any time: stand-ins for "no cursor" that keep each list
+# query one index range scan instead of two query shapes.
+_NO_BEFORE_SEQ = 2**63 - 1
+_NO_AFTER_TIME = -(2**63)
+
+
+def to_micros(value: datetime) -> int:
+    """Microseconds since the epoch. Naive datetimes are refused: their zone is a guess."""
+    if value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}: the store keeps aware UTC times only")
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def from_micros(value: int) -> datetime:
+    return _EPOCH + value * _MICROSECOND
+
+
+def _opt_micros(value: datetime | None) -> int | None:
+    return None if value is None else to_micros(value)
+
+
+def _opt_datetime(value: int | None) -> datetime | None:
+    return None if value is None else from_micros(value)
+
+
+def dump_json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _load_object(text: str) -> JsonObject:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object in the store, found {type(value).__name__}")
+    return value
+
+
+def _agent_params(agent: Agent) -> dict[str, Any]:
+    return {
+        "tenant": agent.tenant,
+        "agent_id": agent.agent_id,
+        "name": agent.name,
+        "description": agent.description,
+        "status": agent.status.value,
+        "status_message": agent.status_message,
+        "default_timeout_seconds": agent.default_timeout_seconds,
+        "max_attempts": agent.max_attempts,
+        "input_timeout_seconds": agent.input_timeout_seconds,
+        "metadata": dump_json(agent.metadata),
+        "created_at": to_micros(agent.created_at),
+        "updated_at": to_micros(agent.updated_at),
+    }
+
+
+def _agent(row: sqlite3.Row) -> Agent:
+    return Agent(
+        tenant=row["tenant"],
+        agent_id=row["agent_id"],
+        name=row["name"],
+        description=row["description"],
+        status=AgentStatus(row["status"]),
+        status_message=row["status_message"],
+        default_timeout_seconds=row["default_timeout_seconds"],
+        max_attempts=row["max_attempts"],
+        input_timeout_seconds=row["input_timeout_seconds"],
+        metadata=_load_object(row["metadata"]),
+        created_at=from_micros(row["created_at"]),
+        updated_at=from_micros(row["updated_at"]),
+    )
+
+
+def _task_params(task: Task) -> dict[str, Any]:
+    progress = None if task.progress is None else {"percent": task.progress.percent, "text": task.progress.text}
+    result = None if task.result is None else {"text": task.result.text, "data": task.result.data}
+    error = None if task.error is None else {"code": task.error.code, "message": task.error.message}
+    return {
+        "tenant": task.tenant,
+        "task_id": task.task_id,
+        "agent_id": task.agent_id,
+        "message": task.message,
+        "status": task.status.value,
+        "priority": task.priority,
+        "metadata": dump_json(task.metadata),
+        "callback_mode": task.callback_mode.value,
+        "webhook_url": task.webhook_url,
+        "timeout_seconds": task.timeout_seconds,
+        "created_at": to_micros(task.created_at),
+        "updated_at": to_micros(task.updated_at),
+        "started_at": _opt_micros(task.started_at),
+        "completed_at": _opt_micros(task.completed_at),
+        "progress": None if progress is None else dump_json(progress),
+        "output": task.output,
+        "result": None if result is None else dump_json(result),
+        "error": None if error is None else dump_json(error),
+        "input_prompt": task.input_prompt,
+        "attempt": task.attempt,
+        "last_sequence": task.last_sequence,
+        "status_reason": task.status_reason,
+    }
+
+
+def _task(row: sqlite3.Row) -> Task:
+    progress = result = error = None
+    if row["progress"] is not None:
+        raw = _load_object(row["progress"])
+        progress = Progress(percent=float(raw["percent"]), text=raw["text"])
+    if row["result"] is not None:
+        raw = _load_object(row["result"])
+        result = TaskResult(text=raw["text"], data=raw["data"])
+    if row["error"] is not None:
+        raw = _load_object(row["error"])
+        error = TaskError(code=raw["code"], message=raw["message"])
+    return Task(
+        tenant=row["tenant"],
+        task_id=row["task_id"],
+        agent_id=row["agent_id"],
+        message=row["message"],
+        status=TaskStatus(row["status"]),
+        priority=row["priority"],
+        metadata=_load_object(row["metadata"]),
+        callback_mode=CallbackMode(row["callback_mode"]),
+        webhook_url=row["webhook_url"],
+        timeout_seconds=row["timeout_seconds"],
+        created_at=from_micros(row["created_at"]),
+        updated_at=from_micros(row["updated_at"]),
+        started_at=_opt_datetime(row["started_at"]),
+        completed_at=_opt_datetime(row["completed_at"]),
+        progress=progress,
+        output=row["output"],
+        result=result,
+        error=error,
+        input_prompt=row["input_prompt"],
+        attempt=row["attempt"],
+        last_sequence=row["last_sequence"],
+        status_reason=row["status_reason"],
+        seq=row["seq"],
+    )
+
+
+def _event(row: sqlite3.Row) -> TaskEvent:
+    return TaskEvent(
+        tenant=row["tenant"],
+        task_id=row["task_id"],
+        sequence=row["sequence"],
+        type=EventType(row["type"]),
+        status=TaskStatus(row["status"]),
+        time=from_micros(row["time"]),
+        data=_load_object(row["data"]),
+    )
+
+
+def _api_key(row: sqlite3.Row) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        key_id=row["key_id"],
+        tenant=row["tenant"],
+        role=Role(row["role"]),
+        secret_hash=row["secret_hash"],
+        created_at=from_micros(row["created_at"]),
+        revoked_at=_opt_datetime(row["revoked_at"]),
+        description=row["description"],
+    )
+
+
+def _idempotency(row: sqlite3.Row) -> IdempotencyRecord:
+    return IdempotencyRecord(
+        tenant=row["tenant"],
+        scope=row["scope"],
+        key=row["key"],
+        request_hash=row["request_hash"],
+        response=_load_object(row["response"]),
+        created_at=from_micros(row["created_at"]),
+        expires_at=from_micros(row["expires_at"]),
+    )
+
+
+class SqliteReadTx:
+    """A read view; the store wraps each read function in one transaction (one snapshot)."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn: sqlite3.Connection | None = conn
+
+    def detach(self) -> None:
+        """Called by the store when the function returns; later use raises."""
+        self._conn = None
+
+    def _execute(self, name: str, params: dict[str, Any]) -> sqlite3.Cursor:
+        if self._conn is None:
+            raise RuntimeError("a store transaction view was used after its function returned")
+        return self._conn.execute(Q[name], params)
+
+    def _one(self, name: str, params: dict[str, Any]) -> Any:
+        return self._execute(name, params).fetchone()
+
+    def _all(self, name: str, params: dict[str, Any]) -> list[Any]:
+        return self._execute(name, params).fetchall()
+
+    def get_agent(self, tenant: str, agent_id: str) -> Agent | None:
+        row = self._one("get_agent", {"tenant": tenant, "agent_id": agent_id})
+        return None if row is None else _agent(row)
+
+    def list_agents(self, tenant: str, *, after_created: tuple[datetime, str] | None, limit: int) -> list[Agent]:
+        after_time, after_id = _NO_AFTER_TIME, ""
+        if after_created is not None:
+            after_time, after_id = to_micros(after_created[0]), after_created[1]
+        params = {"tenant": tenant, "after_created": after_time, "after_id": after_id, "limit": limit}
+        return [_agent(row) for row in self._all("list_agents", params)]
+
+    def get_task(self, tenant: str, task_id: str) -> Task | None:
+        row = self._one("get_task", {"tenant": tenant, "task_id": task_id})
+        return None if row is None else _task(row)
+
+    def list_tasks(
+        self, tenant: str, agent_id: str, *, status: TaskStatus | None, before_seq: int | None, limit: int
+    ) -> list[Task]:
+        params = {
+            "tenant": tenant,
+            "agent_id": agent_id,
+            "status": None if status is None else status.value,
+            "before_seq": _NO_BEFORE_SEQ if before_seq is None else before_seq,
+            "limit": limit,
+        }
+        return [_task(row) for row in self._all("list_tasks", params)]
+
+    def unfinished_tasks(self, tenant: str, agent_id: str) -> list[Task]:
+        rows = self._all("unfinished_tasks", {"tenant": tenant, "agent_id": agent_id})
+        return [_task(row) for row in rows]
+
+    def events_after(self, tenant: str, task_id: str, after_sequence: int, limit: int) -> list[TaskEvent]:
+        params = {"tenant": tenant, "task_id": task_id, "after_sequence": after_sequence, "limit": limit}
+        return [_event(row) for row in self._all("events_after", params)]
+
+    def queued_ahead(self, tenant: str, agent_id: str, priority: int, seq: int) -> int:
+        params = {"tenant": tenant, "agent_id": agent_id, "priority": priority, "seq": seq}
+        return int(self._one("queued_ahead", params)[0])
+
+    def recent_run_seconds(self, tenant: str, agent_id: str, limit: int) -> float | None:
+        params = {"tenant": tenant, "agent_id": agent_id, "limit": limit}
+        micros = self._one("recent_run_seconds", params)[0]
+        return None if micros is None else float(micros) / 1_000_000
+
+    def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        row = self._one("get_api_key", {"key_id": key_id})
+        return None if row is None else _api_key(row)
+
+    def list_api_keys(self, tenant: str) -> list[ApiKeyRecord]:
+        return [_api_key(row) for row in self._all("list_api_keys", {"tenant": tenant})]
+
+    def get_idempotency(self, tenant: str, scope: str, key: str) -> IdempotencyRecord | None:
+        params = {"tenant": tenant, "scope": scope, "key": key, "now": to_micros(utcnow())}
+        row = self._one("get_idempotency", params)
+        return None if row is None else _idempotency(row)
+
+    def get_meta(self, name: str) -> str | None:
+        row = self._one("get_meta", {"name": name})
+        return None if row is None else str(row[0])
+
+
+class SqliteWriteTx(SqliteReadTx):
+    """A write view; the writer runs each write function inside its own SAVEPOINT."""
+
+    __slots__ = ()
+
+    def insert_agent(self, agent: Agent) -> None:
+        self._execute("insert_agent", _agent_params(agent))
+
+    def update_agent(self, agent: Agent) -> None:
+        if self._execute("update_agent", _agent_params(agent)).rowcount != 1:
+            raise LookupError(f"no agent {agent.agent_id!r} in tenant {agent.tenant!r} to update")
+
+    def delete_agent(self, tenant: str, agent_id: str) -> None:
+        """Deletes the agent, its tasks and events (by cascade) and the idempotency records
+        whose stored response names the agent (`agent_id`) or one of its tasks (`task_id`)."""
+        params = {"tenant": tenant, "agent_id": agent_id}
+        self._execute("delete_agent_idempotency", params)
+        self._execute("delete_agent", params)
+
+    def insert_task(self, task: Task) -> Task:
+        seq = self._execute("insert_task", _task_params(task)).lastrowid
+        if seq is None:  # pragma: no cover - an INSERT into a rowid table always has one
+            raise RuntimeError("SQLite assigned no seq to an inserted task")
+        return dataclasses.replace(task, seq=seq)
+
+    def update_task(self, task: Task) -> None:
+        if self._execute("update_task", _task_params(task)).rowcount != 1:
+            raise LookupError(f"no task {task.task_id!r} in tenant {task.tenant!r} to update")
+
+    def append_event(self, event: TaskEvent) -> None:
+        params = {
+            "task_id": event.task_id,
+            "sequence": event.sequence,
+            "tenant": event.tenant,
+            "type": event.type.value,
+            "status": event.status.value,
+            "time": to_micros(event.time),
+            "data": dump_json(event.data),
+        }
+        self._execute("append_event", params)
+
+    def put_idempotency(self, record: IdempotencyRecord) -> None:
+        params = {
+            "tenant": record.tenant,
+            "scope": record.scope,
+            "key": record.key,
+            "request_hash": record.request_hash,
+            "response": dump_json(record.response),
+            "created_at": to_micros(record.created_at),
+            "expires_at": to_micros(record.expires_at),
+        }
+        self._execute("put_idempotency", params)
+
+    def purge_idempotency(self, now: datetime) -> int:
+        return self._execute("purge_idempotency", {"now": to_micros(now)}).rowcount
+
+    def put_api_key(self, record: ApiKeyRecord) -> None:
+        params = {
+            "key_id": record.key_id,
+            "tenant": record.tenant,
+            "role": record.role.value,
+            "secret_hash": record.secret_hash,
+            "created_at": to_micros(record.created_at),
+            "revoked_at": _opt_micros(record.revoked_at),
+            "description": record.description,
+        }
+        self._execute("put_api_key", params)
+
+    def revoke_api_key(self, key_id: str, at: datetime) -> bool:
+        return self._execute("revoke_api_key", {"key_id": key_id, "at": to_micros(at)}).rowcount == 1
+
+    def set_meta(self, name: str, value: str) -> None:
+        self._execute("set_meta", {"name": name, "value": value})

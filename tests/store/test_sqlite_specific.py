@@ -1,0 +1,474 @@
+"""What only the SQLite backend promises: WAL and durable settings, group commit, versioned
+migrations, crash safety, URL handling, and that no sqlite3 call runs on the event loop.
+
+Tests that need two writes in one batch hold the writer with a write function that waits on an
+Event, queue the others behind it, then release it: batching made deterministic, not timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from agenttasks.core.model import Agent, Task, TaskStatus
+from agenttasks.core.ports import ReadTx, WriteTx
+from agenttasks.store import SqliteStore, open_store, sqlite_path
+from agenttasks.store.migrations import Migration, applied_migrations, load_migrations, migrate, split_statements
+from agenttasks.store.sql import load_queries, parse_queries
+from agenttasks.store.sqlite_writer import TransactionLost
+
+MakeAgent = Callable[..., Agent]
+MakeTask = Callable[..., Task]
+
+EXPECTED_TABLES = {"agents", "tasks", "task_events", "api_keys", "idempotency", "meta", "schema_migrations"}
+EXPECTED_INDEXES = {
+    "agents_by_created",
+    "tasks_by_agent",
+    "tasks_queued",
+    "tasks_unfinished",
+    "tasks_completed",
+    "api_keys_by_tenant",
+    "idempotency_expiry",
+}
+CLAIM = (
+    "UPDATE tasks SET status = 'running' WHERE seq = (SELECT seq FROM tasks WHERE agent_id = ? "
+    "AND status = 'queued' ORDER BY priority DESC, seq LIMIT 1) RETURNING task_id"
+)
+
+
+@pytest_asyncio.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    store = await SqliteStore.open(tmp_path / "agenttasks.db")
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def raw(tx: ReadTx) -> sqlite3.Connection:
+    """The connection behind a transaction view: lets a test inspect or sabotage exactly the
+    connection the store uses."""
+    conn = tx._conn  # type: ignore[attr-defined]
+    assert isinstance(conn, sqlite3.Connection)
+    return conn
+
+
+@asynccontextmanager
+async def writer_held(store: SqliteStore) -> AsyncIterator[None]:
+    """Keeps the writer busy inside a write function until the block ends, so every write
+    queued in the block lands in the one next batch."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(tx: WriteTx) -> None:
+        entered.set()
+        release.wait(30)
+
+    holder = asyncio.ensure_future(store.write(hold))
+    await asyncio.to_thread(entered.wait, 30)
+    try:
+        yield
+        # Let every task created in the block run up to its enqueue before releasing.
+        await asyncio.sleep(0)
+    finally:
+        release.set()
+        await holder
+
+
+def schema(path: Path) -> dict[str, str]:
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchall()
+    finally:
+        conn.close()
+    return {name: sql for name, sql in rows}
+
+
+# --- connection settings ----------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_wal_full_sync_and_foreign_keys_on_every_connection(sqlite_store: SqliteStore) -> None:
+    def pragmas(tx: ReadTx) -> tuple[Any, ...]:
+        conn = raw(tx)
+        names = ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+        return tuple(conn.execute(f"PRAGMA {name}").fetchone()[0] for name in names)
+
+    # synchronous 2 is FULL: a write is acknowledged only once its COMMIT is on disk.
+    assert await sqlite_store.write(pragmas) == ("wal", 2, 1, 10_000)
+    assert await sqlite_store.read(pragmas) == ("wal", 2, 1, 10_000)
+
+
+@pytest.mark.asyncio
+async def test_no_sqlite_call_on_the_event_loop_thread(sqlite_store: SqliteStore) -> None:
+    loop_thread = threading.current_thread()
+    read_thread = await sqlite_store.read(lambda tx: threading.current_thread())
+    write_thread = await sqlite_store.write(lambda tx: threading.current_thread())
+    assert loop_thread not in (read_thread, write_thread)
+    assert read_thread is not write_thread
+
+
+@pytest.mark.asyncio
+async def test_readers_cannot_write(sqlite_store: SqliteStore) -> None:
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        await sqlite_store.read(lambda tx: raw(tx).execute("INSERT INTO meta VALUES ('a', 'b')"))
+
+
+@pytest.mark.asyncio
+async def test_a_view_used_after_its_function_fails_loudly(sqlite_store: SqliteStore) -> None:
+    kept = await sqlite_store.write(lambda tx: tx)
+    with pytest.raises(RuntimeError, match="after its function returned"):
+        kept.set_meta("late", "write")
+
+
+@pytest.mark.asyncio
+async def test_naive_datetimes_are_refused(sqlite_store: SqliteStore, make_agent: MakeAgent) -> None:
+    naive = make_agent().created_at.replace(tzinfo=None)
+    with pytest.raises(ValueError, match="naive"):
+        await sqlite_store.write(lambda tx: tx.insert_agent(make_agent(created_at=naive)))
+
+
+# --- group commit -----------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_concurrent_writes_share_one_commit(
+    sqlite_store: SqliteStore, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    await sqlite_store.write(lambda tx: tx.insert_agent(make_agent()))
+    before = sqlite_store.stats()
+    async with writer_held(sqlite_store):
+        writes = asyncio.gather(
+            *(sqlite_store.write(lambda tx, i=i: tx.insert_task(make_task(f"t{i}"))) for i in range(200))
+        )
+    inserted = await writes
+    after = sqlite_store.stats()
+
+    assert len({t.seq for t in inserted}) == 200
+    tasks = await sqlite_store.read(
+        lambda tx: tx.list_tasks("tenant-a", "agent-1", status=None, before_seq=None, limit=1000)
+    )
+    assert len(tasks) == 200
+    assert after.writes - before.writes == 201  # the holder and the 200
+    assert after.commits - before.commits == 2  # the holder's batch and one for all 200
+    # Futures resolve in submission order, so seqs follow the order of the calls.
+    assert [t.seq for t in inserted] == sorted(t.seq for t in inserted)
+
+
+@pytest.mark.asyncio
+async def test_batches_are_capped(tmp_path: Path) -> None:
+    async with await SqliteStore.open(tmp_path / "db.sqlite", max_batch=3) as store:
+        async with writer_held(store):
+            writes = asyncio.gather(*(store.write(lambda tx, i=i: tx.set_meta(f"k{i}", "v")) for i in range(7)))
+        await writes
+        assert store.stats().batches == 1 + 3  # holder, then 3 + 3 + 1
+
+
+@pytest.mark.asyncio
+async def test_a_failing_write_is_rolled_back_alone_within_its_batch(
+    sqlite_store: SqliteStore, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    await sqlite_store.write(lambda tx: tx.insert_agent(make_agent()))
+
+    def insert_then_fail(tx: WriteTx) -> None:
+        tx.insert_task(make_task("doomed"))
+        raise KeyError("on purpose")
+
+    before = sqlite_store.stats()
+    async with writer_held(sqlite_store):
+        writes = asyncio.gather(
+            sqlite_store.write(lambda tx: tx.insert_task(make_task("first"))),
+            sqlite_store.write(insert_then_fail),
+            sqlite_store.write(lambda tx: tx.insert_task(make_task("doomed"))),  # same id: no leftovers
+            return_exceptions=True,
+        )
+    first, failed, reused = await writes
+    assert sqlite_store.stats().commits - before.commits == 2
+    assert isinstance(failed, KeyError)
+    assert isinstance(first, Task) and isinstance(reused, Task)
+    assert await sqlite_store.read(lambda tx: tx.get_task("tenant-a", "doomed")) == reused
+
+
+@pytest.mark.asyncio
+async def test_a_failed_commit_fails_every_write_of_the_batch(sqlite_store: SqliteStore, make_task: MakeTask) -> None:
+    def orphan_checked_at_commit(tx: WriteTx) -> None:
+        # A deferred foreign key is only checked by COMMIT: the way to make COMMIT itself fail.
+        raw(tx).execute("PRAGMA defer_foreign_keys = ON")
+        tx.insert_task(make_task("orphan", agent_id="no-such-agent"))
+
+    async with writer_held(sqlite_store):
+        writes = asyncio.gather(
+            sqlite_store.write(lambda tx: tx.set_meta("innocent", "1")),
+            sqlite_store.write(orphan_checked_at_commit),
+            return_exceptions=True,
+        )
+    innocent, orphan = await writes
+    assert isinstance(innocent, sqlite3.IntegrityError)
+    assert isinstance(orphan, sqlite3.IntegrityError)
+    assert await sqlite_store.read(lambda tx: tx.get_meta("innocent")) is None
+    # The writer carries on.
+    await sqlite_store.write(lambda tx: tx.set_meta("after", "1"))
+    assert await sqlite_store.read(lambda tx: tx.get_meta("after")) == "1"
+
+
+@pytest.mark.asyncio
+async def test_a_transaction_lost_mid_batch_is_reported_and_the_rest_still_runs(
+    sqlite_store: SqliteStore,
+) -> None:
+    def end_the_transaction(tx: WriteTx) -> None:
+        # Stands in for SQLite rolling back a whole transaction (disk full, I/O error).
+        raw(tx).execute("ROLLBACK")
+
+    async with writer_held(sqlite_store):
+        writes = asyncio.gather(
+            sqlite_store.write(lambda tx: tx.set_meta("earlier", "1")),
+            sqlite_store.write(end_the_transaction),
+            sqlite_store.write(lambda tx: tx.set_meta("later", "1")),
+            return_exceptions=True,
+        )
+    earlier, culprit, later = await writes
+    assert isinstance(earlier, TransactionLost)
+    assert isinstance(culprit, TransactionLost)
+    assert later is None
+
+    def look(tx: ReadTx) -> tuple[str | None, str | None]:
+        return tx.get_meta("earlier"), tx.get_meta("later")
+
+    assert await sqlite_store.read(look) == (None, "1")
+
+
+@pytest.mark.asyncio
+async def test_close_drains_queued_writes(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "db.sqlite")
+    writes = [asyncio.ensure_future(store.write(lambda tx, i=i: tx.set_meta(f"k{i}", "v"))) for i in range(50)]
+    await asyncio.sleep(0)  # every write is queued
+    await store.close()
+    assert all(w.done() and w.exception() is None for w in writes)
+    async with await SqliteStore.open(tmp_path / "db.sqlite") as reopened:
+        assert await reopened.read(lambda tx: [tx.get_meta(f"k{i}") for i in range(50)]) == ["v"] * 50
+
+
+# --- migrations and SQL -----------------------------------------------------------------------
+
+
+def test_migrations_build_the_expected_schema_once(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        assert migrate(conn) == [m.version for m in load_migrations()]
+        recorded = conn.execute("SELECT version, applied_at FROM schema_migrations").fetchall()
+        assert migrate(conn) == []  # a second run applies nothing
+        assert conn.execute("SELECT version, applied_at FROM schema_migrations").fetchall() == recorded
+    finally:
+        conn.close()
+
+    objects = schema(path)
+    assert {n for n, sql in objects.items() if sql.startswith("CREATE TABLE")} >= EXPECTED_TABLES
+    assert {n for n, sql in objects.items() if sql.startswith("CREATE INDEX")} == EXPECTED_INDEXES
+    assert re.search(r"\(agent_id, priority DESC, seq\) WHERE status = 'queued'", objects["tasks_queued"])
+    assert "AUTOINCREMENT" in objects["tasks"]
+
+
+@pytest.mark.asyncio
+async def test_reopening_does_not_reapply_migrations(tmp_path: Path) -> None:
+    path = tmp_path / "agenttasks.db"
+    await (await SqliteStore.open(path)).close()
+    before = schema(path), _recorded(path)
+    await (await SqliteStore.open(path)).close()
+    assert (schema(path), _recorded(path)) == before
+
+
+def _recorded(path: Path) -> list[tuple[int, str, int]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT * FROM schema_migrations ORDER BY version").fetchall()
+    finally:
+        conn.close()
+
+
+def test_a_failing_migration_leaves_no_trace(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    try:
+        migrate(conn)
+        broken = Migration(len(load_migrations()) + 1, "broken", "CREATE TABLE half (x);\nSELECT nope FROM nowhere;")
+        with pytest.raises(sqlite3.OperationalError):
+            migrate(conn, [*load_migrations(), broken])
+        assert broken.version not in applied_migrations(conn)
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half'").fetchone()[0] == 0
+    finally:
+        conn.close()
+
+
+def test_a_database_from_a_newer_server_is_refused(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    try:
+        migrate(conn)
+        conn.execute("INSERT INTO schema_migrations VALUES (999, 'from_the_future', 0)")
+        with pytest.raises(RuntimeError, match="newer server"):
+            migrate(conn)
+    finally:
+        conn.close()
+
+
+def test_statement_splitting_respects_strings_and_triggers() -> None:
+    script = """
+        -- a comment; with a semicolon
+        CREATE TABLE t (x TEXT DEFAULT 'a;b');
+        CREATE TRIGGER tr AFTER INSERT ON t BEGIN
+            UPDATE t SET x = 'c;d';
+        END;
+        -- trailing comment
+    """
+    statements = split_statements(script)
+    assert len(statements) == 2
+    assert statements[1].endswith("END;")
+    with pytest.raises(ValueError, match="unterminated"):
+        split_statements("CREATE TABLE t (x)")
+
+
+def test_named_query_files_parse_strictly() -> None:
+    assert parse_queries("-- header\n-- name: a\nSELECT 1;\n-- name: b\nSELECT 2;\n") == {
+        "a": "SELECT 1;",
+        "b": "SELECT 2;",
+    }
+    with pytest.raises(ValueError, match="twice"):
+        parse_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")
+    with pytest.raises(ValueError, match="empty"):
+        parse_queries("-- name: a\n\n-- name: b\nSELECT 2;\n")
+
+
+def test_every_named_statement_compiles_against_the_schema(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    try:
+        migrate(conn)
+        for name, sql in load_queries("sqlite").items():
+            params = dict.fromkeys(re.findall(r":([a-z_]+)", sql), 1)
+            conn.execute(f"EXPLAIN {sql}", params)  # prepares without running
+            assert sqlite3.complete_statement(sql), name
+    finally:
+        conn.close()
+
+
+def test_the_claim_query_uses_the_partial_queue_index(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    try:
+        migrate(conn)
+        plan = " / ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {CLAIM}", ("agent-1",)))
+    finally:
+        conn.close()
+    assert "tasks_queued" in plan
+
+
+@pytest.mark.asyncio
+async def test_the_claim_query_takes_the_highest_priority_oldest_task(
+    sqlite_store: SqliteStore, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    await sqlite_store.write(lambda tx: tx.insert_agent(make_agent()))
+    for task_id, priority in [("low", 1), ("high-old", 9), ("high-new", 9), ("mid", 5)]:
+        await sqlite_store.write(lambda tx, t=task_id, p=priority: tx.insert_task(make_task(t, priority=p)))
+    claimed = await sqlite_store.write(lambda tx: raw(tx).execute(CLAIM, ("agent-1",)).fetchone()[0])
+    assert claimed == "high-old"
+    task = await sqlite_store.read(lambda tx: tx.get_task("tenant-a", "high-old"))
+    assert task is not None and task.status is TaskStatus.RUNNING
+
+
+# --- crash safety -----------------------------------------------------------------------------
+
+CRASH_WRITER = """
+import asyncio, sys
+from agenttasks.core.model import Agent, Task
+from agenttasks.store import open_store
+
+async def writer(store, lane):
+    n = 0
+    while True:
+        task_id = f"lane{lane}-{n}"
+        await store.write(lambda tx: tx.insert_task(Task("t", task_id, "a", "m")))
+        print(task_id, flush=True)  # the acknowledgement: only after the write() resolved
+        n += 1
+
+async def main(path):
+    store = await open_store(path)
+    await store.write(lambda tx: tx.insert_agent(Agent("t", "a", "agent")))
+    await asyncio.gather(*(writer(store, lane) for lane in range(8)))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+@pytest.mark.asyncio
+async def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "crash.db"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CRASH_WRITER, str(path), stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    acknowledged: list[str] = []
+    try:
+        while len(acknowledged) < 300:
+            line = await proc.stdout.readline()
+            assert line, f"the writer exited early with {await proc.wait()}"
+            acknowledged.append(line.decode().strip())
+    finally:
+        proc.kill()  # SIGKILL: no close, no checkpoint, no atexit
+        await proc.stdout.read()
+        await proc.wait()
+
+    async with await SqliteStore.open(path) as store:
+        found = await store.read(lambda tx: [tx.get_task("t", task_id) is not None for task_id in acknowledged])
+    assert all(found)
+
+
+# --- URLs and the public surface -------------------------------------------------------------------------------------
+
+
+def test_store_urls_name_sqlite_files() -> None:
+    assert sqlite_path("data/agenttasks.db") == Path("data/agenttasks.db")
+    assert sqlite_path("sqlite:///data/agenttasks.db") == Path("data/agenttasks.db")
+    assert sqlite_path("sqlite:////var/lib/agenttasks.db") == Path("/var/lib/agenttasks.db")
+    assert sqlite_path(":memory:") is None
+    assert sqlite_path("sqlite://") is None
+    for bad in ("", "sqlite://host/db", "sqlite:///", "mysql://x/y"):
+        with pytest.raises(ValueError):
+            sqlite_path(bad)
+
+
+@pytest.mark.asyncio
+async def test_postgresql_is_refused_clearly() -> None:
+    for url in ("postgresql://u@localhost/db", "postgres://localhost/db", "postgresql+psycopg://x/y"):
+        with pytest.raises(ValueError, match="PostgreSQL backend is not available yet"):
+            await open_store(url)
+
+
+@pytest.mark.asyncio
+async def test_open_creates_parent_directories(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "agenttasks.db"
+    store = await open_store(f"sqlite:///{path}")
+    await store.close()
+    assert path.is_file()
+
+
+@pytest.mark.asyncio
+async def test_memory_store_is_a_temporary_file_removed_on_close() -> None:
+    store = await open_store(":memory:")
+    assert isinstance(store, SqliteStore)
+    await store.write(lambda tx: tx.set_meta("k", "v"))
+    assert await store.read(lambda tx: tx.get_meta("k")) == "v"
+    await store.close()
+    assert not store.path.parent.exists()
+
+
+def test_public_surface() -> None:
+    import agenttasks.store as store
+
+    assert sorted(store.__all__) == ["SqliteStore", "WriterStats", "open_store", "sqlite_path"]
+    assert {"open", "open_temporary", "read", "write", "close", "stats"} <= set(dir(SqliteStore))

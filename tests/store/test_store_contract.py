@@ -1,0 +1,495 @@
+"""The storage contract: what every `Store` backend must do, run against each of them.
+
+Only the `Store`/`ReadTx`/`WriteTx` protocol is used here, so a new backend passes by adding
+itself to `store_url` in conftest.py. Backend details (WAL, group commit, crash safety) are
+tested beside the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from agenttasks.core.model import (
+    Agent,
+    AgentStatus,
+    ApiKeyRecord,
+    CallbackMode,
+    EventType,
+    IdempotencyRecord,
+    Progress,
+    Role,
+    Task,
+    TaskError,
+    TaskEvent,
+    TaskResult,
+    TaskStatus,
+    utcnow,
+)
+from agenttasks.core.ports import ReadTx, Store, WriteTx
+from agenttasks.store import open_store
+
+pytestmark = pytest.mark.asyncio
+
+MakeAgent = Callable[..., Agent]
+MakeTask = Callable[..., Task]
+When = Callable[[float], datetime]
+
+METADATA = {
+    "team": "núcleo ✓",
+    "nested": {"list": [1, 2.5, None, True, "x"], "empty": {}},
+    "z-first": 1,
+    "a-second": "order is kept",
+}
+
+
+class Boom(Exception):
+    """Raised by a write function on purpose."""
+
+
+async def add_agent(store: Store, agent: Agent) -> Agent:
+    await store.write(lambda tx: tx.insert_agent(agent))
+    return agent
+
+
+async def add_task(store: Store, task: Task) -> Task:
+    return await store.write(lambda tx: tx.insert_task(task))
+
+
+async def count_tasks(store: Store, agent_id: str = "agent-1", tenant: str = "tenant-a") -> int:
+    tasks = await store.read(lambda tx: tx.list_tasks(tenant, agent_id, status=None, before_seq=None, limit=100_000))
+    return len(tasks)
+
+
+async def test_agent_round_trips_and_updates(store: Store, make_agent: MakeAgent, when: When) -> None:
+    agent = make_agent(
+        description="does things",
+        status=AgentStatus.PAUSED,
+        status_message="maintenance",
+        default_timeout_seconds=120,
+        max_attempts=7,
+        input_timeout_seconds=999,
+        metadata=METADATA,
+        created_at=when(0.000001),
+        updated_at=when(2.5),
+    )
+    await add_agent(store, agent)
+    assert await store.read(lambda tx: tx.get_agent("tenant-a", "agent-1")) == agent
+
+    changed = dataclasses.replace(agent, name="renamed", status=AgentStatus.ERROR, metadata={}, updated_at=when(9))
+    await store.write(lambda tx: tx.update_agent(changed))
+    stored = await store.read(lambda tx: tx.get_agent("tenant-a", "agent-1"))
+    assert stored == changed
+    assert stored is not None and list(stored.metadata) == []
+
+
+async def test_agents_page_oldest_first(store: Store, make_agent: MakeAgent, when: When) -> None:
+    # Two agents share a created_at so the agent_id tie-break is exercised.
+    created = {"agent-c": when(1), "agent-a": when(2), "agent-b": when(2), "agent-d": when(3)}
+    for agent_id, created_at in created.items():
+        await add_agent(store, make_agent(agent_id, created_at=created_at))
+    await add_agent(store, make_agent("agent-x", tenant="tenant-b"))
+
+    seen: list[str] = []
+    cursor: tuple[datetime, str] | None = None
+    while True:
+        page = await store.read(lambda tx, c=cursor: tx.list_agents("tenant-a", after_created=c, limit=3))
+        seen += [a.agent_id for a in page]
+        if len(page) < 3:
+            break
+        cursor = (page[-1].created_at, page[-1].agent_id)
+    assert seen == ["agent-c", "agent-a", "agent-b", "agent-d"]
+
+
+async def test_task_round_trips_every_field(
+    store: Store, make_agent: MakeAgent, make_task: MakeTask, when: When
+) -> None:
+    await add_agent(store, make_agent())
+    task = make_task(
+        "task-1",
+        status=TaskStatus.AWAITING_INPUT,
+        priority=9,
+        metadata=METADATA,
+        callback_mode=CallbackMode.WEBHOOK,
+        webhook_url="https://example.test/hook?a=1",
+        timeout_seconds=77,
+        created_at=when(0.000001),
+        updated_at=when(1.999999),
+        started_at=when(1.5),
+        completed_at=when(3.25),
+        progress=Progress(percent=42.5, text="halfway"),
+        output="line 1\nline 2 ✓",
+        result=TaskResult(text="done", data={"answer": [4, 2], "ok": True}),
+        error=TaskError(code="worker_lost", message="gone"),
+        input_prompt="which one?",
+        attempt=2,
+        last_sequence=5,
+        status_reason="needs input",
+    )
+    inserted = await add_task(store, task)
+    assert inserted.seq > 0
+    assert inserted == dataclasses.replace(task, seq=inserted.seq)
+    assert await store.read(lambda tx: tx.get_task("tenant-a", "task-1")) == inserted
+
+    bare = await add_task(store, make_task("task-2", result=TaskResult(text="no data")))
+    stored = await store.read(lambda tx: tx.get_task("tenant-a", "task-2"))
+    assert stored == bare
+    assert stored is not None
+    assert (stored.progress, stored.error, stored.started_at, stored.completed_at) == (None, None, None, None)
+    assert stored.result == TaskResult(text="no data", data=None)
+
+
+async def test_update_task_replaces_mutable_columns(
+    store: Store, make_agent: MakeAgent, make_task: MakeTask, when: When
+) -> None:
+    await add_agent(store, make_agent())
+    task = await add_task(store, make_task("task-1", progress=Progress(10), error=TaskError("x")))
+    changed = dataclasses.replace(
+        task,
+        status=TaskStatus.COMPLETED,
+        priority=1,
+        updated_at=when(5),
+        started_at=when(4),
+        completed_at=when(5),
+        progress=None,
+        output="out",
+        result=TaskResult(text="r", data={"k": "v"}),
+        error=None,
+        attempt=1,
+        last_sequence=3,
+        status_reason="finished",
+    )
+    await store.write(lambda tx: tx.update_task(changed))
+    assert await store.read(lambda tx: tx.get_task("tenant-a", "task-1")) == changed
+
+
+async def test_datetimes_come_back_as_aware_utc(store: Store, make_agent: MakeAgent, when: When) -> None:
+    plus_two = timezone(timedelta(hours=2))
+    local = when(0).astimezone(plus_two)
+    await add_agent(store, make_agent(created_at=local, updated_at=local))
+    stored = await store.read(lambda tx: tx.get_agent("tenant-a", "agent-1"))
+    assert stored is not None
+    assert stored.created_at == when(0)
+    assert stored.created_at.utcoffset() == timedelta(0)
+    assert stored.created_at.microsecond == when(0).microsecond
+
+
+async def test_other_tenants_see_nothing(store: Store, make_agent: MakeAgent, make_task: MakeTask, when: When) -> None:
+    await add_agent(store, make_agent())
+    task = await add_task(store, make_task("task-1", started_at=when(1), completed_at=when(2)))
+    await store.write(lambda tx: tx.update_task(dataclasses.replace(task, status=TaskStatus.COMPLETED)))
+    await add_task(store, make_task("task-2"))
+    event = TaskEvent("tenant-a", "task-1", 1, EventType.CREATED, TaskStatus.QUEUED, when(1))
+    await store.write(lambda tx: tx.append_event(event))
+    record = IdempotencyRecord("tenant-a", "submit:agent-1", "k", "h", {}, when(0), utcnow() + timedelta(hours=1))
+    await store.write(lambda tx: tx.put_idempotency(record))
+    await store.write(lambda tx: tx.put_api_key(ApiKeyRecord("key-1", "tenant-a", Role.ADMIN, "hash", when(0))))
+
+    def look(tx: ReadTx) -> list[object]:
+        other = "tenant-b"
+        return [
+            tx.get_agent(other, "agent-1"),
+            tx.list_agents(other, after_created=None, limit=10),
+            tx.get_task(other, "task-1"),
+            tx.list_tasks(other, "agent-1", status=None, before_seq=None, limit=10),
+            tx.unfinished_tasks(other, "agent-1"),
+            tx.events_after(other, "task-1", 0, 10),
+            tx.queued_ahead(other, "agent-1", 0, 1_000_000),
+            tx.recent_run_seconds(other, "agent-1", 10),
+            tx.get_idempotency(other, "submit:agent-1", "k"),
+            tx.list_api_keys(other),
+        ]
+
+    assert await store.read(look) == [None, [], None, [], [], [], 0, None, None, []]
+    # The owner does see them, so the empty answers above are isolation, not missing data.
+    assert await store.read(lambda tx: tx.queued_ahead("tenant-a", "agent-1", 0, 1_000_000)) == 1
+
+
+async def test_list_tasks_newest_first_with_filter_and_paging(
+    store: Store, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    await add_agent(store, make_agent())
+    await add_agent(store, make_agent("agent-2"))
+    statuses = [TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.QUEUED, TaskStatus.FAILED, TaskStatus.QUEUED]
+    inserted = [await add_task(store, make_task(f"task-{i}", status=s)) for i, s in enumerate(statuses)]
+    await add_task(store, make_task("other-agent", agent_id="agent-2"))
+    assert [t.seq for t in inserted] == sorted(t.seq for t in inserted)
+
+    async def pages(status: TaskStatus | None, limit: int) -> list[list[str]]:
+        result: list[list[str]] = []
+        before: int | None = None
+        while True:
+            page = await store.read(
+                lambda tx, b=before: tx.list_tasks("tenant-a", "agent-1", status=status, before_seq=b, limit=limit)
+            )
+            if not page:
+                return result
+            result.append([t.task_id for t in page])
+            before = page[-1].seq
+
+    assert await pages(None, 2) == [["task-4", "task-3"], ["task-2", "task-1"], ["task-0"]]
+    assert await pages(TaskStatus.QUEUED, 2) == [["task-4", "task-2"], ["task-0"]]
+    assert await pages(TaskStatus.CANCELLED, 2) == []
+
+
+async def test_unfinished_tasks_are_the_non_terminal_ones_oldest_first(
+    store: Store, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    await add_agent(store, make_agent())
+    for status in TaskStatus:  # every status, so a new one cannot be forgotten by a backend
+        await add_task(store, make_task(f"task-{status.value}", status=status))
+    unfinished = await store.read(lambda tx: tx.unfinished_tasks("tenant-a", "agent-1"))
+    assert [t.status for t in unfinished] == [s for s in TaskStatus if not s.terminal]
+
+
+async def test_events_after_in_order_with_limit(
+    store: Store, make_agent: MakeAgent, make_task: MakeTask, when: When
+) -> None:
+    await add_agent(store, make_agent())
+    await add_task(store, make_task("task-1"))
+    events = [
+        TaskEvent("tenant-a", "task-1", n, EventType.PROGRESS, TaskStatus.RUNNING, when(n), {"percent": n * 10})
+        for n in range(1, 8)
+    ]
+
+    def append_backwards(tx: WriteTx) -> None:
+        for event in reversed(events):
+            tx.append_event(event)
+
+    await store.write(append_backwards)
+    assert await store.read(lambda tx: tx.events_after("tenant-a", "task-1", 0, 100)) == events
+    assert await store.read(lambda tx: tx.events_after("tenant-a", "task-1", 2, 3)) == events[2:5]
+    assert await store.read(lambda tx: tx.events_after("tenant-a", "task-1", 7, 10)) == []
+
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+        await store.write(lambda tx: tx.append_event(events[0]))
+
+
+async def test_failed_write_leaves_nothing_and_others_commit(
+    store: Store, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    await add_agent(store, make_agent())
+
+    def half_then_boom(tx: WriteTx) -> None:
+        tx.insert_task(make_task("doomed"))
+        tx.set_meta("doomed", "yes")
+        raise Boom("on purpose")
+
+    results = await asyncio.gather(
+        add_task(store, make_task("before")),
+        store.write(half_then_boom),
+        add_task(store, make_task("after")),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], Boom)
+    assert isinstance(results[0], Task) and isinstance(results[2], Task)
+
+    def look(tx: ReadTx) -> tuple[object, ...]:
+        return (
+            tx.get_task("tenant-a", "doomed"),
+            tx.get_meta("doomed"),
+            tx.get_task("tenant-a", "before") is not None,
+            tx.get_task("tenant-a", "after") is not None,
+        )
+
+    assert await store.read(look) == (None, None, True, True)
+
+
+async def test_read_errors_reach_the_caller(store: Store) -> None:
+    def fail(tx: ReadTx) -> None:
+        raise Boom("read")
+
+    with pytest.raises(Boom):
+        await store.read(fail)
+    assert await store.read(lambda tx: tx.get_meta("anything")) is None
+
+
+async def test_updating_a_missing_row_raises(store: Store, make_agent: MakeAgent, make_task: MakeTask) -> None:
+    with pytest.raises(LookupError):
+        await store.write(lambda tx: tx.update_agent(make_agent("nobody")))
+    with pytest.raises(LookupError):
+        await store.write(lambda tx: tx.update_task(make_task("nothing")))
+
+
+async def test_many_concurrent_writes_each_commit_once(
+    store: Store, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    await add_agent(store, make_agent())
+    inserted = await asyncio.gather(*(add_task(store, make_task(f"task-{i:03}")) for i in range(200)))
+    assert len({t.seq for t in inserted}) == 200
+    assert await count_tasks(store) == 200
+
+
+async def test_data_survives_close_and_reopen(store_url: str, make_agent: MakeAgent, make_task: MakeTask) -> None:
+    first = await open_store(store_url)
+    await add_agent(first, make_agent())
+    task = await add_task(first, make_task("task-1", metadata=METADATA))
+    await first.write(lambda tx: tx.set_meta("secret", "s3cr3t"))
+    await first.close()
+
+    second = await open_store(store_url)
+    try:
+        assert await second.read(lambda tx: tx.get_task("tenant-a", "task-1")) == task
+        assert await second.read(lambda tx: tx.get_meta("secret")) == "s3cr3t"
+        # seq keeps growing across restarts: FIFO order and list cursors stay valid.
+        later = await add_task(second, make_task("task-2"))
+        assert later.seq > task.seq
+    finally:
+        await second.close()
+
+
+async def test_closed_store_refuses_work_and_closes_twice(store_url: str) -> None:
+    opened = await open_store(store_url)
+    await opened.close()
+    await opened.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await opened.read(lambda tx: tx.get_meta("x"))
+    with pytest.raises(RuntimeError, match="closed"):
+        await opened.write(lambda tx: tx.set_meta("x", "y"))
+
+
+async def test_queued_ahead_counts_by_priority_then_fifo(
+    store: Store, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    await add_agent(store, make_agent())
+    await add_agent(store, make_agent("agent-2"))
+    low1 = await add_task(store, make_task("low-1", priority=1))
+    await add_task(store, make_task("high-1", priority=9))
+    mid1 = await add_task(store, make_task("mid-1", priority=5))
+    await add_task(store, make_task("running-high", priority=9, status=TaskStatus.RUNNING))
+    mid2 = await add_task(store, make_task("mid-2", priority=5))
+    await add_task(store, make_task("other-agent-high", agent_id="agent-2", priority=9))
+
+    async def ahead(task: Task) -> int:
+        return await store.read(lambda tx: tx.queued_ahead("tenant-a", "agent-1", task.priority, task.seq))
+
+    assert await ahead(mid1) == 1  # high-1
+    assert await ahead(mid2) == 2  # high-1, mid-1
+    assert await ahead(low1) == 3  # high-1, mid-1, mid-2
+
+
+async def test_recent_run_seconds_is_the_mean_of_the_latest_completions(
+    store: Store, make_agent: MakeAgent, make_task: MakeTask, when: When
+) -> None:
+    await add_agent(store, make_agent())
+
+    async def recent(limit: int) -> float | None:
+        return await store.read(lambda tx: tx.recent_run_seconds("tenant-a", "agent-1", limit))
+
+    assert await recent(10) is None
+    # Inserted out of completion order: "latest" is by completion time, not insertion.
+    runs = [(100, 2.0), (300, 6.0), (200, 4.0), (400, 10.0)]
+    for i, (finished, seconds) in enumerate(runs):
+        await add_task(
+            store,
+            make_task(
+                f"done-{i}",
+                status=TaskStatus.COMPLETED,
+                started_at=when(finished - seconds),
+                completed_at=when(finished),
+            ),
+        )
+    # Not counted: no start time, failed, still running.
+    await add_task(store, make_task("no-start", status=TaskStatus.COMPLETED, completed_at=when(500)))
+    await add_task(store, make_task("failed", status=TaskStatus.FAILED, started_at=when(0), completed_at=when(600)))
+    await add_task(store, make_task("running", status=TaskStatus.RUNNING, started_at=when(0)))
+
+    assert await recent(2) == pytest.approx((10.0 + 6.0) / 2)
+    assert await recent(100) == pytest.approx((2.0 + 6.0 + 4.0 + 10.0) / 4)
+
+
+async def test_idempotency_records_expire(store: Store, when: When) -> None:
+    now = utcnow()
+    live = IdempotencyRecord(
+        "tenant-a", "submit:agent-1", "key-1", "hash-1", {"task_id": "t1", "n": [1]}, when(0), now + timedelta(hours=1)
+    )
+    expired = IdempotencyRecord(
+        "tenant-a", "submit:agent-1", "key-2", "hash-2", {"task_id": "t2"}, when(0), now - timedelta(seconds=1)
+    )
+    for record in (live, expired):
+        await store.write(lambda tx, r=record: tx.put_idempotency(r))
+
+    assert await store.read(lambda tx: tx.get_idempotency("tenant-a", "submit:agent-1", "key-1")) == live
+    assert await store.read(lambda tx: tx.get_idempotency("tenant-a", "submit:agent-1", "key-2")) is None
+    assert await store.read(lambda tx: tx.get_idempotency("tenant-a", "other-scope", "key-1")) is None
+
+    # A new answer under an expired key replaces it, even before the purge ran.
+    renewed = dataclasses.replace(expired, request_hash="hash-3", expires_at=now + timedelta(hours=1))
+    await store.write(lambda tx: tx.put_idempotency(renewed))
+    assert await store.read(lambda tx: tx.get_idempotency("tenant-a", "submit:agent-1", "key-2")) == renewed
+
+    assert await store.write(lambda tx: tx.purge_idempotency(now + timedelta(hours=2))) == 2
+    assert await store.read(lambda tx: tx.get_idempotency("tenant-a", "submit:agent-1", "key-1")) is None
+
+
+async def test_api_keys_put_list_and_revoke(store: Store, when: When) -> None:
+    keys = [
+        ApiKeyRecord("key-2", "tenant-a", Role.CLIENT, "h2", when(2), description="ci"),
+        ApiKeyRecord("key-1", "tenant-a", Role.ADMIN, "h1", when(1)),
+        ApiKeyRecord("key-3", "tenant-b", Role.WORKER, "h3", when(3)),
+    ]
+    for key in keys:
+        await store.write(lambda tx, k=key: tx.put_api_key(k))
+
+    assert await store.read(lambda tx: tx.get_api_key("key-3")) == keys[2]
+    assert await store.read(lambda tx: tx.get_api_key("missing")) is None
+    assert await store.read(lambda tx: tx.list_api_keys("tenant-a")) == [keys[1], keys[0]]
+
+    assert await store.write(lambda tx: tx.revoke_api_key("key-2", when(10))) is True
+    assert await store.write(lambda tx: tx.revoke_api_key("key-2", when(20))) is True
+    assert await store.write(lambda tx: tx.revoke_api_key("missing", when(10))) is False
+    revoked = await store.read(lambda tx: tx.get_api_key("key-2"))
+    assert revoked == dataclasses.replace(keys[0], revoked_at=when(10))  # the first revocation stands
+
+
+async def test_meta_set_and_overwrite(store: Store) -> None:
+    assert await store.read(lambda tx: tx.get_meta("jwt_secret")) is None
+    await store.write(lambda tx: tx.set_meta("jwt_secret", "one"))
+    await store.write(lambda tx: tx.set_meta("jwt_secret", "two"))
+    assert await store.read(lambda tx: tx.get_meta("jwt_secret")) == "two"
+
+
+async def test_delete_agent_removes_its_tasks_events_and_idempotency(
+    store: Store, make_agent: MakeAgent, make_task: MakeTask, when: When
+) -> None:
+    later = utcnow() + timedelta(hours=1)
+
+    def answer(scope: str, key: str, response: dict[str, object]) -> IdempotencyRecord:
+        return IdempotencyRecord("tenant-a", scope, key, "h", response, when(0), later)
+
+    for agent_id in ("agent-1", "agent-2"):
+        task_id = f"task-of-{agent_id}"
+        await add_agent(store, make_agent(agent_id))
+        await add_task(store, make_task(task_id, agent_id=agent_id))
+        event = TaskEvent("tenant-a", task_id, 1, EventType.CREATED, TaskStatus.QUEUED, when(1))
+        await store.write(lambda tx, e=event: tx.append_event(e))
+        # The answers the core keeps: a submit names agent and task, a message only the task.
+        records = [
+            answer("submit", f"s-{agent_id}", {"task_id": task_id, "agent_id": agent_id}),
+            answer("message", f"m-{agent_id}", {"task_id": task_id, "message_id": "m"}),
+        ]
+        for record in records:
+            await store.write(lambda tx, r=record: tx.put_idempotency(r))
+    await store.write(lambda tx: tx.put_idempotency(answer("other", "o", {"unrelated": True})))
+
+    await store.write(lambda tx: tx.delete_agent("tenant-a", "agent-1"))
+
+    def look(tx: ReadTx, agent_id: str) -> tuple[bool, bool, int, bool, bool]:
+        return (
+            tx.get_agent("tenant-a", agent_id) is not None,
+            tx.get_task("tenant-a", f"task-of-{agent_id}") is not None,
+            len(tx.events_after("tenant-a", f"task-of-{agent_id}", 0, 10)),
+            tx.get_idempotency("tenant-a", "submit", f"s-{agent_id}") is not None,
+            tx.get_idempotency("tenant-a", "message", f"m-{agent_id}") is not None,
+        )
+
+    assert await store.read(lambda tx: look(tx, "agent-1")) == (False, False, 0, False, False)
+    assert await store.read(lambda tx: look(tx, "agent-2")) == (True, True, 1, True, True)
+    assert await store.read(lambda tx: tx.get_idempotency("tenant-a", "other", "o")) is not None
+    # A task id of the deleted agent can be used again: nothing of it is left behind.
+    await add_agent(store, make_agent("agent-1"))
+    await add_task(store, make_task("task-of-agent-1"))
