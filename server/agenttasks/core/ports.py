@@ -84,7 +84,8 @@ class WriteTx(ReadTx, Protocol):
     def update_agent(self, agent: Agent) -> None: ...
 
     def delete_agent(self, tenant: str, agent_id: str) -> None:
-        """Deletes the agent with its tasks, events and idempotency records."""
+        """Deletes the agent with its tasks and events. Idempotency records stay until they
+        expire, so a retry after the deletion still gets its original answer."""
         ...
 
     def insert_task(self, task: Task) -> Task:

@@ -310,11 +310,9 @@ class SqliteWriteTx(SqliteReadTx):
             raise LookupError(f"no agent {agent.agent_id!r} in tenant {agent.tenant!r} to update")
 
     def delete_agent(self, tenant: str, agent_id: str) -> None:
-        """Deletes the agent, its tasks and events (by cascade) and the idempotency records
-        whose stored response names the agent (`agent_id`) or one of its tasks (`task_id`)."""
-        params = {"tenant": tenant, "agent_id": agent_id}
-        self._execute("delete_agent_idempotency", params)
-        self._execute("delete_agent", params)
+        """Deletes the agent with its tasks and events (by cascade). Idempotency records stay
+        until they expire: a retry after the deletion still gets its original answer."""
+        self._execute("delete_agent", {"tenant": tenant, "agent_id": agent_id})
 
     def insert_task(self, task: Task) -> Task:
         seq = self._execute("insert_task", _task_params(task)).lastrowid

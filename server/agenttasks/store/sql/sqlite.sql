@@ -53,17 +53,6 @@ WHERE tenant = :tenant AND agent_id = :agent_id;
 -- Tasks and their events go by ON DELETE CASCADE.
 DELETE FROM agents WHERE tenant = :tenant AND agent_id = :agent_id;
 
--- name: delete_agent_idempotency
--- Idempotency rows have no agent column: they belong to an agent when the stored answer names
--- it or one of its tasks (the core's submit and message answers carry agent_id / task_id).
--- Run before the tasks are deleted. Deleting an agent is rare, so scanning the tenant's rows
--- is cheaper than an agent column every write would have to fill.
-DELETE FROM idempotency
-WHERE tenant = :tenant
-    AND (json_extract(response, '$.agent_id') = :agent_id
-        OR json_extract(response, '$.task_id') IN (
-            SELECT task_id FROM tasks WHERE tenant = :tenant AND agent_id = :agent_id));
-
 -- name: get_task
 SELECT * FROM tasks WHERE tenant = :tenant AND task_id = :task_id;
 
