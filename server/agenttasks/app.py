@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
@@ -21,9 +22,11 @@ from grpc_reflection.v1alpha import reflection
 from agenttasks.api.agent_servicer import AgentServicer
 from agenttasks.api.gate import Gate
 from agenttasks.api.task_servicer import TaskServicer
+from agenttasks.api.worker_servicer import WorkerServicer
 from agenttasks.auth import Authenticator, create_api_key, server_jwt_secret
-from agenttasks.background import Supervisor, every
+from agenttasks.background import Loop, Supervisor, every
 from agenttasks.core.agents import AgentCore
+from agenttasks.core.dispatch import Dispatcher
 from agenttasks.core.model import Role, utcnow
 from agenttasks.core.paging import PageTokens
 from agenttasks.core.ports import Store, WriteTx
@@ -32,7 +35,14 @@ from agenttasks.core.validation import Limits
 from agenttasks.core.watch import EventHub
 from agenttasks.settings import Settings
 from agenttasks.store import open_store
-from agenttasks.v1 import agent_service_pb2, agent_service_pb2_grpc, task_service_pb2, task_service_pb2_grpc
+from agenttasks.v1 import (
+    agent_service_pb2,
+    agent_service_pb2_grpc,
+    task_service_pb2,
+    task_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +103,7 @@ class Service:
         self._health: HealthServicer | None = None
         self._gate: Gate | None = None
         self._supervisor: Supervisor | None = None
+        self._dispatcher_started = False
         self._stopped = False
 
     @property
@@ -138,16 +149,21 @@ class Service:
             idempotency_ttl=timedelta(seconds=s.idempotency_ttl_seconds),
         )
         self.agents = AgentCore(store, self.hub, limits=limits, page_tokens=tokens)
+        self.dispatcher = Dispatcher(store, self.hub, lease_seconds=s.lease_seconds)
+        self.agents.on_status_change = self.dispatcher.poke
+        self._dispatcher_started = True
         self._gate = gate = Gate(Authenticator(store, s, jwt_secret, api_key_cache_ttl=s.api_key_cache_seconds))
 
         self._server = server = grpc.aio.server(options=GRPC_OPTIONS)
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(self.tasks, gate), server)
         agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.agents, gate), server)
+        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self.dispatcher, gate), server)
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         services = [
             task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
             agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+            worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
         ]
         reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         try:
@@ -162,6 +178,8 @@ class Service:
 
         self._supervisor = sup = Supervisor()
         sup.start("purge-idempotency-keys", self._purge_loop)
+        sup.start("expire-leases", self._sweep_loop(self.dispatcher.expire_leases))
+        sup.start("enforce-deadlines", self._sweep_loop(self.dispatcher.enforce_deadlines))
 
     async def _purge_loop(self, stopping: asyncio.Event) -> None:
         store = self.store
@@ -173,6 +191,12 @@ class Service:
 
         await every(PURGE_INTERVAL_SECONDS, stopping, purge)
 
+    def _sweep_loop(self, sweep: Callable[[], Awaitable[int]]) -> Loop:
+        async def loop(stopping: asyncio.Event) -> None:
+            await every(self.settings.sweep_seconds, stopping, sweep)
+
+        return loop
+
     async def stop(self, grace: float | None = None) -> None:
         """Drain and close. Safe to call twice."""
         if self._stopped:
@@ -183,6 +207,8 @@ class Service:
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         self.hub.close()
+        if self._dispatcher_started:
+            await self.dispatcher.close()
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         if self._supervisor is not None:

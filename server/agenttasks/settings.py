@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     )
     shutdown_grace_seconds: float = Field(5.0, gt=0, description="How long SIGTERM waits for calls to finish.")
 
+    # --- workers ---
+    lease_seconds: float = Field(
+        30.0, gt=0, description="A worker silent this long loses its tasks (they are requeued)."
+    )
+    sweep_seconds: float = Field(0.5, gt=0, description="How often expired leases and task deadlines are checked.")
+
     # --- auth ---
     jwt_secret: SecretStr | None = Field(
         None, description="HS256 secret for JWTs; default: a secret generated and kept in the database."

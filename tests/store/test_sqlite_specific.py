@@ -39,6 +39,9 @@ EXPECTED_INDEXES = {
     "tasks_completed",
     "api_keys_by_tenant",
     "idempotency_expiry",
+    "tasks_lease_expiry",
+    "tasks_deadline",
+    "tasks_by_worker",
 }
 CLAIM = (
     "UPDATE tasks SET status = 'running' WHERE seq = (SELECT seq FROM tasks WHERE agent_id = ? "
@@ -258,6 +261,27 @@ async def test_close_drains_queued_writes(tmp_path: Path) -> None:
 
 
 # --- migrations and SQL -----------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_version_1_database_is_upgraded_in_place_keeping_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        migrate(conn, [m for m in load_migrations() if m.version == 1])
+        conn.execute("INSERT INTO agents VALUES ('a1', 't', 'n', '', 'active', '', 3600, 3, 86400, '{}', 1, 1)")
+        conn.execute(
+            "INSERT INTO tasks (task_id, tenant, agent_id, message, status, priority, metadata, callback_mode,"
+            " webhook_url, timeout_seconds, created_at, updated_at, output, input_prompt, attempt, last_sequence,"
+            " status_reason) VALUES ('t1', 't', 'a1', 'old task', 'queued', 5, '{}', 'poll', '', 60, 1, 1, '', '',"
+            " 0, 1, '')"
+        )
+    finally:
+        conn.close()
+    async with await SqliteStore.open(path) as store:
+        task = await store.read(lambda tx: tx.get_task("t", "t1"))
+    assert task is not None and task.message == "old task"
+    assert (task.worker_id, task.lease_expires_at, task.deadline_at, task.run_seconds_left) == ("", None, None, None)
 
 
 def test_migrations_build_the_expected_schema_once(tmp_path: Path) -> None:

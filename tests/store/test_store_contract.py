@@ -129,6 +129,10 @@ async def test_task_round_trips_every_field(
         attempt=2,
         last_sequence=5,
         status_reason="needs input",
+        worker_id="worker-1",
+        lease_expires_at=when(30),
+        deadline_at=when(86400),
+        run_seconds_left=12.5,
     )
     inserted = await add_task(store, task)
     assert inserted.seq > 0
@@ -162,6 +166,10 @@ async def test_update_task_replaces_mutable_columns(
         attempt=1,
         last_sequence=3,
         status_reason="finished",
+        worker_id="",
+        lease_expires_at=None,
+        deadline_at=None,
+        run_seconds_left=None,
     )
     await store.write(lambda tx: tx.update_task(changed))
     assert await store.read(lambda tx: tx.get_task("tenant-a", "task-1")) == changed
@@ -494,3 +502,54 @@ async def test_delete_agent_removes_its_tasks_and_events_but_keeps_idempotency(
     # A task id of the deleted agent can be used again: nothing of it is left behind.
     await add_agent(store, make_agent("agent-1"))
     await add_task(store, make_task("task-of-agent-1"))
+
+
+# --- dispatch and leases ---
+
+
+async def test_next_queued_is_priority_first_then_fifo_within_tenant(
+    store: Store, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    await add_agent(store, make_agent("agent-1"))
+    await add_agent(store, make_agent("agent-x", tenant="tenant-b"))
+    for task_id, priority in [("a", 5), ("b", 9), ("c", 5), ("d", 1), ("e", 9)]:
+        await add_task(store, make_task(task_id, priority=priority))
+    await add_task(store, make_task("running", priority=10, status=TaskStatus.RUNNING))
+    await add_task(store, make_task("foreign", agent_id="agent-x", tenant="tenant-b", priority=10))
+    order = await store.read(lambda tx: [t.task_id for t in tx.next_queued("tenant-a", "agent-1", 10)])
+    assert order == ["b", "e", "a", "c", "d"]
+    assert await store.read(lambda tx: [t.task_id for t in tx.next_queued("tenant-a", "agent-1", 2)]) == ["b", "e"]
+    assert await store.read(lambda tx: tx.next_queued("tenant-b", "agent-1", 10)) == []
+
+
+async def test_leases_deadlines_and_worker_tasks(
+    store: Store, make_agent: MakeAgent, make_task: MakeTask, when: When
+) -> None:
+    await add_agent(store, make_agent("agent-1"))
+    held = dict(status=TaskStatus.RUNNING, worker_id="w1")
+    await add_task(store, make_task("t1", lease_expires_at=when(10), deadline_at=when(100), **held))
+    await add_task(store, make_task("t2", lease_expires_at=when(20), deadline_at=when(50), **held))
+    await add_task(store, make_task("t3", status=TaskStatus.AWAITING_INPUT, worker_id="w2", lease_expires_at=when(5)))
+    await add_task(store, make_task("done", status=TaskStatus.COMPLETED, worker_id="", lease_expires_at=when(0)))
+
+    def ids(tasks: list[Task]) -> list[str]:
+        return [t.task_id for t in tasks]
+
+    assert await store.read(lambda tx: ids(tx.expired_leases(when(15), 10))) == ["t3", "t1"]
+    assert await store.read(lambda tx: ids(tx.expired_leases(when(15), 1))) == ["t3"]
+    assert await store.read(lambda tx: ids(tx.overdue_tasks(when(60), 10))) == ["t2"]
+    assert await store.read(lambda tx: ids(tx.worker_tasks("w1"))) == ["t1", "t2"]
+    assert await store.write(lambda tx: tx.renew_leases("w1", when(1000))) == 2
+    assert await store.read(lambda tx: ids(tx.expired_leases(when(500), 10))) == ["t3"]
+
+
+async def test_events_of_type(store: Store, make_agent: MakeAgent, make_task: MakeTask, when: When) -> None:
+    await add_agent(store, make_agent("agent-1"))
+    await add_task(store, make_task("t1"))
+    kinds = [EventType.CREATED, EventType.MESSAGE, EventType.OUTPUT, EventType.MESSAGE]
+    for seq, kind in enumerate(kinds, start=1):
+        event = TaskEvent("tenant-a", "t1", seq, kind, TaskStatus.QUEUED, when(seq), {"n": seq})
+        await store.write(lambda tx, e=event: tx.append_event(e))
+    messages = await store.read(lambda tx: tx.events_of_type("tenant-a", "t1", EventType.MESSAGE))
+    assert [e.data["n"] for e in messages] == [2, 4]
+    assert await store.read(lambda tx: tx.events_of_type("tenant-b", "t1", EventType.MESSAGE)) == []

@@ -70,8 +70,8 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
-def to_status(error: BaseException) -> grpc.Status:
-    """The rich status a client receives for `error`."""
+def rich_status(error: BaseException) -> status_pb2.Status:
+    """`error` as a google.rpc.Status with ErrorInfo (and BadRequest for bad input)."""
     mapping = mapping_for(error)
     if isinstance(error, DomainError):
         message, metadata = error.message, error.metadata
@@ -84,6 +84,10 @@ def to_status(error: BaseException) -> grpc.Status:
             for v in error.violations
         ]
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
-    code = getattr(code_pb2, mapping.code.name)
-    status: grpc.Status = rpc_status.to_status(status_pb2.Status(code=code, message=message, details=details))
+    return status_pb2.Status(code=getattr(code_pb2, mapping.code.name), message=message, details=details)
+
+
+def to_status(error: BaseException) -> grpc.Status:
+    """The rich status a client receives for `error`, ready for `context.abort`."""
+    status: grpc.Status = rpc_status.to_status(rich_status(error))
     return status

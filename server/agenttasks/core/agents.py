@@ -15,7 +15,7 @@ from typing import Any
 from agenttasks.core import lifecycle, validation
 from agenttasks.core.errors import AgentNotFound, InvalidArgument
 from agenttasks.core.ids import check_id, new_id
-from agenttasks.core.model import Agent, AgentStatus, JsonObject, Principal, TaskEvent, utcnow
+from agenttasks.core.model import Agent, AgentStatus, JsonObject, Principal, Task, TaskEvent, utcnow
 from agenttasks.core.paging import PageTokens
 from agenttasks.core.ports import ReadTx, Store, WriteTx
 from agenttasks.core.watch import EventHub
@@ -186,16 +186,15 @@ class AgentCore:
         tenant = principal.tenant
         now = self._clock()
 
-        def op(tx: WriteTx) -> list[TaskEvent]:
+        def op(tx: WriteTx) -> list[tuple[Task, list[TaskEvent]]]:
             find_agent(tx, tenant, agent_id)
-            events: list[TaskEvent] = []
-            for task in tx.unfinished_tasks(tenant, agent_id):
-                _, more = lifecycle.cancel(task, now, lifecycle.AGENT_DELETED)
-                events += more
+            unfinished = tx.unfinished_tasks(tenant, agent_id)
+            changes = [lifecycle.cancel(task, now, lifecycle.AGENT_DELETED) for task in unfinished]
             tx.delete_agent(tenant, agent_id)
-            return events
+            return changes
 
-        events = await self._store.write(op)
-        self._hub.publish(events)
+        changes = await self._store.write(op)
+        for task, events in changes:
+            self._hub.publish(task, events)
         self.on_status_change(tenant, agent_id)
-        return len(events)
+        return len(changes)

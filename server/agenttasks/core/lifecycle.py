@@ -13,7 +13,7 @@ with the next per-task sequence numbers; the caller stores task and events in on
 from __future__ import annotations
 
 from dataclasses import asdict, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from agenttasks.core.errors import TaskFinished
@@ -35,13 +35,23 @@ Transition = tuple[Task, list[TaskEvent]]
 CANCELLED_BY_CLIENT = "CANCELLED_BY_CLIENT"
 AGENT_DELETED = "AGENT_DELETED"
 INPUT_RECEIVED = "INPUT_RECEIVED"
+LEASE_LOST = "LEASE_LOST"
+TIMEOUT = "TIMEOUT"
+INPUT_TIMEOUT = "INPUT_TIMEOUT"
+WORKER_ERROR = "WORKER_ERROR"
+
+# What a task no longer has once no worker holds it.
+_RELEASED: dict[str, Any] = {"worker_id": "", "lease_expires_at": None, "deadline_at": None, "run_seconds_left": None}
 
 _ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.QUEUED: frozenset({TaskStatus.RUNNING, TaskStatus.CANCELLED, TaskStatus.FAILED}),
     TaskStatus.RUNNING: frozenset(
         {TaskStatus.AWAITING_INPUT, TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.QUEUED}
     ),
-    TaskStatus.AWAITING_INPUT: frozenset({TaskStatus.RUNNING, TaskStatus.FAILED, TaskStatus.CANCELLED}),
+    # An agent may finish without the input it asked for; a lost lease requeues from here too.
+    TaskStatus.AWAITING_INPUT: frozenset(
+        {TaskStatus.RUNNING, TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.QUEUED}
+    ),
     TaskStatus.COMPLETED: frozenset(),
     TaskStatus.FAILED: frozenset(),
     TaskStatus.CANCELLED: frozenset(),
@@ -85,7 +95,7 @@ def cancel(task: Task, now: datetime, reason: str = CANCELLED_BY_CLIENT) -> Tran
         return task, []
     if task.status.terminal:
         raise TaskFinished(task.task_id, task.status.value, "cancel")
-    return _move(task, TaskStatus.CANCELLED, now, status_reason=reason, completed_at=now, input_prompt="")
+    return _move(task, TaskStatus.CANCELLED, now, status_reason=reason, completed_at=now, input_prompt="", **_RELEASED)
 
 
 def add_message(task: Task, message: TaskMessage, now: datetime) -> Transition:
@@ -96,27 +106,59 @@ def add_message(task: Task, message: TaskMessage, now: datetime) -> Transition:
     payload = {"message_id": message.message_id, "text": message.text}
     task, events = _emit(task, EventType.MESSAGE, now, {"message": payload})
     if task.status is TaskStatus.AWAITING_INPUT:
-        task, more = _move(task, TaskStatus.RUNNING, now, input_prompt="", status_reason=INPUT_RECEIVED)
+        # The running-time clock resumes where it stopped when the agent asked.
+        left = task.run_seconds_left if task.run_seconds_left is not None else float(task.timeout_seconds)
+        task, more = _move(
+            task,
+            TaskStatus.RUNNING,
+            now,
+            input_prompt="",
+            status_reason=INPUT_RECEIVED,
+            deadline_at=now + timedelta(seconds=left),
+            run_seconds_left=None,
+        )
         events += more
     return task, events
 
 
-def start(task: Task, now: datetime) -> Transition:
-    """A worker took the task: a new attempt begins."""
-    return _move(task, TaskStatus.RUNNING, now, started_at=now, attempt=task.attempt + 1, status_reason="")
+def start(task: Task, now: datetime, *, worker_id: str, lease_until: datetime) -> Transition:
+    """A worker took the task: a new attempt begins, leased to that worker, with its clock running."""
+    attempt = task.attempt + 1
+    return _move(
+        task,
+        TaskStatus.RUNNING,
+        now,
+        started_at=now,
+        attempt=attempt,
+        status_reason="",
+        worker_id=worker_id,
+        lease_expires_at=lease_until,
+        deadline_at=now + timedelta(seconds=task.timeout_seconds),
+        run_seconds_left=None,
+        data={"attempt": attempt},
+    )
 
 
 def progress(task: Task, value: Progress, now: datetime) -> Transition:
-    new, events = _emit(replace(task, progress=value), EventType.PROGRESS, now, {"progress": asdict(value)})
-    return new, events
+    return _emit(replace(task, progress=value), EventType.PROGRESS, now, {"progress": asdict(value)})
 
 
 def output(task: Task, chunk: str, now: datetime) -> Transition:
     return _emit(replace(task, output=task.output + chunk), EventType.OUTPUT, now, {"output": chunk})
 
 
-def ask_input(task: Task, prompt: str, now: datetime) -> Transition:
-    return _move(task, TaskStatus.AWAITING_INPUT, now, input_prompt=prompt, data={"prompt": prompt})
+def ask_input(task: Task, prompt: str, now: datetime, input_timeout_seconds: int) -> Transition:
+    """The agent waits for the client: its running clock stops, the input clock starts."""
+    left = (task.deadline_at - now).total_seconds() if task.deadline_at else float(task.timeout_seconds)
+    return _move(
+        task,
+        TaskStatus.AWAITING_INPUT,
+        now,
+        input_prompt=prompt,
+        run_seconds_left=max(0.0, left),
+        deadline_at=now + timedelta(seconds=input_timeout_seconds),
+        data={"prompt": prompt},
+    )
 
 
 def complete(task: Task, result: TaskResult, now: datetime) -> Transition:
@@ -128,6 +170,7 @@ def complete(task: Task, result: TaskResult, now: datetime) -> Transition:
         completed_at=now,
         input_prompt="",
         data={"result": asdict(result)},
+        **_RELEASED,
     )
 
 
@@ -141,9 +184,25 @@ def fail(task: Task, error: TaskError, now: datetime) -> Transition:
         input_prompt="",
         status_reason=error.code,
         data={"error": asdict(error)},
+        **_RELEASED,
     )
 
 
 def requeue(task: Task, reason: str, now: datetime) -> Transition:
     """Back to the queue after a lost lease; the next start is a new attempt."""
-    return _move(task, TaskStatus.QUEUED, now, status_reason=reason, input_prompt="", progress=None)
+    return _move(task, TaskStatus.QUEUED, now, status_reason=reason, input_prompt="", progress=None, **_RELEASED)
+
+
+def lose_lease(task: Task, now: datetime, max_attempts: int) -> Transition:
+    """The worker is gone or silent: run again if attempts are left, else fail for good."""
+    if task.attempt < max_attempts:
+        return requeue(task, LEASE_LOST, now)
+    message = f"the worker was lost on attempt {task.attempt} of {max_attempts}"
+    return fail(task, TaskError(LEASE_LOST, message), now)
+
+
+def expire(task: Task, now: datetime) -> Transition:
+    """The deadline passed: too long running, or too long waiting for input."""
+    if task.status is TaskStatus.AWAITING_INPUT:
+        return fail(task, TaskError(INPUT_TIMEOUT, "no input arrived in time"), now)
+    return fail(task, TaskError(TIMEOUT, f"running time exceeded {task.timeout_seconds} s"), now)

@@ -130,6 +130,15 @@ class Task:
     status_reason: str = ""
     # Store-assigned insertion order: FIFO within a priority. 0 until inserted.
     seq: int = 0
+    # The worker connection holding the task while running or awaiting input ("" otherwise),
+    # and until when its lease lasts without a heartbeat.
+    worker_id: str = ""
+    lease_expires_at: datetime | None = None
+    # When the task fails unless it finishes first: the running-time bound while running, the
+    # input bound while awaiting input.
+    deadline_at: datetime | None = None
+    # Running time left when the task began awaiting input (that time does not count).
+    run_seconds_left: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

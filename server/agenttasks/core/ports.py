@@ -21,6 +21,7 @@ from typing import Protocol, TypeVar
 from agenttasks.core.model import (
     Agent,
     ApiKeyRecord,
+    EventType,
     IdempotencyRecord,
     Task,
     TaskEvent,
@@ -53,6 +54,29 @@ class ReadTx(Protocol):
 
     def events_after(self, tenant: str, task_id: str, after_sequence: int, limit: int) -> list[TaskEvent]:
         """The task's events with sequence > after_sequence, in order, at most `limit`."""
+        ...
+
+    def events_of_type(self, tenant: str, task_id: str, type: EventType) -> list[TaskEvent]:
+        """The task's events of one type, in order (e.g. the client messages)."""
+        ...
+
+    def next_queued(self, tenant: str, agent_id: str, limit: int) -> list[Task]:
+        """The agent's queued tasks in dispatch order: highest priority first, FIFO within one.
+
+        Backends shared by several servers must lock the rows they return for the rest of the
+        write transaction and skip rows others locked (PostgreSQL: FOR UPDATE SKIP LOCKED)."""
+        ...
+
+    def expired_leases(self, now: datetime, limit: int) -> list[Task]:
+        """Running or awaiting tasks of any tenant whose lease ended at or before `now`."""
+        ...
+
+    def overdue_tasks(self, now: datetime, limit: int) -> list[Task]:
+        """Running or awaiting tasks of any tenant whose deadline is at or before `now`."""
+        ...
+
+    def worker_tasks(self, worker_id: str) -> list[Task]:
+        """The running or awaiting tasks a worker connection holds."""
         ...
 
     def queued_ahead(self, tenant: str, agent_id: str, priority: int, seq: int) -> int:
@@ -94,6 +118,10 @@ class WriteTx(ReadTx, Protocol):
 
     def update_task(self, task: Task) -> None:
         """Replaces every mutable column of an existing task."""
+        ...
+
+    def renew_leases(self, worker_id: str, until: datetime) -> int:
+        """Extends the lease of every task the worker holds; returns how many."""
         ...
 
     def append_event(self, event: TaskEvent) -> None:

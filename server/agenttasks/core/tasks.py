@@ -127,9 +127,10 @@ class TaskCore:
         base = f"{self._base_url}/agent/{agent_id}/task/{task_id}"
         return base, f"{base}/cancel"
 
-    async def _commit(self, fn: Callable[[WriteTx], tuple[Any, list[TaskEvent]]]) -> Any:
-        result, events = await self._store.write(fn)
-        self._hub.publish(events)
+    async def _commit(self, fn: Callable[[WriteTx], tuple[Any, Task | None, list[TaskEvent]]]) -> Any:
+        result, task, events = await self._store.write(fn)
+        if task is not None:
+            self._hub.publish(task, events)
         return result
 
     async def submit(
@@ -171,9 +172,9 @@ class TaskCore:
         now = self._clock()
         task_id = new_id()
 
-        def op(tx: WriteTx) -> tuple[SubmitResult, list[TaskEvent]]:
+        def op(tx: WriteTx) -> tuple[SubmitResult, Task | None, list[TaskEvent]]:
             if (stored := idempotency.replay(tx, tenant, "submit", spec.request_id, digest)) is not None:
-                return SubmitResult.from_json(stored), []
+                return SubmitResult.from_json(stored), None, []
             agent = tx.get_agent(tenant, agent_id)
             if agent is None:
                 raise AgentNotFound(agent_id)
@@ -209,7 +210,7 @@ class TaskCore:
                 cancel_url=cancel_url,
             )
             idempotency.remember(tx, tenant, "submit", spec.request_id, digest, result.to_json(), now, self._ttl)
-            return result, events
+            return result, task, events
 
         result: SubmitResult = await self._commit(op)
         return result
@@ -228,9 +229,9 @@ class TaskCore:
         now = self._clock()
         msg = TaskMessage(message_id=new_id(), text=message, created_at=now)
 
-        def op(tx: WriteTx) -> tuple[MessageResult, list[TaskEvent]]:
+        def op(tx: WriteTx) -> tuple[MessageResult, Task | None, list[TaskEvent]]:
             if (stored := idempotency.replay(tx, tenant, "message", request_id, digest)) is not None:
-                return MessageResult.from_json(stored), []
+                return MessageResult.from_json(stored), None, []
             task = find_task(tx, tenant, agent_id, task_id)
             task, events = lifecycle.add_message(task, msg, now)
             tx.update_task(task)
@@ -238,7 +239,7 @@ class TaskCore:
                 tx.append_event(event)
             result = MessageResult(task_id=task_id, message_id=msg.message_id, status=task.status, created_at=now)
             idempotency.remember(tx, tenant, "message", request_id, digest, result.to_json(), now, self._ttl)
-            return result, events
+            return result, task, events
 
         result: MessageResult = await self._commit(op)
         return result
@@ -248,13 +249,13 @@ class TaskCore:
         tenant = principal.tenant
         now = self._clock()
 
-        def op(tx: WriteTx) -> tuple[Task, list[TaskEvent]]:
+        def op(tx: WriteTx) -> tuple[Task, Task, list[TaskEvent]]:
             task, events = lifecycle.cancel(find_task(tx, tenant, agent_id, task_id), now)
             if events:
                 tx.update_task(task)
                 for event in events:
                     tx.append_event(event)
-            return task, events
+            return task, task, events
 
         task: Task = await self._commit(op)
         return task

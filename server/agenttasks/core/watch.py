@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from agenttasks.core.model import Task, TaskEvent, TaskStatus
@@ -66,12 +66,21 @@ class Subscription:
             self._hub._remove(self)
 
 
+Listener = Callable[[Task, list[TaskEvent]], None]
+
+
 class EventHub:
-    """Routes published events to the subscriptions of their task."""
+    """Routes committed changes: their events to the watchers of the task, and the task with its
+    events to listeners (the dispatcher, which pushes cancels and messages to workers)."""
 
     def __init__(self) -> None:
         self._subs: dict[str, set[Subscription]] = defaultdict(set)
+        self._listeners: list[Listener] = []
         self._closed = False
+
+    def listen(self, listener: Listener) -> None:
+        """Call `listener(task, events)` after every committed change. It must not block."""
+        self._listeners.append(listener)
 
     def subscribe(self, task_id: str) -> Subscription:
         sub = Subscription(self, task_id)
@@ -88,11 +97,15 @@ class EventHub:
             if not subs:
                 del self._subs[sub.task_id]
 
-    def publish(self, events: Iterable[TaskEvent]) -> None:
-        """Hand committed events to their watchers. Never blocks."""
-        for event in events:
-            for sub in self._subs.get(event.task_id, ()):
+    def publish(self, task: Task, events: list[TaskEvent]) -> None:
+        """Hand a committed change (the task as it now is, and its new events) on. Never blocks."""
+        if not events:
+            return
+        for sub in self._subs.get(task.task_id, ()):
+            for event in events:
                 sub._offer(event)
+        for listener in self._listeners:
+            listener(task, events)
 
     def watcher_count(self, task_id: str) -> int:
         return len(self._subs.get(task_id, ()))

@@ -136,6 +136,10 @@ def _task_params(task: Task) -> dict[str, Any]:
         "attempt": task.attempt,
         "last_sequence": task.last_sequence,
         "status_reason": task.status_reason,
+        "worker_id": task.worker_id,
+        "lease_expires_at": _opt_micros(task.lease_expires_at),
+        "deadline_at": _opt_micros(task.deadline_at),
+        "run_seconds_left": task.run_seconds_left,
     }
 
 
@@ -173,6 +177,10 @@ def _task(row: sqlite3.Row) -> Task:
         attempt=row["attempt"],
         last_sequence=row["last_sequence"],
         status_reason=row["status_reason"],
+        worker_id=row["worker_id"],
+        lease_expires_at=_opt_datetime(row["lease_expires_at"]),
+        deadline_at=_opt_datetime(row["deadline_at"]),
+        run_seconds_left=row["run_seconds_left"],
         seq=row["seq"],
     )
 
@@ -271,6 +279,23 @@ class SqliteReadTx:
         params = {"tenant": tenant, "task_id": task_id, "after_sequence": after_sequence, "limit": limit}
         return [_event(row) for row in self._all("events_after", params)]
 
+    def events_of_type(self, tenant: str, task_id: str, type: EventType) -> list[TaskEvent]:
+        params = {"tenant": tenant, "task_id": task_id, "type": type.value}
+        return [_event(row) for row in self._all("events_of_type", params)]
+
+    def next_queued(self, tenant: str, agent_id: str, limit: int) -> list[Task]:
+        params = {"tenant": tenant, "agent_id": agent_id, "limit": limit}
+        return [_task(row) for row in self._all("next_queued", params)]
+
+    def expired_leases(self, now: datetime, limit: int) -> list[Task]:
+        return [_task(row) for row in self._all("expired_leases", {"now": to_micros(now), "limit": limit})]
+
+    def overdue_tasks(self, now: datetime, limit: int) -> list[Task]:
+        return [_task(row) for row in self._all("overdue_tasks", {"now": to_micros(now), "limit": limit})]
+
+    def worker_tasks(self, worker_id: str) -> list[Task]:
+        return [_task(row) for row in self._all("worker_tasks", {"worker_id": worker_id})]
+
     def queued_ahead(self, tenant: str, agent_id: str, priority: int, seq: int) -> int:
         params = {"tenant": tenant, "agent_id": agent_id, "priority": priority, "seq": seq}
         return int(self._one("queued_ahead", params)[0])
@@ -323,6 +348,9 @@ class SqliteWriteTx(SqliteReadTx):
     def update_task(self, task: Task) -> None:
         if self._execute("update_task", _task_params(task)).rowcount != 1:
             raise LookupError(f"no task {task.task_id!r} in tenant {task.tenant!r} to update")
+
+    def renew_leases(self, worker_id: str, until: datetime) -> int:
+        return self._execute("renew_leases", {"worker_id": worker_id, "until": to_micros(until)}).rowcount
 
     def append_event(self, event: TaskEvent) -> None:
         params = {

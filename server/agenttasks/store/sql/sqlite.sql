@@ -76,11 +76,13 @@ ORDER BY seq;
 INSERT INTO tasks (
     task_id, tenant, agent_id, message, status, priority, metadata, callback_mode, webhook_url,
     timeout_seconds, created_at, updated_at, started_at, completed_at, progress, output, result,
-    error, input_prompt, attempt, last_sequence, status_reason
+    error, input_prompt, attempt, last_sequence, status_reason, worker_id, lease_expires_at,
+    deadline_at, run_seconds_left
 ) VALUES (
     :task_id, :tenant, :agent_id, :message, :status, :priority, :metadata, :callback_mode,
     :webhook_url, :timeout_seconds, :created_at, :updated_at, :started_at, :completed_at,
-    :progress, :output, :result, :error, :input_prompt, :attempt, :last_sequence, :status_reason
+    :progress, :output, :result, :error, :input_prompt, :attempt, :last_sequence, :status_reason,
+    :worker_id, :lease_expires_at, :deadline_at, :run_seconds_left
 );
 
 -- name: update_task
@@ -103,8 +105,46 @@ UPDATE tasks SET
     input_prompt = :input_prompt,
     attempt = :attempt,
     last_sequence = :last_sequence,
-    status_reason = :status_reason
+    status_reason = :status_reason,
+    worker_id = :worker_id,
+    lease_expires_at = :lease_expires_at,
+    deadline_at = :deadline_at,
+    run_seconds_left = :run_seconds_left
 WHERE tenant = :tenant AND task_id = :task_id;
+
+-- name: next_queued
+-- The agent's next tasks in dispatch order: highest priority first, FIFO within one. A range
+-- scan of the partial index tasks_queued from its head.
+SELECT * FROM tasks
+WHERE agent_id = :agent_id AND status = 'queued' AND tenant = :tenant
+ORDER BY priority DESC, seq
+LIMIT :limit;
+
+-- name: expired_leases
+SELECT * FROM tasks
+WHERE status IN ('running', 'awaiting_input') AND lease_expires_at <= :now
+ORDER BY lease_expires_at
+LIMIT :limit;
+
+-- name: overdue_tasks
+SELECT * FROM tasks
+WHERE status IN ('running', 'awaiting_input') AND deadline_at <= :now
+ORDER BY deadline_at
+LIMIT :limit;
+
+-- name: worker_tasks
+SELECT * FROM tasks
+WHERE worker_id = :worker_id AND status IN ('running', 'awaiting_input')
+ORDER BY seq;
+
+-- name: renew_leases
+UPDATE tasks SET lease_expires_at = :until
+WHERE worker_id = :worker_id AND status IN ('running', 'awaiting_input');
+
+-- name: events_of_type
+SELECT * FROM task_events
+WHERE tenant = :tenant AND task_id = :task_id AND type = :type
+ORDER BY sequence;
 
 -- name: queued_ahead
 -- Walks tasks_queued from the head of the queue to (priority, seq): cost grows with the number

@@ -1,0 +1,146 @@
+"""gRPC WorkerService: one bidirectional stream per worker, bridged to the Dispatcher.
+
+The stream's first message must be `hello`. After `welcome`, two things run side by side: a
+reader that turns each report into a dispatcher call (acked with a google.rpc.Status), and the
+writer (this generator) that sends whatever the dispatcher puts in the session's outbox.
+
+Reports run concurrently so that one worker's many tasks do not wait on each other's commits.
+Their order still holds: each report reaches the store's single writer queue in arrival order,
+because a report's first step enqueues its write before anything can suspend it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable
+
+import grpc
+
+from agenttasks.api import convert
+from agenttasks.api.errors import rich_status
+from agenttasks.api.gate import Gate
+from agenttasks.core.dispatch import Ack, Assign, Deliver, Dispatcher, Push, Stop, TaskRef, WorkerSession
+from agenttasks.core.errors import DomainError, InvalidArgument
+from agenttasks.core.model import Principal, TaskMessage
+from agenttasks.v1 import task_pb2, worker_service_pb2_grpc
+from agenttasks.v1 import worker_service_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+Ctx = grpc.aio.ServicerContext[object, object]
+CONNECT = "/agenttasks.v1.WorkerService/Connect"
+
+
+def _ref(message: pb.TaskRef) -> TaskRef:
+    return TaskRef(task_id=message.task_id, attempt=message.attempt)
+
+
+def _message(m: TaskMessage) -> task_pb2.TaskMessage:
+    return task_pb2.TaskMessage(message_id=m.message_id, text=m.text, created_at=convert.timestamp(m.created_at))
+
+
+def _push(item: Push) -> pb.ConnectResponse:
+    if isinstance(item, Assign):
+        assignment = pb.Assignment(
+            task=convert.task(item.task),
+            messages=[_message(m) for m in item.messages],
+            deadline=convert.timestamp(item.task.deadline_at),
+        )
+        return pb.ConnectResponse(assign=assignment)
+    if isinstance(item, Deliver):
+        delivery = pb.MessageDelivery(task_id=item.task_id, attempt=item.attempt, message=_message(item.message))
+        return pb.ConnectResponse(deliver=delivery)
+    if isinstance(item, Stop):
+        return pb.ConnectResponse(cancel=pb.CancelTask(task_id=item.task_id, attempt=item.attempt, reason=item.reason))
+    status = rich_status(item.error) if item.error is not None else None
+    return pb.ConnectResponse(ack=pb.Ack(request_id=item.request_id, status=status))
+
+
+class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
+    def __init__(self, dispatcher: Dispatcher, gate: Gate) -> None:
+        self._dispatcher = dispatcher
+        self._gate = gate
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[pb.ConnectRequest], context: Ctx
+    ) -> AsyncIterator[pb.ConnectResponse]:
+        async def run(principal: Principal) -> AsyncIterator[pb.ConnectResponse]:
+            requests = aiter(request_iterator)
+            try:
+                first = await anext(requests)
+            except StopAsyncIteration:
+                return
+            if first.WhichOneof("kind") != "hello":
+                raise InvalidArgument.field("hello", "the first message of a worker stream must be hello")
+            hello = first.hello
+            session = await self._dispatcher.connect(principal, hello.agent_id, hello.capacity, hello.worker_name)
+            outbox: asyncio.Queue[Push | None] = session.outbox  # type: ignore[assignment]
+            reader = asyncio.create_task(self._read(session, requests, outbox), name=f"worker-{session.worker_id}")
+            try:
+                yield pb.ConnectResponse(
+                    welcome=pb.Welcome(
+                        worker_id=session.worker_id,
+                        heartbeat_seconds=self._dispatcher.heartbeat_seconds,
+                        lease_seconds=self._dispatcher.lease.total_seconds(),
+                    )
+                )
+                while (item := await outbox.get()) is not None:
+                    yield _push(item)
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+                await self._dispatcher.disconnect(session)
+
+        async for message in self._gate.stream(context, CONNECT, run):
+            yield message
+
+    async def _read(
+        self,
+        session: WorkerSession,
+        requests: AsyncIterator[pb.ConnectRequest],
+        outbox: asyncio.Queue[Push | None],
+    ) -> None:
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            async for request in requests:
+                task = asyncio.create_task(self._handle(session, request))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+        except grpc.aio.AioRpcError:
+            pass  # the worker went away; what it reported so far still completes below
+        finally:
+            # Let reports already received commit before the connection's leases are taken back.
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            outbox.put_nowait(None)
+
+    async def _handle(self, session: WorkerSession, request: pb.ConnectRequest) -> None:
+        error: BaseException | None = None
+        try:
+            await self._dispatch(session, request)
+        except DomainError as failure:
+            error = failure
+        except Exception as failure:  # answered as INTERNAL; the worker's stream stays up
+            log.exception("worker report failed")
+            error = failure
+        if request.request_id:
+            session.outbox.put_nowait(Ack(request.request_id, error))
+
+    def _dispatch(self, session: WorkerSession, request: pb.ConnectRequest) -> Awaitable[None]:
+        d, kind = self._dispatcher, request.WhichOneof("kind")
+        if kind == "heartbeat":
+            return d.heartbeat(session)
+        if kind == "progress":
+            p = request.progress
+            return d.progress(session, _ref(p.task), p.percent, p.text)
+        if kind == "output":
+            return d.output(session, _ref(request.output.task), request.output.chunk)
+        if kind == "request_input":
+            return d.ask(session, _ref(request.request_input.task), request.request_input.prompt)
+        if kind == "complete":
+            c = request.complete
+            return d.complete(session, _ref(c.task), c.text, convert.struct_to_dict(c, "data"))
+        if kind == "fail":
+            return d.fail(session, _ref(request.fail.task), request.fail.code, request.fail.message)
+        raise InvalidArgument.field(kind or "kind", "not allowed here: hello comes once, first")

@@ -1,0 +1,405 @@
+"""Dispatch: hands an agent's queued tasks to its connected workers and keeps their leases.
+
+Each connected worker is a `WorkerSession` with a capacity and an outbox the transport drains.
+A dispatch round for an agent claims as many queued tasks as its workers have free slots, in
+one write (highest priority first, FIFO within one) and assigns each to exactly one session; at
+most one round per agent runs at a time, and a request for another while one runs sets it to go
+again, so bursts of submits coalesce into few rounds.
+
+Changes committed anywhere reach the dispatcher through the event hub: a new or requeued task
+starts a round, a client message is delivered to the holder, and a task that ended while a
+worker held it (cancelled, timed out, lease lost) is stopped there at once. Reports from a worker
+count only while it holds the lease on that attempt; anything else is LeaseLost and changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from agenttasks.core import lifecycle
+from agenttasks.core.agents import find_agent
+from agenttasks.core.errors import InvalidArgument, LeaseLost
+from agenttasks.core.ids import check_id, new_id
+from agenttasks.core.model import (
+    AgentStatus,
+    EventType,
+    JsonObject,
+    Principal,
+    Progress,
+    Task,
+    TaskError,
+    TaskEvent,
+    TaskMessage,
+    TaskResult,
+    TaskStatus,
+    utcnow,
+)
+from agenttasks.core.ports import Store, WriteTx
+from agenttasks.core.watch import EventHub
+
+log = logging.getLogger(__name__)
+
+MAX_CAPACITY = 1000
+MAX_TEXT_BYTES = 64 * 1024
+MAX_CHUNK_BYTES = 256 * 1024
+MAX_RESULT_BYTES = 1024 * 1024
+SWEEP_BATCH = 500
+_HELD = (TaskStatus.RUNNING, TaskStatus.AWAITING_INPUT)
+
+
+@dataclass(frozen=True, slots=True)
+class Assign:
+    task: Task
+    messages: list[TaskMessage]
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    task_id: str
+    attempt: int
+    message: TaskMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    task_id: str
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The outcome of a worker's report: None, or the error (a DomainError, or a bug)."""
+
+    request_id: int
+    error: BaseException | None
+
+
+Push = Assign | Deliver | Stop | Ack
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    task_id: str
+    attempt: int
+
+
+class WorkerSession:
+    """One connected worker: what it serves, how much it takes, what it holds, what to send it."""
+
+    def __init__(self, worker_id: str, tenant: str, agent_id: str, capacity: int, name: str, now: datetime) -> None:
+        self.worker_id = worker_id
+        self.tenant = tenant
+        self.agent_id = agent_id
+        self.capacity = capacity
+        self.name = name
+        self.held: dict[str, int] = {}  # task_id -> attempt
+        self.outbox: asyncio.Queue[Push] = asyncio.Queue()
+        self.closed = False
+        # When the worker last said anything. One silent past its lease gets no new work until
+        # it speaks again: it is probably stuck, and its tasks were just taken back from it.
+        self.last_seen = now
+
+    @property
+    def free(self) -> int:
+        return 0 if self.closed else self.capacity - len(self.held)
+
+
+def _bytes(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _message(event: TaskEvent) -> TaskMessage:
+    payload = event.data["message"]
+    return TaskMessage(message_id=payload["message_id"], text=payload["text"], created_at=event.time)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        hub: EventHub,
+        *,
+        lease_seconds: float = 30.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self.lease = timedelta(seconds=lease_seconds)
+        self._clock = clock
+        self._sessions: dict[tuple[str, str], dict[str, WorkerSession]] = defaultdict(dict)
+        self._holder: dict[str, WorkerSession] = {}
+        self._rounds: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._again: set[tuple[str, str]] = set()
+        hub.listen(self._on_change)
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return self.lease.total_seconds() / 3
+
+    # --- connections ---
+
+    async def connect(self, principal: Principal, agent_id: str, capacity: int, name: str = "") -> WorkerSession:
+        agent_id = check_id(agent_id, "hello.agent_id")
+        if not 1 <= capacity <= MAX_CAPACITY:
+            raise InvalidArgument.field("hello.capacity", f"must be between 1 and {MAX_CAPACITY}")
+        if len(name) > 200:
+            raise InvalidArgument.field("hello.worker_name", "must be at most 200 characters")
+        await self._store.read(lambda tx: find_agent(tx, principal.tenant, agent_id))
+        session = WorkerSession(new_id(), principal.tenant, agent_id, capacity, name, self._clock())
+        self._sessions[(session.tenant, agent_id)][session.worker_id] = session
+        log.info("worker %s (%s) connected to agent %s, capacity %d", session.worker_id, name, agent_id, capacity)
+        self.poke(session.tenant, agent_id)
+        return session
+
+    async def disconnect(self, session: WorkerSession) -> None:
+        """The connection ended: the worker's leases are lost at once and its tasks go back."""
+        if session.closed:
+            return
+        session.closed = True
+        agents = self._sessions.get((session.tenant, session.agent_id), {})
+        agents.pop(session.worker_id, None)
+        log.info("worker %s disconnected holding %d tasks", session.worker_id, len(session.held))
+        await self._take_back(lambda tx: tx.worker_tasks(session.worker_id))
+
+    def workers(self, tenant: str, agent_id: str) -> list[WorkerSession]:
+        return list(self._sessions.get((tenant, agent_id), {}).values())
+
+    # --- dispatch rounds ---
+
+    def poke(self, tenant: str, agent_id: str) -> None:
+        """Ask for a dispatch round for the agent (coalesced with one already running)."""
+        key = (tenant, agent_id)
+        if not self._sessions.get(key):
+            return
+        if key in self._rounds:
+            self._again.add(key)
+            return
+        self._rounds[key] = asyncio.create_task(self._rounds_for(key), name=f"dispatch-{agent_id}")
+
+    async def _rounds_for(self, key: tuple[str, str]) -> None:
+        try:
+            while True:
+                self._again.discard(key)
+                try:
+                    await self._round(*key)
+                except Exception:  # a failed round must not stop later ones; the next poke retries
+                    log.exception("dispatch round for agent %s failed", key[1])
+                if key not in self._again:
+                    return
+        finally:
+            del self._rounds[key]
+
+    def _heard_from(self, session: WorkerSession, now: datetime) -> None:
+        silent = now - session.last_seen > self.lease
+        session.last_seen = now
+        if silent:
+            self.poke(session.tenant, session.agent_id)
+
+    async def _round(self, tenant: str, agent_id: str) -> None:
+        now = self._clock()
+        alive = [s for s in self.workers(tenant, agent_id) if now - s.last_seen <= self.lease]
+        sessions = sorted(alive, key=lambda s: s.free, reverse=True)
+        # One slot per free place, spread round-robin so work goes to the least busy first.
+        slots: list[WorkerSession] = []
+        free = {s.worker_id: s.free for s in sessions}
+        while any(free.values()):
+            for s in sessions:
+                if free[s.worker_id] > 0:
+                    slots.append(s)
+                    free[s.worker_id] -= 1
+        if not slots:
+            return
+        lease_until = now + self.lease
+
+        def claim(tx: WriteTx) -> list[tuple[Task, list[TaskEvent], WorkerSession, list[TaskMessage]]]:
+            agent = tx.get_agent(tenant, agent_id)
+            if agent is None or agent.status is not AgentStatus.ACTIVE:
+                return []
+            claimed = []
+            for task, session in zip(tx.next_queued(tenant, agent_id, len(slots)), slots, strict=False):
+                task, events = lifecycle.start(task, now, worker_id=session.worker_id, lease_until=lease_until)
+                tx.update_task(task)
+                for event in events:
+                    tx.append_event(event)
+                messages = [_message(e) for e in tx.events_of_type(tenant, task.task_id, EventType.MESSAGE)]
+                claimed.append((task, events, session, messages))
+            return claimed
+
+        claimed = await self._store.write(claim)
+        orphaned = set()
+        for task, events, session, messages in claimed:
+            if session.closed:  # it left while we claimed: its disconnect may have missed these
+                orphaned.add(session.worker_id)
+            else:
+                session.held[task.task_id] = task.attempt
+                self._holder[task.task_id] = session
+                session.outbox.put_nowait(Assign(task, messages))
+            self._hub.publish(task, events)
+        for worker_id in orphaned:
+            await self._take_back(lambda tx, w=worker_id: tx.worker_tasks(w))  # type: ignore[misc]
+
+    # --- what committed changes mean for workers ---
+
+    def _on_change(self, task: Task, events: list[TaskEvent]) -> None:
+        holder = self._holder.get(task.task_id)
+        if holder is not None:
+            attempt = holder.held.get(task.task_id, task.attempt)
+            if task.worker_id != holder.worker_id:
+                # Ended or requeued by someone other than the holder: stop it there now.
+                self._release(task.task_id)
+                holder.outbox.put_nowait(Stop(task.task_id, attempt, task.status_reason or task.status.value))
+                self.poke(holder.tenant, holder.agent_id)
+            else:
+                for event in events:
+                    if event.type is EventType.MESSAGE:
+                        holder.outbox.put_nowait(Deliver(task.task_id, attempt, _message(event)))
+        if task.status is TaskStatus.QUEUED and any(e.type in (EventType.CREATED, EventType.STATUS) for e in events):
+            self.poke(task.tenant, task.agent_id)
+
+    def _release(self, task_id: str) -> WorkerSession | None:
+        holder = self._holder.pop(task_id, None)
+        if holder is not None:
+            holder.held.pop(task_id, None)
+        return holder
+
+    # --- reports from the holder ---
+
+    async def _report(
+        self, session: WorkerSession, ref: TaskRef, change: Callable[[WriteTx, Task, datetime], lifecycle.Transition]
+    ) -> None:
+        now = self._clock()
+        self._heard_from(session, now)
+
+        def op(tx: WriteTx) -> tuple[Task, list[TaskEvent]]:
+            task = tx.get_task(session.tenant, ref.task_id)
+            if (
+                task is None
+                or task.worker_id != session.worker_id
+                or task.attempt != ref.attempt
+                or task.status not in _HELD
+            ):
+                raise LeaseLost(
+                    f"task {ref.task_id} attempt {ref.attempt} is not leased to this worker; the report was ignored",
+                    metadata={"task_id": ref.task_id},
+                )
+            task, events = change(tx, task, now)
+            if task.worker_id:  # any report from the holder keeps its lease alive
+                task = replace(task, lease_expires_at=now + self.lease)
+            tx.update_task(task)
+            for event in events:
+                tx.append_event(event)
+            return task, events
+
+        task, events = await self._store.write(op)
+        if not task.worker_id:  # the holder finished it itself: no stop to send
+            self._release(task.task_id)
+            self.poke(session.tenant, session.agent_id)
+        self._hub.publish(task, events)
+
+    async def progress(self, session: WorkerSession, ref: TaskRef, percent: float, text: str) -> None:
+        if not 0 <= percent <= 100:
+            raise InvalidArgument.field("progress.percent", "must be between 0 and 100")
+        if _bytes(text) > MAX_TEXT_BYTES:
+            raise InvalidArgument.field("progress.text", f"must be at most {MAX_TEXT_BYTES} bytes")
+        await self._report(session, ref, lambda tx, t, now: lifecycle.progress(t, Progress(percent, text), now))
+
+    async def output(self, session: WorkerSession, ref: TaskRef, chunk: str) -> None:
+        if _bytes(chunk) > MAX_CHUNK_BYTES:
+            raise InvalidArgument.field("output.chunk", f"must be at most {MAX_CHUNK_BYTES} bytes")
+        await self._report(session, ref, lambda tx, t, now: lifecycle.output(t, chunk, now))
+
+    async def ask(self, session: WorkerSession, ref: TaskRef, prompt: str) -> None:
+        if not prompt.strip() or _bytes(prompt) > MAX_TEXT_BYTES:
+            raise InvalidArgument.field("request_input.prompt", f"required, at most {MAX_TEXT_BYTES} bytes")
+
+        def change(tx: WriteTx, task: Task, now: datetime) -> lifecycle.Transition:
+            if task.status is not TaskStatus.RUNNING:
+                raise InvalidArgument.field("request_input", "the task is already awaiting input")
+            agent = find_agent(tx, task.tenant, task.agent_id)
+            return lifecycle.ask_input(task, prompt, now, agent.input_timeout_seconds)
+
+        await self._report(session, ref, change)
+
+    async def complete(self, session: WorkerSession, ref: TaskRef, text: str, data: JsonObject | None) -> None:
+        if _bytes(text) > MAX_RESULT_BYTES:
+            raise InvalidArgument.field("complete.text", f"must be at most {MAX_RESULT_BYTES} bytes")
+        result = TaskResult(text=text, data=data)
+        await self._report(session, ref, lambda tx, t, now: lifecycle.complete(t, result, now))
+
+    async def fail(self, session: WorkerSession, ref: TaskRef, code: str, message: str) -> None:
+        code = code or lifecycle.WORKER_ERROR
+        if not (code.replace("_", "").isalnum() and code.isupper() and len(code) <= 64):
+            raise InvalidArgument.field("fail.code", "must be UPPER_SNAKE_CASE, at most 64 characters")
+        if _bytes(message) > MAX_TEXT_BYTES:
+            raise InvalidArgument.field("fail.message", f"must be at most {MAX_TEXT_BYTES} bytes")
+        error = TaskError(code=code, message=message)
+        await self._report(session, ref, lambda tx, t, now: lifecycle.fail(t, error, now))
+
+    async def heartbeat(self, session: WorkerSession) -> None:
+        now = self._clock()
+        self._heard_from(session, now)
+        until = now + self.lease
+        await self._store.write(lambda tx: tx.renew_leases(session.worker_id, until))
+
+    # --- sweeps ---
+
+    async def _take_back(self, select: Callable[[WriteTx], list[Task]]) -> int:
+        """Lose the leases of the selected tasks: requeue them, or fail them with their attempts spent."""
+        now = self._clock()
+
+        def op(tx: WriteTx) -> list[tuple[Task, list[TaskEvent]]]:
+            changes = []
+            for task in select(tx):
+                agent = tx.get_agent(task.tenant, task.agent_id)
+                task, events = lifecycle.lose_lease(task, now, agent.max_attempts if agent else 1)
+                tx.update_task(task)
+                for event in events:
+                    tx.append_event(event)
+                changes.append((task, events))
+            return changes
+
+        changes = await self._store.write(op)
+        for task, events in changes:
+            self._hub.publish(task, events)  # the listener stops it at a holder that is still there
+        return len(changes)
+
+    async def expire_leases(self) -> int:
+        """Take back tasks whose worker went silent past its lease."""
+        now = self._clock()
+        if not await self._store.read(lambda tx: tx.expired_leases(now, 1)):
+            return 0
+        return await self._take_back(lambda tx: tx.expired_leases(now, SWEEP_BATCH))
+
+    async def enforce_deadlines(self) -> int:
+        """Fail tasks that ran (or awaited input) too long; the listener tells their workers."""
+        now = self._clock()
+        if not await self._store.read(lambda tx: tx.overdue_tasks(now, 1)):
+            return 0
+
+        def op(tx: WriteTx) -> list[tuple[Task, list[TaskEvent]]]:
+            changes = []
+            for task in tx.overdue_tasks(now, SWEEP_BATCH):
+                task, events = lifecycle.expire(task, now)
+                tx.update_task(task)
+                for event in events:
+                    tx.append_event(event)
+                changes.append((task, events))
+            return changes
+
+        changes = await self._store.write(op)
+        for task, events in changes:
+            self._hub.publish(task, events)
+        return len(changes)
+
+    async def close(self) -> None:
+        """Stop dispatching (on drain). Rounds in flight finish; connections end on their own."""
+        for task in list(self._rounds.values()):
+            task.cancel()
+        self._sessions.clear()
