@@ -13,6 +13,7 @@ import pytest
 from agenttasks.app import Service
 from agenttasks.auth import create_api_key
 from agenttasks.core.model import Role
+from agenttasks.store import open_store
 from agenttasks.v1 import agent_service_pb2 as apb
 from agenttasks.v1 import task_service_pb2 as tpb
 from agenttasks.v1 import worker_service_pb2 as wpb
@@ -335,3 +336,20 @@ async def test_every_transition_is_a_watched_event_with_increasing_sequence(
     assert events[7].result.text == "all good"
     task = (await status(client, task_id)).task
     assert (task.output, task.progress.percent) == ("line 1\nline 2\n", 30)
+
+
+async def test_drain_ends_worker_streams_and_gives_their_tasks_back(
+    service: Service, client: Api, agent_id: str, workers: StartWorker
+) -> None:
+    task_id = (await client.submit(agent_id)).task_id
+    worker = await workers(agent_id)
+    await worker.next_assignment()
+    await service.stop()
+    await asyncio.wait_for(worker.ended.wait(), 10)
+    assert worker.error is None  # the stream ended cleanly, not with an error status
+    store = await open_store(service.settings.db)
+    try:
+        task = await store.read(lambda tx: tx.get_task("default", task_id))
+    finally:
+        await store.close()
+    assert task is not None and (task.status.value, task.status_reason) == ("queued", "LEASE_LOST")

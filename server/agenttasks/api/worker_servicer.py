@@ -75,8 +75,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                 raise InvalidArgument.field("hello", "the first message of a worker stream must be hello")
             hello = first.hello
             session = await self._dispatcher.connect(principal, hello.agent_id, hello.capacity, hello.worker_name)
-            outbox: asyncio.Queue[Push | None] = session.outbox  # type: ignore[assignment]
-            reader = asyncio.create_task(self._read(session, requests, outbox), name=f"worker-{session.worker_id}")
+            reader = asyncio.create_task(self._read(session, requests), name=f"worker-{session.worker_id}")
             try:
                 yield pb.ConnectResponse(
                     welcome=pb.Welcome(
@@ -85,7 +84,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                         lease_seconds=self._dispatcher.lease.total_seconds(),
                     )
                 )
-                while (item := await outbox.get()) is not None:
+                while (item := await session.outbox.get()) is not None:
                     yield _push(item)
             finally:
                 reader.cancel()
@@ -99,7 +98,6 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         self,
         session: WorkerSession,
         requests: AsyncIterator[pb.ConnectRequest],
-        outbox: asyncio.Queue[Push | None],
     ) -> None:
         pending: set[asyncio.Task[None]] = set()
         try:
@@ -113,7 +111,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             # Let reports already received commit before the connection's leases are taken back.
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-            outbox.put_nowait(None)
+            session.outbox.put_nowait(None)
 
     async def _handle(self, session: WorkerSession, request: pb.ConnectRequest) -> None:
         error: BaseException | None = None

@@ -100,7 +100,8 @@ class WorkerSession:
         self.capacity = capacity
         self.name = name
         self.held: dict[str, int] = {}  # task_id -> attempt
-        self.outbox: asyncio.Queue[Push] = asyncio.Queue()
+        # What to send the worker; None ends its stream (on drain).
+        self.outbox: asyncio.Queue[Push | None] = asyncio.Queue()
         self.closed = False
         # When the worker last said anything. One silent past its lease gets no new work until
         # it speaks again: it is probably stuck, and its tasks were just taken back from it.
@@ -399,7 +400,12 @@ class Dispatcher:
         return len(changes)
 
     async def close(self) -> None:
-        """Stop dispatching (on drain). Rounds in flight finish; connections end on their own."""
+        """Stop dispatching and end every worker stream (on drain), so the server need not wait
+        out its grace period for streams that never end by themselves. Each ended connection
+        gives its tasks back as usual; workers reconnect to another replica or after restart."""
         for task in list(self._rounds.values()):
             task.cancel()
+        for sessions in self._sessions.values():
+            for session in sessions.values():
+                session.outbox.put_nowait(None)
         self._sessions.clear()
