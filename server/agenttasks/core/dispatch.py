@@ -40,7 +40,7 @@ from agenttasks.core.model import (
     TaskStatus,
     utcnow,
 )
-from agenttasks.core.ports import Store, WriteTx
+from agenttasks.core.ports import Store, WriteTx, save
 from agenttasks.core.watch import EventHub
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class Dispatcher:
         agents = self._sessions.get((session.tenant, session.agent_id), {})
         agents.pop(session.worker_id, None)
         log.info("worker %s disconnected holding %d tasks", session.worker_id, len(session.held))
-        await self._take_back(lambda tx: tx.worker_tasks(session.worker_id))
+        await self._take_back(lambda tx, now: tx.worker_tasks(session.worker_id))
 
     def workers(self, tenant: str, agent_id: str) -> list[WorkerSession]:
         return list(self._sessions.get((tenant, agent_id), {}).values())
@@ -225,10 +225,8 @@ class Dispatcher:
                 return []
             claimed = []
             for task, session in zip(tx.next_queued(tenant, agent_id, len(slots)), slots, strict=False):
-                task, events = lifecycle.start(task, now, worker_id=session.worker_id, lease_until=lease_until)
-                tx.update_task(task)
-                for event in events:
-                    tx.append_event(event)
+                started = lifecycle.start(task, now, worker_id=session.worker_id, lease_until=lease_until)
+                task, events = save(tx, started)
                 messages = [_message(e) for e in tx.events_of_type(tenant, task.task_id, EventType.MESSAGE)]
                 claimed.append((task, events, session, messages))
             return claimed
@@ -244,7 +242,7 @@ class Dispatcher:
                 session.outbox.put_nowait(Assign(task, messages))
             self._hub.publish(task, events)
         for worker_id in orphaned:
-            await self._take_back(lambda tx, w=worker_id: tx.worker_tasks(w))  # type: ignore[misc]
+            await self._take_back(lambda tx, now, w=worker_id: tx.worker_tasks(w))  # type: ignore[misc]
 
     # --- what committed changes mean for workers ---
 
@@ -293,10 +291,7 @@ class Dispatcher:
             task, events = change(tx, task, now)
             if task.worker_id:  # any report from the holder keeps its lease alive
                 task = replace(task, lease_expires_at=now + self.lease)
-            tx.update_task(task)
-            for event in events:
-                tx.append_event(event)
-            return task, events
+            return save(tx, (task, events))
 
         task, events = await self._store.write(op)
         if not task.worker_id:  # the holder finished it itself: no stop to send
@@ -351,53 +346,42 @@ class Dispatcher:
 
     # --- sweeps ---
 
-    async def _take_back(self, select: Callable[[WriteTx], list[Task]]) -> int:
-        """Lose the leases of the selected tasks: requeue them, or fail them with their attempts spent."""
+    async def _sweep(
+        self,
+        select: Callable[[WriteTx, datetime], list[Task]],
+        change: Callable[[WriteTx, Task, datetime], lifecycle.Transition],
+    ) -> int:
+        """Apply `change` to every selected task in one write, then tell watchers and holders."""
         now = self._clock()
-
-        def op(tx: WriteTx) -> list[tuple[Task, list[TaskEvent]]]:
-            changes = []
-            for task in select(tx):
-                agent = tx.get_agent(task.tenant, task.agent_id)
-                task, events = lifecycle.lose_lease(task, now, agent.max_attempts if agent else 1)
-                tx.update_task(task)
-                for event in events:
-                    tx.append_event(event)
-                changes.append((task, events))
-            return changes
-
-        changes = await self._store.write(op)
+        changes = await self._store.write(lambda tx: [save(tx, change(tx, t, now)) for t in select(tx, now)])
         for task, events in changes:
-            self._hub.publish(task, events)  # the listener stops it at a holder that is still there
+            self._hub.publish(task, events)  # the listener stops each at a holder still connected
         return len(changes)
+
+    async def _take_back(self, select: Callable[[WriteTx, datetime], list[Task]]) -> int:
+        """Lose the leases of the selected tasks: requeue them, or fail them with their attempts spent."""
+
+        def lose(tx: WriteTx, task: Task, now: datetime) -> lifecycle.Transition:
+            agent = tx.get_agent(task.tenant, task.agent_id)
+            return lifecycle.lose_lease(task, now, agent.max_attempts if agent else 1)
+
+        return await self._sweep(select, lose)
 
     async def expire_leases(self) -> int:
         """Take back tasks whose worker went silent past its lease."""
         now = self._clock()
         if not await self._store.read(lambda tx: tx.expired_leases(now, 1)):
             return 0
-        return await self._take_back(lambda tx: tx.expired_leases(now, SWEEP_BATCH))
+        return await self._take_back(lambda tx, now: tx.expired_leases(now, SWEEP_BATCH))
 
     async def enforce_deadlines(self) -> int:
         """Fail tasks that ran (or awaited input) too long; the listener tells their workers."""
         now = self._clock()
         if not await self._store.read(lambda tx: tx.overdue_tasks(now, 1)):
             return 0
-
-        def op(tx: WriteTx) -> list[tuple[Task, list[TaskEvent]]]:
-            changes = []
-            for task in tx.overdue_tasks(now, SWEEP_BATCH):
-                task, events = lifecycle.expire(task, now)
-                tx.update_task(task)
-                for event in events:
-                    tx.append_event(event)
-                changes.append((task, events))
-            return changes
-
-        changes = await self._store.write(op)
-        for task, events in changes:
-            self._hub.publish(task, events)
-        return len(changes)
+        return await self._sweep(
+            lambda tx, now: tx.overdue_tasks(now, SWEEP_BATCH), lambda tx, task, now: lifecycle.expire(task, now)
+        )
 
     async def close(self) -> None:
         """Stop dispatching and end every worker stream (on drain), so the server need not wait

@@ -31,6 +31,7 @@ from agenttasks.core.model import (
 
 Transition = tuple[Task, list[TaskEvent]]
 
+
 # Reasons recorded on status events and in Task.status_reason.
 CANCELLED_BY_CLIENT = "CANCELLED_BY_CLIENT"
 AGENT_DELETED = "AGENT_DELETED"

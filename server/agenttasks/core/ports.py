@@ -155,3 +155,13 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def save(tx: WriteTx, change: tuple[Task, list[TaskEvent]]) -> tuple[Task, list[TaskEvent]]:
+    """Store a lifecycle transition (the task and its new events) in `tx`; a no-op without events."""
+    task, events = change
+    if events:
+        tx.update_task(task)
+        for event in events:
+            tx.append_event(event)
+    return change

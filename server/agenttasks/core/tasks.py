@@ -27,7 +27,7 @@ from agenttasks.core.model import (
     utcnow,
 )
 from agenttasks.core.paging import PageTokens
-from agenttasks.core.ports import ReadTx, Store, WriteTx
+from agenttasks.core.ports import ReadTx, Store, WriteTx, save
 from agenttasks.core.watch import EventHub, WatchItem, follow
 
 # Without run history, assume a task takes this long when estimating start times.
@@ -233,10 +233,7 @@ class TaskCore:
             if (stored := idempotency.replay(tx, tenant, "message", request_id, digest)) is not None:
                 return MessageResult.from_json(stored), None, []
             task = find_task(tx, tenant, agent_id, task_id)
-            task, events = lifecycle.add_message(task, msg, now)
-            tx.update_task(task)
-            for event in events:
-                tx.append_event(event)
+            task, events = save(tx, lifecycle.add_message(task, msg, now))
             result = MessageResult(task_id=task_id, message_id=msg.message_id, status=task.status, created_at=now)
             idempotency.remember(tx, tenant, "message", request_id, digest, result.to_json(), now, self._ttl)
             return result, task, events
@@ -250,11 +247,7 @@ class TaskCore:
         now = self._clock()
 
         def op(tx: WriteTx) -> tuple[Task, Task, list[TaskEvent]]:
-            task, events = lifecycle.cancel(find_task(tx, tenant, agent_id, task_id), now)
-            if events:
-                tx.update_task(task)
-                for event in events:
-                    tx.append_event(event)
+            task, events = save(tx, lifecycle.cancel(find_task(tx, tenant, agent_id, task_id), now))
             return task, task, events
 
         task: Task = await self._commit(op)
