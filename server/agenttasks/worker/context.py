@@ -1,0 +1,205 @@
+"""What a handler sees of one task: its fields, its client messages, and the reports it can send.
+
+A `TaskContext` belongs to one attempt of one task on one connection. Every report waits for the
+server's ack, so a handler learns at once (as `LeaseLost`) that it no longer holds the task and
+can stop instead of working for nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from google.protobuf import json_format, struct_pb2
+
+from agenttasks.v1 import task_pb2, worker_service_pb2
+
+CANCELLED = "CANCELLED"
+DISCONNECTED = "DISCONNECTED"
+LEASE_LOST = "LEASE_LOST"
+WORKER_ERROR = "WORKER_ERROR"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a handler returns when the result has structured data besides its text."""
+
+    text: str = ""
+    data: dict[str, Any] | None = None
+
+
+class TaskFailed(Exception):
+    """Raise from a handler to fail the task with a stable UPPER_SNAKE `code` the client can act on."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+
+
+class ReportRejected(Exception):
+    """The server refused a report: `code` is the gRPC status name, `reason` the ErrorInfo reason."""
+
+    def __init__(self, code: str, reason: str, message: str) -> None:
+        super().__init__(f"{code} ({reason}): {message}" if reason else f"{code}: {message}")
+        self.code = code
+        self.reason = reason
+        self.message = message
+
+
+class LeaseLost(ReportRejected):
+    """The worker no longer holds the task, so nothing it reports counts any more.
+
+    Raised for an ack with reason LEASE_LOST, for reports after the server cancelled the task
+    (reason: the cancel's reason) and after the connection broke (reason DISCONNECTED). The task
+    was (or will be) requeued or ended by the server; the handler should just stop.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMessage:
+    """A message the task's client sent (SendMessage), as delivered to the worker."""
+
+    message_id: str
+    text: str
+    created_at: datetime | None
+
+
+def client_message(message: task_pb2.TaskMessage) -> ClientMessage:
+    created = message.created_at.ToDatetime(tzinfo=UTC) if message.HasField("created_at") else None
+    return ClientMessage(message.message_id, message.text, created)
+
+
+class Reporter(Protocol):
+    """The connection side of a context: sends one report and waits for its ack."""
+
+    async def report(self, request: worker_service_pb2.ConnectRequest) -> None: ...
+
+
+class TaskContext:
+    """One assigned task, as the handler sees it.
+
+    `messages` holds every client message received so far (those sent before the task started
+    first); `next_message()` walks through all of them in order, `ask()` waits for the reply to
+    one question. `cancelled` is set when the server cancels the task (client cancel, timeout,
+    lease lost); the handler is then cancelled too and may no longer report.
+    """
+
+    def __init__(
+        self,
+        assignment: worker_service_pb2.Assignment,
+        reporter: Reporter,
+    ) -> None:
+        task = assignment.task
+        self.task_id: str = task.task_id
+        self.agent_id: str = task.agent_id
+        self.attempt: int = task.attempt
+        self.message: str = task.message
+        self.priority: int = task.priority
+        self.metadata: dict[str, Any] = _to_dict(task.metadata) if task.HasField("metadata") else {}
+        self.timeout_seconds: int = task.timeout_seconds
+        self.deadline: datetime | None = (
+            assignment.deadline.ToDatetime(tzinfo=UTC) if assignment.HasField("deadline") else None
+        )
+        self.messages: list[ClientMessage] = [client_message(m) for m in assignment.messages]
+        self.cancelled = asyncio.Event()
+        self.cancel_reason: str = ""
+        self._reporter = reporter
+        self._ref = worker_service_pb2.TaskRef(task_id=self.task_id, attempt=self.attempt)
+        self._arrived = asyncio.Condition()
+        self._read = 0
+        self._gone: LeaseLost | None = None
+
+    def __repr__(self) -> str:
+        return f"TaskContext(task_id={self.task_id!r}, attempt={self.attempt})"
+
+    async def progress(self, percent: float, text: str = "") -> None:
+        """Report progress (0 to 100) and a line saying what the agent is doing."""
+        await self._report(progress=worker_service_pb2.ReportProgress(task=self._ref, percent=percent, text=text))
+
+    async def output(self, chunk: str) -> None:
+        """Append a chunk to the task's output; clients watching the task see it at once."""
+        await self._report(output=worker_service_pb2.AppendOutput(task=self._ref, chunk=chunk))
+
+    async def ask(self, prompt: str) -> str:
+        """Ask the client a question and wait for the reply (the task is awaiting_input meanwhile).
+
+        The reply is the first client message that arrives after the question was sent; messages
+        that came earlier are not answers to it.
+        """
+        seen = len(self.messages)
+        await self._report(request_input=worker_service_pb2.RequestInput(task=self._ref, prompt=prompt))
+        async with self._arrived:
+            await self._arrived.wait_for(lambda: len(self.messages) > seen)
+        return self.messages[seen].text
+
+    async def next_message(self) -> ClientMessage:
+        """The next client message not yet returned by this method, waiting for one if needed.
+
+        It walks through every message in order, the ones sent before the task started and the
+        replies to `ask()` included.
+        """
+        async with self._arrived:
+            await self._arrived.wait_for(lambda: len(self.messages) > self._read)
+        self._read += 1
+        return self.messages[self._read - 1]
+
+    async def _report(self, **kind: Any) -> None:
+        if self._gone is not None:
+            raise self._gone
+        await self._reporter.report(worker_service_pb2.ConnectRequest(**kind))
+
+    # --- called by the connection ---
+
+    async def deliver(self, message: task_pb2.TaskMessage) -> None:
+        async with self._arrived:
+            self.messages.append(client_message(message))
+            self._arrived.notify_all()
+
+    def revoke(self, reason: str, lost: LeaseLost) -> None:
+        """The task is no longer ours: reports raise `lost` from now on."""
+        if self._gone is None:
+            self._gone = lost
+            self.cancel_reason = reason
+
+    @property
+    def revoked(self) -> bool:
+        return self._gone is not None
+
+    def complete_request(self, outcome: str | Result) -> worker_service_pb2.ConnectRequest:
+        result = outcome if isinstance(outcome, Result) else Result(text=outcome)
+        data: struct_pb2.Struct | None = None
+        if result.data is not None:
+            data = struct_pb2.Struct()
+            data.update(result.data)
+        return worker_service_pb2.ConnectRequest(
+            complete=worker_service_pb2.CompleteTask(task=self._ref, text=result.text, data=data)
+        )
+
+    def fail_request(self, code: str, message: str) -> worker_service_pb2.ConnectRequest:
+        return worker_service_pb2.ConnectRequest(
+            fail=worker_service_pb2.FailTask(task=self._ref, code=code or WORKER_ERROR, message=message)
+        )
+
+
+def _to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    value: dict[str, Any] = _whole_numbers(json_format.MessageToDict(struct))
+    return value
+
+
+def _whole_numbers(value: Any) -> Any:
+    """A Struct carries every number as a double; give back the ints the client most likely sent."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
+
+
+Handler = Callable[[TaskContext], Awaitable[str | Result]]
+"""An agent: gets a task's context, returns the result text (or a `Result`), or raises."""
