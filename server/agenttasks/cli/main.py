@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agenttasks import __version__
-from agenttasks.cli import admin, commands
+from agenttasks.cli import admin, commands, worker_cmd
 from agenttasks.cli.admin import parse_duration
 from agenttasks.cli.client import Client, CliError
 from agenttasks.core.model import Role
@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("agent_id", help="the agent's id")
     p.add_argument("--status", help="only tasks in this status")
     p.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")
+
+    p = _add(sub, "worker", worker_cmd.HELP, local=worker_cmd.run)
+    worker_cmd.add_arguments(p)
     return parser
 
 

@@ -1,0 +1,110 @@
+"""`agenttasks worker AGENT_ID -- COMMAND [ARGS...]`: serve an agent's tasks with a command line
+program, one process per task (the exec runner; docs/worker-protocol.md has its contract).
+
+It prints one line once connected, logs reconnections and failed tasks to stderr, and stops
+cleanly on SIGTERM or SIGINT: running commands get SIGTERM (SIGKILL after the grace period) and
+the server requeues their tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import signal
+import sys
+
+from agenttasks.cli.client import CliError
+from agenttasks.settings import Settings
+from agenttasks.worker import ConnectRefused, ExecRunner, Worker
+from agenttasks.worker.sdk import MAX_CAPACITY
+
+HELP = "Serve an agent's tasks by running COMMAND once per task (give it after '--')."
+USAGE_HINT = "usage: agenttasks worker AGENT_ID [--capacity N] -- COMMAND [ARGS...]"
+
+
+def _capacity(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= MAX_CAPACITY:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_CAPACITY}, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The worker command's arguments (client connection flags included, but no --json)."""
+    p.add_argument("--server", help="gRPC address of the service (env AGENTTASKS_SERVER; default 127.0.0.1:50051)")
+    p.add_argument("--api-key", help="a worker (or admin) API key (env AGENTTASKS_API_KEY)")
+    p.add_argument("agent_id", help="the agent whose tasks to serve")
+    p.add_argument("--capacity", type=_capacity, default=1, help="tasks to run at once (default 1)")
+    p.add_argument(
+        "--grace-seconds",
+        type=_seconds,
+        default=5.0,
+        help="on cancel, how long COMMAND has after SIGTERM before SIGKILL (default 5)",
+    )
+    p.add_argument("--name", help="a name for this worker in the server's logs (default hostname:pid)")
+    p.add_argument(
+        "command",
+        nargs="+",
+        metavar="COMMAND",
+        help="the program to run per task and its arguments, after '--'; see docs/worker-protocol.md",
+    )
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Entry point from `agenttasks.cli.main`."""
+    if settings.api_key is None or not settings.api_key.get_secret_value():
+        raise CliError("no credentials: pass --api-key or set AGENTTASKS_API_KEY (a key with role worker)")
+    command: list[str] = args.command
+    if not command or not command[0]:
+        raise CliError(f"missing COMMAND; {USAGE_HINT}", exit_code=2)
+    if shutil.which(command[0]) is None:
+        raise CliError(f"command not found or not executable: {command[0]}", exit_code=2)
+    logging.basicConfig(level=logging.INFO, format="agenttasks worker: %(message)s", stream=sys.stderr)
+    logging.getLogger("agenttasks.worker").setLevel(logging.INFO)
+    worker = Worker(
+        server=settings.server,
+        api_key=settings.api_key.get_secret_value(),
+        agent_id=args.agent_id,
+        handler=ExecRunner(command, grace_seconds=args.grace_seconds),
+        capacity=args.capacity,
+        name=args.name,
+    )
+    try:
+        asyncio.run(_serve(worker))
+    except ConnectRefused as refused:
+        raise CliError(f"the server refused the worker: {refused}") from None
+    print("agenttasks worker: stopped", file=sys.stderr)
+    return 0
+
+
+async def _serve(worker: Worker) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    running = asyncio.create_task(worker.run(), name="agenttasks-worker")
+    try:
+        await worker.wait_connected()
+    except Exception:
+        await asyncio.gather(running, return_exceptions=True)
+        raise
+    print(
+        f"agenttasks worker {worker.worker_id} connected to {worker.server}: "
+        f"agent {worker.agent_id}, capacity {worker.capacity}",
+        flush=True,
+    )
+    await running
