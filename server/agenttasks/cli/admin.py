@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import sqlite3
 import sys
 
 from agenttasks.auth import create_api_key, issue_token, revoke_api_key, server_jwt_secret
 from agenttasks.cli.client import CliError
 from agenttasks.core.model import Role
+from agenttasks.core.ports import Store
 from agenttasks.settings import Settings
 from agenttasks.store import open_store
 
@@ -29,8 +31,16 @@ def parse_duration(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 
+async def _open(settings: Settings) -> Store:
+    """The database, or one clear line saying why it cannot be opened (bad URL, not SQLite...)."""
+    try:
+        return await open_store(settings.db)
+    except (ValueError, sqlite3.Error, OSError) as error:
+        raise CliError(f"cannot open the database {settings.db}: {error}") from None
+
+
 async def _keys_create(settings: Settings, tenant: str, role: Role, description: str) -> str:
-    store = await open_store(settings.db)
+    store = await _open(settings)
     try:
         return await create_api_key(store, tenant, role, description)
     finally:
@@ -38,7 +48,7 @@ async def _keys_create(settings: Settings, tenant: str, role: Role, description:
 
 
 async def _keys_list(settings: Settings, tenant: str) -> list[str]:
-    store = await open_store(settings.db)
+    store = await _open(settings)
     try:
         keys = await store.read(lambda tx: tx.list_api_keys(tenant))
     finally:
@@ -51,7 +61,7 @@ async def _keys_list(settings: Settings, tenant: str) -> list[str]:
 
 
 async def _keys_revoke(settings: Settings, key_id: str) -> bool:
-    store = await open_store(settings.db)
+    store = await _open(settings)
     try:
         return await revoke_api_key(store, key_id)
     finally:
@@ -59,7 +69,7 @@ async def _keys_revoke(settings: Settings, key_id: str) -> bool:
 
 
 async def _token(settings: Settings, tenant: str, ttl: int, role: Role) -> str:
-    store = await open_store(settings.db)
+    store = await _open(settings)
     try:
         secret = await server_jwt_secret(store, settings)
     finally:

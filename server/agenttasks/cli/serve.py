@@ -6,45 +6,97 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
+import sqlite3
 import sys
 from typing import Any
 
 from agenttasks.app import Service, StartupError
 from agenttasks.cli.client import CliError
+from agenttasks.gateway import Gateway, GatewayError, check_port, envoy_binary
 from agenttasks.settings import Settings
 
 log = logging.getLogger("agenttasks")
 
 
+def check_bindable(host: str, port: int) -> None:
+    """Fail with one clear line if gRPC could not listen on host:port, before anything starts.
+
+    Checked up front for two reasons: gRPC's C core logs its own error lines straight to stderr
+    when a bind fails, and `Service.start` opens the database (issuing the first-start admin key)
+    before it binds, so a clash on the first start would use up the key without showing it.
+    """
+    where = f"{host}:{port}"
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as error:
+        raise CliError(f"cannot listen on {where} for gRPC: cannot resolve {host!r}: {error}") from None
+    failures: list[OSError] = []
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+                probe.bind(address)
+            return  # gRPC listens if it can bind at least one of the addresses
+        except OSError as error:
+            failures.append(error)
+    reason = failures[0].strerror if failures else "no address to bind"
+    raise CliError(f"cannot listen on {where} for gRPC: {reason}")
+
+
 async def run(settings: Settings) -> int:
+    check_bindable(settings.grpc_host, settings.grpc_port)
+    if settings.gateway:  # before the service starts, for the same reasons as check_bindable
+        try:
+            envoy_binary()
+            check_port(settings.http_host, settings.http_port)
+        except GatewayError as error:
+            raise CliError(str(error)) from None
     service = Service(settings)
     try:
         await service.start()
     except StartupError as error:
         raise CliError(str(error)) from None
+    except ValueError as error:  # a setting the service cannot use: the store URL, the JWT key
+        raise CliError(f"cannot start: {error}") from None
+    except (sqlite3.Error, OSError) as error:
+        raise CliError(f"cannot open the database {settings.db}: {error}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(f"agenttasks gRPC listening on {service.address}", flush=True)
     print(f"database: {settings.db}", flush=True)
+    gateway: Gateway | None = None
     if settings.gateway:
-        print("REST gateway: not started (the Envoy gateway is not part of this build yet); gRPC only", flush=True)
+        gateway = Gateway(settings.http_host, settings.http_port, settings.grpc_host, service.port)
+        try:
+            await gateway.start()
+        except GatewayError as error:
+            await service.stop()
+            raise CliError(str(error)) from None
+        print(f"agenttasks REST listening on {gateway.url}", flush=True)
     if service.bootstrap_key:
         print("first start: an admin API key for tenant 'default' was created; it is shown only once:", flush=True)
         print(f"admin api key: {service.bootstrap_key}", flush=True)
     waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
     failed: asyncio.Future[Any] = service.supervisor.failed
-    done, _ = await asyncio.wait([waiter, failed], return_when=asyncio.FIRST_COMPLETED)
+    watched: list[asyncio.Future[Any]] = [waiter, failed] + ([gateway.exited] if gateway else [])
+    done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if service.supervisor.failed in done:
         print(f"agenttasks: stopping: {service.supervisor.failed.result()}", file=sys.stderr, flush=True)
+        code = 1
+    elif gateway is not None and gateway.exited in done:
+        print(f"agenttasks: stopping: {gateway.describe_exit()}", file=sys.stderr, flush=True)
         code = 1
     waiter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await waiter
     print("agenttasks: draining", file=sys.stderr, flush=True)
     await service.stop()
+    if gateway is not None:  # after gRPC drained, so REST calls in flight got their answers
+        await gateway.stop()
     print("agenttasks: stopped", file=sys.stderr, flush=True)
     return code
 
