@@ -1,0 +1,81 @@
+"""The README's commands are true: its tour runs as written against a real `serve`."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from .support import BIN_DIR, REPO, Server, base_env
+
+README = REPO / "README.md"
+TOUR_MARKER = "<!-- tour -->"
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+def code_blocks(text: str) -> list[tuple[str, str, int]]:
+    """(language, body, offset) of every fenced code block."""
+    return [(m.group(1), m.group(2), m.start()) for m in FENCE.finditer(text)]
+
+
+def tour_script() -> str:
+    text = README.read_text()
+    marker = text.index(TOUR_MARKER)
+    language, body, offset = next(block for block in code_blocks(text) if block[2] > marker)
+    between = text[marker + len(TOUR_MARKER) : offset]
+    assert between.strip() == "", "the tour's code block must directly follow the marker"
+    assert language == "bash"
+    return body
+
+
+def command_lines(body: str) -> list[str]:
+    return [line for line in body.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_the_first_code_block_installs_and_serves_then_tests() -> None:
+    _, body, _ = code_blocks(README.read_text())[0]
+    lines = command_lines(body)
+    assert len(lines) == 2, lines
+    assert lines[0].rstrip().endswith("agenttasks serve"), lines
+    assert lines[1].rstrip().endswith("pytest"), lines
+
+
+def test_the_tour_block_is_found_and_sets_the_key_itself() -> None:
+    script = tour_script()
+    assert any(line.startswith("export AGENTTASKS_API_KEY") for line in script.splitlines())
+    assert "agenttasks submit" in script
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_tour_runs_as_written(server: Server) -> None:
+    script = "\n".join(line for line in tour_script().splitlines() if not line.startswith("export AGENTTASKS_API_KEY"))
+    env = base_env(
+        {
+            "AGENTTASKS_SERVER": server.address,
+            "AGENTTASKS_API_KEY": server.admin_key,
+            "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        env=env,
+        cwd=server.db_path.parent,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    out = result.stdout
+    assert re.search(r"^status\s+queued$", out, re.MULTILINE), out
+    assert re.search(r"^priority\s+8$", out, re.MULTILINE), out
+    assert re.search(r"sent; task queued$", out, re.MULTILINE), out
+    assert re.search(r"^\S+ cancelled$", out, re.MULTILINE), out
+    assert "[end] task finished; task cancelled" in out
+    assert re.search(r"^\S+ paused$", out, re.MULTILINE), out
+    assert out.rstrip().endswith("refused: the agent is paused"), out
+    assert "AGENT_UNAVAILABLE" in result.stderr
+    assert "Traceback" not in result.stderr
