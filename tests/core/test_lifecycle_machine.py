@@ -47,7 +47,7 @@ class TaskLifecycle(RuleBasedStateMachine):
     def start(self) -> None:
         before = self.task.attempt
         self.apply(lifecycle.start(self.task, self.now, worker_id="w", lease_until=self.now + timedelta(seconds=30)))
-        assert self.task.attempt == before + 1
+        assert self.task.attempt == before  # the attempt it was queued for
 
     @precondition(lambda self: self.task.status in HELD)
     @rule(percent=st.floats(min_value=0, max_value=100), chunk=st.text(max_size=5))
@@ -104,8 +104,10 @@ class TaskLifecycle(RuleBasedStateMachine):
     def lose_lease(self) -> None:
         attempt = self.task.attempt
         self.apply(lifecycle.lose_lease(self.task, self.now, self.max_attempts))
-        expected = TaskStatus.QUEUED if attempt < self.max_attempts else TaskStatus.FAILED
+        requeued = attempt < self.max_attempts
+        expected = TaskStatus.QUEUED if requeued else TaskStatus.FAILED
         assert (self.task.status, self.task.status_reason) == (expected, "LEASE_LOST")
+        assert self.task.attempt == attempt + requeued
 
     @precondition(lambda self: self.task.status in HELD)
     @rule()
@@ -139,7 +141,7 @@ class TaskLifecycle(RuleBasedStateMachine):
 
     @invariant()
     def attempts_stay_within_bounds(self) -> None:
-        assert 0 <= self.task.attempt <= self.max_attempts
+        assert 1 <= self.task.attempt <= self.max_attempts
 
 
 TaskLifecycle.TestCase.settings = settings(max_examples=300, stateful_step_count=30, deadline=None)

@@ -166,7 +166,7 @@ async def test_a_clean_disconnect_requeues_at_once(client: Api, agent_id: str, w
     await worker.next_assignment()
     await worker.close()
     task = (await wait_for_status(client, task_id, "queued")).task
-    assert (task.status_reason, task.attempt) == ("LEASE_LOST", 1)
+    assert (task.status_reason, task.attempt) == ("LEASE_LOST", 2)
 
 
 async def test_input_round_trip_and_messages_in_order(client: Api, agent_id: str, workers: StartWorker) -> None:
@@ -187,15 +187,17 @@ async def test_input_round_trip_and_messages_in_order(client: Api, agent_id: str
         tpb.SendMessageRequest(agent_id=agent_id, task_id=task_id, message="2024"), metadata=client.metadata
     )
     assert answer.status == "running"
-    assert (await asyncio.wait_for(worker.deliveries.get(), 10)).message.text == "2024"
+    reply = await asyncio.wait_for(worker.deliveries.get(), 10)
+    assert (reply.message.text, reply.is_reply) == ("2024", True)
     assert (await status(client, task_id)).task.input_prompt == ""
 
     for i in range(20):
         await client.tasks.SendMessage(
             tpb.SendMessageRequest(agent_id=agent_id, task_id=task_id, message=f"note {i}"), metadata=client.metadata
         )
-    delivered = [(await asyncio.wait_for(worker.deliveries.get(), 10)).message.text for _ in range(20)]
-    assert delivered == [f"note {i}" for i in range(20)]
+    delivered = [await asyncio.wait_for(worker.deliveries.get(), 10) for _ in range(20)]
+    assert [d.message.text for d in delivered] == [f"note {i}" for i in range(20)]
+    assert not any(d.is_reply for d in delivered)  # not answers: nothing was asked
 
 
 async def test_cancel_reaches_a_busy_worker_and_its_late_result_is_refused(

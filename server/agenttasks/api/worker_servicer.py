@@ -49,7 +49,9 @@ def _push(item: Push) -> pb.ConnectResponse:
         )
         return pb.ConnectResponse(assign=assignment)
     if isinstance(item, Deliver):
-        delivery = pb.MessageDelivery(task_id=item.task_id, attempt=item.attempt, message=_message(item.message))
+        delivery = pb.MessageDelivery(
+            task_id=item.task_id, attempt=item.attempt, message=_message(item.message), is_reply=item.is_reply
+        )
         return pb.ConnectResponse(deliver=delivery)
     if isinstance(item, Stop):
         return pb.ConnectResponse(cancel=pb.CancelTask(task_id=item.task_id, attempt=item.attempt, reason=item.reason))
@@ -65,12 +67,15 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     async def Connect(
         self, request_iterator: AsyncIterator[pb.ConnectRequest], context: Ctx
     ) -> AsyncIterator[pb.ConnectResponse]:
+        # Read the hello before authenticating: refusing a stream whose first message is still in
+        # flight makes grpcio report INTERNAL to the client now and then instead of our status.
+        requests = aiter(request_iterator)
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            return
+
         async def run(principal: Principal) -> AsyncIterator[pb.ConnectResponse]:
-            requests = aiter(request_iterator)
-            try:
-                first = await anext(requests)
-            except StopAsyncIteration:
-                return
             if first.WhichOneof("kind") != "hello":
                 raise InvalidArgument.field("hello", "the first message of a worker stream must be hello")
             hello = first.hello

@@ -64,6 +64,8 @@ class Deliver:
     task_id: str
     attempt: int
     message: TaskMessage
+    # The message answered the worker's question (the task left awaiting_input with it).
+    is_reply: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,9 +258,11 @@ class Dispatcher:
                 holder.outbox.put_nowait(Stop(task.task_id, attempt, task.status_reason or task.status.value))
                 self.poke(holder.tenant, holder.agent_id)
             else:
-                for event in events:
+                for i, event in enumerate(events):
                     if event.type is EventType.MESSAGE:
-                        holder.outbox.put_nowait(Deliver(task.task_id, attempt, _message(event)))
+                        answered = events[i + 1 : i + 2]
+                        is_reply = bool(answered) and answered[0].data.get("reason") == lifecycle.INPUT_RECEIVED
+                        holder.outbox.put_nowait(Deliver(task.task_id, attempt, _message(event), is_reply))
         if task.status is TaskStatus.QUEUED and any(e.type in (EventType.CREATED, EventType.STATUS) for e in events):
             self.poke(task.tenant, task.agent_id)
 

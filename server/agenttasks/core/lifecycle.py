@@ -85,7 +85,8 @@ def _move(task: Task, dst: TaskStatus, now: datetime, *, data: JsonObject | None
 
 
 def created(task: Task) -> Transition:
-    """The first event of a new task."""
+    """The first event of a new task, which waits for its first attempt."""
+    task = replace(task, attempt=1)
     return _emit(task, EventType.CREATED, task.created_at, _compact({"priority": task.priority}))
 
 
@@ -123,20 +124,18 @@ def add_message(task: Task, message: TaskMessage, now: datetime) -> Transition:
 
 
 def start(task: Task, now: datetime, *, worker_id: str, lease_until: datetime) -> Transition:
-    """A worker took the task: a new attempt begins, leased to that worker, with its clock running."""
-    attempt = task.attempt + 1
+    """A worker took the task: its current attempt runs, leased to that worker, clock running."""
     return _move(
         task,
         TaskStatus.RUNNING,
         now,
         started_at=now,
-        attempt=attempt,
         status_reason="",
         worker_id=worker_id,
         lease_expires_at=lease_until,
         deadline_at=now + timedelta(seconds=task.timeout_seconds),
         run_seconds_left=None,
-        data={"attempt": attempt},
+        data={"attempt": task.attempt},
     )
 
 
@@ -190,12 +189,23 @@ def fail(task: Task, error: TaskError, now: datetime) -> Transition:
 
 
 def requeue(task: Task, reason: str, now: datetime) -> Transition:
-    """Back to the queue after a lost lease; the next start is a new attempt."""
-    return _move(task, TaskStatus.QUEUED, now, status_reason=reason, input_prompt="", progress=None, **_RELEASED)
+    """Back to the queue after a lost lease, as the next attempt."""
+    attempt = task.attempt + 1
+    return _move(
+        task,
+        TaskStatus.QUEUED,
+        now,
+        status_reason=reason,
+        input_prompt="",
+        progress=None,
+        attempt=attempt,
+        data={"attempt": attempt},
+        **_RELEASED,
+    )
 
 
 def lose_lease(task: Task, now: datetime, max_attempts: int) -> Transition:
-    """The worker is gone or silent: run again if attempts are left, else fail for good."""
+    """The worker is gone or silent: run again as the next attempt if any is left, else fail."""
     if task.attempt < max_attempts:
         return requeue(task, LEASE_LOST, now)
     message = f"the worker was lost on attempt {task.attempt} of {max_attempts}"

@@ -385,8 +385,13 @@ class MessageDelivery(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    IS_REPLY_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
+    is_reply: _builtins.bool
+    """True when this message answered the worker's RequestInput (the task went from
+    awaiting_input back to running); other messages may arrive at any time.
+    """
     @_builtins.property
     def message(self) -> _task_pb2.TaskMessage: ...
     def __init__(
@@ -395,10 +400,11 @@ class MessageDelivery(_message.Message):
         task_id: _builtins.str = ...,
         attempt: _builtins.int = ...,
         message: _task_pb2.TaskMessage | None = ...,
+        is_reply: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "message", b"message", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "is_reply", b"is_reply", "message", b"message", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -39,7 +39,8 @@ class WorkerServiceStub:
     Leases: every task assigned to a worker is leased to it. Heartbeats (or any report) keep all
     the worker's leases alive; a worker silent past `lease_seconds`, or whose stream ends, loses
     them, and each task returns to the queue with its attempt number increased (or fails with
-    LEASE_LOST once the agent's max_attempts are spent). See docs/worker-protocol.md.
+    LEASE_LOST once the agent's max_attempts are spent). A worker silent past its lease gets no
+    new work until it speaks again. See docs/worker-protocol.md.
     """
 
     def __init__(self, channel):
@@ -69,7 +70,8 @@ class WorkerServiceServicer:
     Leases: every task assigned to a worker is leased to it. Heartbeats (or any report) keep all
     the worker's leases alive; a worker silent past `lease_seconds`, or whose stream ends, loses
     them, and each task returns to the queue with its attempt number increased (or fails with
-    LEASE_LOST once the agent's max_attempts are spent). See docs/worker-protocol.md.
+    LEASE_LOST once the agent's max_attempts are spent). A worker silent past its lease gets no
+    new work until it speaks again. See docs/worker-protocol.md.
     """
 
     def Connect(self, request_iterator, context):
@@ -108,7 +110,8 @@ class WorkerService:
     Leases: every task assigned to a worker is leased to it. Heartbeats (or any report) keep all
     the worker's leases alive; a worker silent past `lease_seconds`, or whose stream ends, loses
     them, and each task returns to the queue with its attempt number increased (or fails with
-    LEASE_LOST once the agent's max_attempts are spent). See docs/worker-protocol.md.
+    LEASE_LOST once the agent's max_attempts are spent). A worker silent past its lease gets no
+    new work until it speaks again. See docs/worker-protocol.md.
     """
 
     @staticmethod

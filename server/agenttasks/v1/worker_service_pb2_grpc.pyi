@@ -40,7 +40,8 @@ class WorkerServiceStub:
     Leases: every task assigned to a worker is leased to it. Heartbeats (or any report) keep all
     the worker's leases alive; a worker silent past `lease_seconds`, or whose stream ends, loses
     them, and each task returns to the queue with its attempt number increased (or fails with
-    LEASE_LOST once the agent's max_attempts are spent). See docs/worker-protocol.md.
+    LEASE_LOST once the agent's max_attempts are spent). A worker silent past its lease gets no
+    new work until it speaks again. See docs/worker-protocol.md.
     """
 
     @_typing.overload
@@ -64,7 +65,8 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     Leases: every task assigned to a worker is leased to it. Heartbeats (or any report) keep all
     the worker's leases alive; a worker silent past `lease_seconds`, or whose stream ends, loses
     them, and each task returns to the queue with its attempt number increased (or fails with
-    LEASE_LOST once the agent's max_attempts are spent). See docs/worker-protocol.md.
+    LEASE_LOST once the agent's max_attempts are spent). A worker silent past its lease gets no
+    new work until it speaks again. See docs/worker-protocol.md.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -84,7 +86,8 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
     Leases: every task assigned to a worker is leased to it. Heartbeats (or any report) keep all
     the worker's leases alive; a worker silent past `lease_seconds`, or whose stream ends, loses
     them, and each task returns to the queue with its attempt number increased (or fails with
-    LEASE_LOST once the agent's max_attempts are spent). See docs/worker-protocol.md.
+    LEASE_LOST once the agent's max_attempts are spent). A worker silent past its lease gets no
+    new work until it speaks again. See docs/worker-protocol.md.
     """
 
     @_abc_1.abstractmethod

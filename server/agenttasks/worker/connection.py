@@ -302,7 +302,7 @@ class Session:
     async def _on_deliver(self, delivery: worker_service_pb2.MessageDelivery) -> None:
         entry = self._running.get(delivery.task_id)
         if entry is not None and entry.ctx.attempt == delivery.attempt and not entry.ctx.revoked:
-            await entry.ctx.deliver(delivery.message)
+            await entry.ctx.deliver(delivery.message, delivery.is_reply)
 
     def _on_cancel(self, cancel: worker_service_pb2.CancelTask) -> None:
         entry = self._running.get(cancel.task_id)

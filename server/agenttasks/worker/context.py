@@ -111,6 +111,7 @@ class TaskContext:
         self._ref = worker_service_pb2.TaskRef(task_id=self.task_id, attempt=self.attempt)
         self._arrived = asyncio.Condition()
         self._read = 0
+        self._replies: list[ClientMessage] = []
         self._gone: LeaseLost | None = None
 
     def __repr__(self) -> str:
@@ -127,14 +128,14 @@ class TaskContext:
     async def ask(self, prompt: str) -> str:
         """Ask the client a question and wait for the reply (the task is awaiting_input meanwhile).
 
-        The reply is the first client message that arrives after the question was sent; messages
-        that came earlier are not answers to it.
+        The reply is the message the server marks as answering the question (`is_reply`): a
+        message the client sent just before the question, even one delivered after it, is not.
         """
-        seen = len(self.messages)
+        asked = len(self._replies)
         await self._report(request_input=worker_service_pb2.RequestInput(task=self._ref, prompt=prompt))
         async with self._arrived:
-            await self._arrived.wait_for(lambda: len(self.messages) > seen)
-        return self.messages[seen].text
+            await self._arrived.wait_for(lambda: len(self._replies) > asked)
+        return self._replies[asked].text
 
     async def next_message(self) -> ClientMessage:
         """The next client message not yet returned by this method, waiting for one if needed.
@@ -154,9 +155,12 @@ class TaskContext:
 
     # --- called by the connection ---
 
-    async def deliver(self, message: task_pb2.TaskMessage) -> None:
+    async def deliver(self, message: task_pb2.TaskMessage, is_reply: bool = False) -> None:
         async with self._arrived:
-            self.messages.append(client_message(message))
+            received = client_message(message)
+            self.messages.append(received)
+            if is_reply:
+                self._replies.append(received)
             self._arrived.notify_all()
 
     def revoke(self, reason: str, lost: LeaseLost) -> None:
