@@ -133,7 +133,6 @@ class Service:
         s = self.settings
         jwt_secret = await server_jwt_secret(store, s)
         tokens = PageTokens(await ensure_secret(store, "page_token_secret"))
-        self.bootstrap_key = await bootstrap_admin_key(store)
         limits = Limits(
             max_message_bytes=s.max_message_bytes,
             max_metadata_bytes=s.max_metadata_bytes,
@@ -172,6 +171,8 @@ class Service:
             self.port = 0
         if self.port == 0:
             raise StartupError(f"cannot listen on {s.grpc_host}:{s.grpc_port} for gRPC: address in use or unavailable")
+        # Only once the port is ours: a start that fails must not use up the key it never showed.
+        self.bootstrap_key = await bootstrap_admin_key(store)
         await server.start()
         for name in ["", *services]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)

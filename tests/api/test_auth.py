@@ -119,3 +119,19 @@ async def test_unexpected_errors_leave_as_internal_not_unknown(
         )
     assert error_info(caught.value)[:2] == (grpc.StatusCode.INTERNAL, "INTERNAL")
     assert "passwd" not in (caught.value.details() or "")
+
+
+async def test_a_start_that_cannot_bind_does_not_use_up_the_bootstrap_key(tmp_path: Path) -> None:
+    import socket
+
+    from agenttasks.app import StartupError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        clash = Service(make_settings(tmp_path / "fresh.db", grpc_port=port))
+        with pytest.raises(StartupError):
+            await clash.start()
+    async with Service(make_settings(tmp_path / "fresh.db")) as service:
+        assert service.bootstrap_key is not None
