@@ -67,7 +67,10 @@ async def run(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     print(f"agenttasks gRPC listening on {service.address}", flush=True)
     print(f"database: {settings.db}", flush=True)
-    gateway: Gateway | None = None
+    if service.bootstrap_key:
+        print("first start: an admin API key for tenant 'default' was created; it is shown only once:", flush=True)
+        print(f"admin api key: {service.bootstrap_key}", flush=True)
+    gateway: Gateway | None = None  # started after the key is shown, so a failure cannot lose it
     if settings.gateway:
         gateway = Gateway(settings.http_host, settings.http_port, settings.grpc_host, service.port)
         try:
@@ -76,9 +79,6 @@ async def run(settings: Settings) -> int:
             await service.stop()
             raise CliError(str(error)) from None
         print(f"agenttasks REST listening on {gateway.url}", flush=True)
-    if service.bootstrap_key:
-        print("first start: an admin API key for tenant 'default' was created; it is shown only once:", flush=True)
-        print(f"admin api key: {service.bootstrap_key}", flush=True)
     waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
     failed: asyncio.Future[Any] = service.supervisor.failed
     watched: list[asyncio.Future[Any]] = [waiter, failed] + ([gateway.exited] if gateway else [])
