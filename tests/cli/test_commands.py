@@ -9,6 +9,7 @@ import json
 import re
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -364,3 +365,13 @@ def test_token_refuses_a_bad_ttl(cli: Cli, server: Server, ttl: str) -> None:
 def test_token_refuses_a_short_secret(cli: Cli, server: Server) -> None:
     line = failed(cli("token", "--tenant", "t", "--jwt-secret", "short", "--db", str(server.db_path)))
     assert "secret" in line, line
+
+
+@pytest.mark.parametrize(
+    "command", [["keys", "create", "--tenant", "t"], ["keys", "list", "--tenant", "t"], ["token", "--tenant", "t"]]
+)
+def test_admin_commands_never_create_a_database(cli: Cli, tmp_path: Path, command: list[str]) -> None:
+    typo = tmp_path / "agenttask.db"
+    line = failed(cli(*command, "--db", str(typo)))
+    assert "no database at" in line and str(typo) in line
+    assert not typo.exists()

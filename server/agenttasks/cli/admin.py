@@ -17,7 +17,7 @@ from agenttasks.cli.client import CliError
 from agenttasks.core.model import Role
 from agenttasks.core.ports import Store
 from agenttasks.settings import Settings
-from agenttasks.store import open_store
+from agenttasks.store import open_store, sqlite_path
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -32,8 +32,18 @@ def parse_duration(text: str) -> int:
 
 
 async def _open(settings: Settings) -> Store:
-    """The database, or one clear line saying why it cannot be opened (bad URL, not SQLite...)."""
+    """The service's existing database, or one clear line saying why it cannot be opened.
+
+    Unlike `serve`, admin commands never create a database: a mistyped --db would otherwise
+    get a fresh file and print a key or token that the running service has never heard of.
+    """
     try:
+        path = sqlite_path(settings.db)
+        if path is not None and not path.is_file():
+            raise CliError(
+                f"no database at {settings.db}: pass the --db that 'agenttasks serve' uses "
+                "(or set AGENTTASKS_DB); serve creates it on first start"
+            )
         return await open_store(settings.db)
     except (ValueError, sqlite3.Error, OSError) as error:
         raise CliError(f"cannot open the database {settings.db}: {error}") from None
