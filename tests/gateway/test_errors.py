@@ -222,3 +222,12 @@ async def test_a_body_field_cannot_set_a_path_id(rest: httpx.AsyncClient, agent:
     sent = await rest.post(f"/agent/request/{agent}", json={"message": "m", "agentId": other})
     assert sent.status_code == 202 and sent.json()["agent_id"] == agent, sent.text
     assert (await rest.get(f"/agent/{other}/tasks")).json()["tasks"] == []
+
+
+async def test_a_body_too_large_for_the_server_is_still_json(rest: httpx.AsyncClient, agent: str) -> None:
+    # Over gRPC's 4 MiB limit the server's core refuses it before any handler: no ErrorInfo, but
+    # a JSON status all the same (docs/gateway.md says so).
+    response = await rest.post(f"/agent/request/{agent}", json={"message": "x" * (5 * 1024 * 1024)})
+    assert response.status_code == 429, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["code"] == 8 and "larger than max" in response.json()["message"]

@@ -139,7 +139,7 @@ def test_serve_stops_loudly_when_envoy_dies(tmp_path: Path, serves: list[Serve])
     serve.line(REST_LISTENING)
     os.kill(serve.envoy_pid(), signal.SIGKILL)
     assert serve.wait() == 1
-    assert "agenttasks: stopping: REST gateway (Envoy) exited with code -9" in serve.stderr, serve.stderr
+    assert "agenttasks: stopping: REST gateway (Envoy) was killed by SIGKILL" in serve.stderr, serve.stderr
     assert "agenttasks: stopped" in serve.stderr
 
 

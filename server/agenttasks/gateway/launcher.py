@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -39,7 +40,6 @@ envoy_log = logging.getLogger("agenttasks.gateway.envoy")
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 _POLL_SECONDS = 0.05
-_PR_SET_PDEATHSIG = 1
 _LEVELS = {
     "trace": logging.DEBUG,
     "debug": logging.DEBUG,
@@ -189,9 +189,13 @@ class Gateway:
     def describe_exit(self) -> str:
         """One line on why Envoy ended, from its exit code and last error line."""
         code = self._process.returncode if self._process is not None else None
+        if code is not None and code < 0:
+            how = f"was killed by {signal.Signals(-code).name}"
+        else:
+            how = f"exited with code {code}"
         errors = [line for line in self._tail if line.startswith(("[error]", "[critical]"))]
         last = errors[-1] if errors else (self._tail[-1] if self._tail else "")
-        return f"REST gateway (Envoy) exited with code {code}" + (f": {last}" if last else "")
+        return f"REST gateway (Envoy) {how}" + (f": {last}" if last else "")
 
     async def start(self) -> None:
         binary = envoy_binary()
@@ -270,8 +274,9 @@ class Gateway:
         if self._stopped:
             return
         self._stopped = True
-        process, exited = self._process, self._exited
-        if process is not None and exited is not None:
+        process = self._process
+        if process is not None:
+            exited = self._exited or asyncio.ensure_future(process.wait())
             if not exited.done():
                 with contextlib.suppress(ProcessLookupError):
                     process.terminate()
