@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sqlite3
 import sys
 
@@ -18,17 +17,6 @@ from agenttasks.core.model import Role
 from agenttasks.core.ports import Store
 from agenttasks.settings import Settings
 from agenttasks.store import open_store, sqlite_path
-
-_DURATION = re.compile(r"^(\d+)([smhd]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> int:
-    """'90', '90s', '15m', '1h', '7d' -> seconds."""
-    match = _DURATION.match(text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 90s, 15m, 1h, 7d)")
-    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 async def _open(settings: Settings) -> Store:

@@ -7,6 +7,8 @@ with a non-zero exit: no stack traces for bad input or an unreachable server.
 from __future__ import annotations
 
 import argparse
+import importlib
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,14 +16,40 @@ from typing import Any
 from pydantic import ValidationError
 
 from agenttasks import __version__
-from agenttasks.cli import admin, commands, worker_cmd
-from agenttasks.cli.admin import parse_duration
+from agenttasks.cli import commands, worker_cmd
 from agenttasks.cli.client import Client, CliError
 from agenttasks.core.model import Role
 from agenttasks.settings import Settings
 
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """'90', '90s', '15m', '1h', '7d' -> seconds."""
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 90s, 15m, 1h, 7d)")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
 ClientCommand = Callable[[Client, argparse.Namespace], int]
 LocalCommand = Callable[[Settings, argparse.Namespace], int]
+
+
+_ADMIN = "agenttasks.cli.admin"
+
+
+def _lazy(module: str, name: str) -> LocalCommand:
+    """A command whose module is imported only when it runs: the admin and worker commands pull
+    in the store, JWT and worker stacks, which every other command would otherwise pay for."""
+
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        handler: LocalCommand = getattr(importlib.import_module(module), name)
+        return handler(settings, args)
+
+    return run
+
 
 EPILOG = """\
 first steps:
@@ -107,20 +135,38 @@ def build_parser() -> argparse.ArgumentParser:
     keys = _add(sub, "keys", "Manage API keys (acts on the database file; no server needed).")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=_Parser, required=True)
     p = _add(
-        keys_sub, "create", "Create an API key and print it (it is shown only this once).", local=admin.keys_create
+        keys_sub,
+        "create",
+        "Create an API key and print it (it is shown only this once).",
+        local=_lazy(_ADMIN, "keys_create"),
     )
     _db_option(p)
     p.add_argument("--tenant", required=True, help="tenant the key acts for")
     p.add_argument("--role", choices=[r.value for r in Role], default="client", help="what it may do (default client)")
     p.add_argument("--description", default="", help="a note to tell keys apart")
-    p = _add(keys_sub, "list", "List a tenant's API keys (ids and roles, never secrets).", local=admin.keys_list)
+    p = _add(
+        keys_sub,
+        "list",
+        "List a tenant's API keys (ids and roles, never secrets).",
+        local=_lazy(_ADMIN, "keys_list"),
+    )
     _db_option(p)
     p.add_argument("--tenant", required=True, help="tenant whose keys to list")
-    p = _add(keys_sub, "revoke", "Revoke an API key by id (or by the key itself).", local=admin.keys_revoke)
+    p = _add(
+        keys_sub,
+        "revoke",
+        "Revoke an API key by id (or by the key itself).",
+        local=_lazy(_ADMIN, "keys_revoke"),
+    )
     _db_option(p)
     p.add_argument("key_id", help="the key id (the part after 'atk_')")
 
-    p = _add(sub, "token", "Print a JWT for a tenant, signed with the server's HS256 secret.", local=admin.token)
+    p = _add(
+        sub,
+        "token",
+        "Print a JWT for a tenant, signed with the server's HS256 secret.",
+        local=_lazy(_ADMIN, "token"),
+    )
     _db_option(p)
     p.add_argument("--tenant", required=True, help="tenant the token acts for")
     p.add_argument("--ttl", type=parse_duration, default=3600, help="lifetime, e.g. 15m, 1h, 7d (default 1h)")
@@ -180,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", help="only tasks in this status")
     p.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")
 
-    p = _add(sub, "worker", worker_cmd.HELP, local=worker_cmd.run)
+    p = _add(sub, "worker", worker_cmd.HELP, local=_lazy("agenttasks.cli.worker_cmd", "run"))
     worker_cmd.add_arguments(p)
     return parser
 

@@ -14,11 +14,14 @@ import logging
 import shutil
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from agenttasks.cli.client import CliError
+from agenttasks.core.dispatch import MAX_CAPACITY
 from agenttasks.settings import Settings
-from agenttasks.worker import ConnectRefused, ExecRunner, Worker
-from agenttasks.worker.sdk import MAX_CAPACITY
+
+if TYPE_CHECKING:
+    from agenttasks.worker import Worker
 
 HELP = "Serve an agent's tasks by running COMMAND once per task (give it after '--')."
 USAGE_HINT = "usage: agenttasks worker AGENT_ID [--capacity N] -- COMMAND [ARGS...]"
@@ -76,6 +79,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         raise CliError(f"command not found or not executable: {command[0]}", exit_code=2)
     logging.basicConfig(level=logging.INFO, format="agenttasks worker: %(message)s", stream=sys.stderr)
     logging.getLogger("agenttasks.worker").setLevel(logging.INFO)
+    from agenttasks.worker import ConnectRefused, ExecRunner, Worker  # only when it runs: a heavy stack
+
     worker = Worker(
         server=settings.server,
         api_key=settings.api_key.get_secret_value(),

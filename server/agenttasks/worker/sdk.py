@@ -18,13 +18,13 @@ from types import TracebackType
 
 import grpc
 
+from agenttasks.core.dispatch import MAX_CAPACITY
 from agenttasks.v1 import worker_service_pb2
 from agenttasks.worker.connection import ConnectRefused, Session, StreamEnded, describe
 from agenttasks.worker.context import Handler
 
 log = logging.getLogger("agenttasks.worker")
 
-MAX_CAPACITY = 1000
 FIRST_BACKOFF_SECONDS = 0.5
 
 CHANNEL_OPTIONS = [
