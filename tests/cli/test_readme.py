@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,7 @@ from .support import BIN_DIR, REPO, Server, base_env
 
 README = REPO / "README.md"
 TOUR_MARKER = "<!-- tour -->"
+WORKER_TOUR_MARKER = "<!-- tour:worker -->"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
@@ -20,11 +23,11 @@ def code_blocks(text: str) -> list[tuple[str, str, int]]:
     return [(m.group(1), m.group(2), m.start()) for m in FENCE.finditer(text)]
 
 
-def tour_script() -> str:
+def tour_script(marker_text: str = TOUR_MARKER) -> str:
     text = README.read_text()
-    marker = text.index(TOUR_MARKER)
+    marker = text.index(marker_text)
     language, body, offset = next(block for block in code_blocks(text) if block[2] > marker)
-    between = text[marker + len(TOUR_MARKER) : offset]
+    between = text[marker + len(marker_text) : offset]
     assert between.strip() == "", "the tour's code block must directly follow the marker"
     assert language == "bash"
     return body
@@ -79,3 +82,31 @@ def test_the_tour_runs_as_written(server: Server) -> None:
     assert out.rstrip().endswith("refused: the agent is paused"), out
     assert "AGENT_UNAVAILABLE" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_worker_tour_runs_as_written(server: Server, tmp_path: Path) -> None:
+    shutil.copytree(REPO / "examples", tmp_path / "examples")
+    env = base_env(
+        {
+            "AGENTTASKS_SERVER": server.address,
+            "AGENTTASKS_API_KEY": server.admin_key,
+            "AGENTTASKS_DB": str(server.db_path),
+            "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", tour_script(WORKER_TOUR_MARKER)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    out = result.stdout
+    assert "agent asks: What is your name?" in out, out
+    assert "Hello, Ada! You asked: Write a haiku about queues" in out, out
+    assert out.rstrip().endswith("[end] task finished; task completed"), out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -63,7 +63,7 @@ class Client:
             return method(request, metadata=metadata, timeout=timeout)
         raise AssertionError("unreachable")
 
-    def stream(self, method: Any, request: Any) -> Iterator[Any]:
+    def stream(self, method: Any, request: Any) -> Generator[Any, None, None]:
         with rpc_errors():
             yield from method(request, metadata=self._metadata)
 

@@ -98,7 +98,7 @@ def submit(client: Client, args: argparse.Namespace) -> int:
     answer = client.call(client.tasks.Submit, request)
     _show(args, answer, answer.task_id)
     if args.watch:
-        return _watch(client, args.agent_id, answer.task_id, 0, args.json)
+        return _watch(client, args.agent_id, answer.task_id, 0, args.json, args.until)
     return 0
 
 
@@ -139,19 +139,26 @@ def tasks_list(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _watch(client: Client, agent_id: str, task_id: str, after: int, as_json: bool) -> int:
+def _watch(client: Client, agent_id: str, task_id: str, after: int, as_json: bool, until: str | None = None) -> int:
+    """Follow the task. The exit status tells scripts how it went: 0 when it completed (or
+    reached `until`), 1 otherwise."""
     request = tpb.WatchTaskRequest(agent_id=agent_id, task_id=task_id, after_sequence=after)
     final = ""
-    for event in client.stream(client.tasks.WatchTask, request):
-        if as_json:
-            print(render.as_json(event), flush=True)
-        else:
-            render.write_event(event, sys.stdout)
-        if event.type == "end":
-            final = event.status
-    # Exit status tells scripts how the task ended: 0 completed, 1 otherwise.
+    stream = client.stream(client.tasks.WatchTask, request)
+    try:
+        for event in stream:
+            if as_json:
+                print(render.as_json(event), flush=True)
+            else:
+                render.write_event(event, sys.stdout)
+            if until and event.type != "end" and event.status == until:
+                return 0
+            if event.type == "end":
+                final = event.status
+    finally:
+        stream.close()
     return 0 if final == "completed" else 1
 
 
 def watch(client: Client, args: argparse.Namespace) -> int:
-    return _watch(client, ANY_AGENT, args.task_id, args.after, args.json)
+    return _watch(client, ANY_AGENT, args.task_id, args.after, args.json, args.until)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from agenttasks import __version__
 from agenttasks.cli import commands, worker_cmd
 from agenttasks.cli.client import Client, CliError
-from agenttasks.core.model import Role
+from agenttasks.core.model import Role, TaskStatus
 from agenttasks.settings import Settings
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
@@ -87,6 +87,14 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> Any:
         self.exit(2, f"{self.prog}: error: {message}\n(see '{self.prog} --help')\n")
+
+
+def _until_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--until",
+        choices=[s.value for s in TaskStatus if not s.terminal],
+        help="stop following (exit 0) once the task reaches this status, e.g. awaiting_input",
+    )
 
 
 def _client_options(p: argparse.ArgumentParser) -> None:
@@ -206,12 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--webhook-url", help="deliver the result to this URL (callback_mode webhook)")
     p.add_argument("--request-id", help="idempotency key: a retry with the same key returns the same task")
     p.add_argument("--watch", action="store_true", help="then follow the task until it ends")
+    _until_option(p)
 
     p = _add(sub, "status", "Show a task's status, progress and result.", client=commands.status)
     p.add_argument("task_id", help="the task's id")
     p = _add(sub, "watch", "Follow a task live until it ends (exit 0 if it completed).", client=commands.watch)
     p.add_argument("task_id", help="the task's id")
     p.add_argument("--after", type=int, default=0, help="also replay stored events after this sequence number")
+    _until_option(p)
     p = _add(sub, "cancel", "Cancel a task.", client=commands.cancel)
     p.add_argument("task_id", help="the task's id")
     p = _add(sub, "send", "Send a message to a task (answers an agent awaiting input).", client=commands.send)

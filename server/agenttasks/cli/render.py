@@ -76,6 +76,10 @@ def write_event(e: task_service_pb2.WatchTaskResponse, out: TextIO) -> None:
         out.write(f"{head}{t.status}{extra}\n")
         if t.input_prompt:
             out.write(f"{head}agent asks: {t.input_prompt}\n")
+        if t.HasField("result"):
+            out.write(f"{head}result: {t.result.text}\n")
+        if t.HasField("error"):
+            out.write(f"{head}error: {t.error.code} {t.error.message}\n")
     elif e.type == "progress":
         out.write(f"{head}progress {e.progress.percent:.0f}% {e.progress.text}\n")
     elif e.type == "output":
