@@ -126,9 +126,12 @@ def test_envoy_does_not_outlive_a_killed_serve(tmp_path: Path, serves: list[Serv
     serves.append(serve)
     serve.line(REST_LISTENING)
     envoy = serve.envoy_pid()
+    argv = Path(f"/proc/{envoy}/cmdline").read_bytes().split(b"\0")
+    runtime_dir = Path(argv[argv.index(b"--config-path") + 1].decode()).parent
     serve.proc.send_signal(signal.SIGKILL)
     serve.wait()
     wait_until_gone(envoy)
+    assert not runtime_dir.exists()  # removed once Envoy was ready: nothing is left behind
 
 
 @pytest.mark.slow
@@ -158,6 +161,9 @@ def test_a_taken_rest_port_fails_with_one_line_and_keeps_the_first_start_key(
     started = Serve(db, "--http-port", "0")  # the database's first start is still to come
     serves.append(started)
     assert started.line(ADMIN_KEY).startswith("atk_")
+    started.line(REST_LISTENING)
+    started.proc.send_signal(signal.SIGTERM)
+    assert started.wait() == 0, started.stderr
 
 
 @pytest.mark.slow

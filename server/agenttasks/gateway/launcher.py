@@ -1,7 +1,7 @@
 """Envoy as a child process: started on the REST port, ready before we say so, gone when we go.
 
 - Start: the port is probed first, so a clash is one clear line before Envoy runs. The runtime
-  config and descriptor go to a private temporary directory. Hot restart is off (no shared
+  config and descriptor go to a private temporary directory, removed once Envoy is ready. Hot restart is off (no shared
   memory, so any number of gateways run side by side), admin listens on a free loopback port
   that Envoy writes to a file, and the real REST port is read back from admin (port 0 works).
 - Ready: admin `/ready` answers `LIVE`. If Envoy exits first, its last error line is the error.
@@ -232,6 +232,9 @@ class Gateway:
         except BaseException:
             await self.stop()
             raise
+        # Envoy has read all of it (static config, inline Lua, descriptor loaded): removing the
+        # files now means even a SIGKILLed parent leaves nothing behind.
+        shutil.rmtree(self._dir, ignore_errors=True)
         log.info("REST gateway (Envoy pid %d) listening on %s", self._process.pid, self.url)
 
     async def _forward_logs(self, stream: asyncio.StreamReader) -> None:
