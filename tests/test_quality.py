@@ -44,9 +44,9 @@ def test_buf_breaking_against_main() -> None:
 
 
 def test_ruff() -> None:
-    result = run(tool("ruff"), "check", "server", "tests", "scripts")
+    result = run(tool("ruff"), "check", "server", "tests", "scripts", "gateway", "examples")
     assert result.returncode == 0, result.stdout + result.stderr
-    result = run(tool("ruff"), "format", "--check", "server", "tests", "scripts")
+    result = run(tool("ruff"), "format", "--check", "server", "tests", "scripts", "gateway", "examples")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -78,6 +78,8 @@ async def run(settings: Settings) -> int:
         except GatewayError as error:
             await service.stop()
             raise CliError(str(error)) from None
+        if not settings.public_base_url:  # the real address, even when the port was 0
+            service.tasks.base_url = gateway.url
         print(f"agenttasks REST listening on {gateway.url}", flush=True)
     waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
     failed: asyncio.Future[Any] = service.supervisor.failed

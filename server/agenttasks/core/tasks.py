@@ -118,10 +118,20 @@ class TaskCore:
         self._store = store
         self._hub = hub
         self._limits = limits
-        self._base_url = base_url.rstrip("/")
+        self.base_url = base_url
         self._tokens = page_tokens
         self._ttl = idempotency_ttl
         self._clock = clock
+
+    @property
+    def base_url(self) -> str:
+        """Where clients reach the REST API, for poll_url and cancel_url in Submit answers."""
+        return self._base_url
+
+    @base_url.setter
+    def base_url(self, value: str) -> None:
+        # Settable: with port 0 the REST address is known only once the gateway listens.
+        self._base_url = value.rstrip("/")
 
     def _urls(self, agent_id: str, task_id: str) -> tuple[str, str]:
         base = f"{self._base_url}/agent/{agent_id}/task/{task_id}"

