@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from agenttasks.api.agent_servicer import AgentServicer
 from agenttasks.api.gate import Gate
 from agenttasks.api.task_servicer import TaskServicer
+from agenttasks.api.webhook_servicer import WebhookServicer
 from agenttasks.api.worker_servicer import WorkerServicer
 from agenttasks.auth import Authenticator, create_api_key, server_jwt_secret
 from agenttasks.background import Loop, Supervisor, every
@@ -40,9 +41,14 @@ from agenttasks.v1 import (
     agent_service_pb2_grpc,
     task_service_pb2,
     task_service_pb2_grpc,
+    webhook_service_pb2,
+    webhook_service_pb2_grpc,
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
+from agenttasks.webhooks import ssrf
+from agenttasks.webhooks.deliverer import Deliverer
+from agenttasks.webhooks.service import WebhookCore
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +145,7 @@ class Service:
             max_metadata_depth=s.max_metadata_depth,
             max_timeout_seconds=s.max_timeout_seconds,
         )
+        allow = ssrf.parse_allow(s.webhook_allow)
         self.tasks = TaskCore(
             store,
             self.hub,
@@ -146,7 +153,19 @@ class Service:
             base_url=s.base_url,
             page_tokens=tokens,
             idempotency_ttl=timedelta(seconds=s.idempotency_ttl_seconds),
+            check_webhook_url=lambda url: ssrf.check_url_literal(url, allow),
         )
+        self.deliverer = Deliverer(
+            store,
+            allow=allow,
+            timeout=s.webhook_timeout_seconds,
+            schedule=s.webhook_retry_schedule,
+            concurrency=s.webhook_concurrency,
+            per_tenant=s.webhook_per_tenant,
+            poll_seconds=s.sweep_seconds,
+        )
+        self.hub.listen(self.deliverer.on_change)
+        self.webhooks = WebhookCore(store, wake=self.deliverer.wake)
         self.agents = AgentCore(store, self.hub, limits=limits, page_tokens=tokens)
         self.dispatcher = Dispatcher(store, self.hub, lease_seconds=s.lease_seconds)
         self.agents.on_status_change = self.dispatcher.poke
@@ -157,12 +176,14 @@ class Service:
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(self.tasks, gate), server)
         agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.agents, gate), server)
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self.dispatcher, gate), server)
+        webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(self.webhooks, gate), server)
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         services = [
             task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
             agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
             worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+            webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
         ]
         reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         try:
@@ -181,6 +202,7 @@ class Service:
         sup.start("purge-idempotency-keys", self._purge_loop)
         sup.start("expire-leases", self._sweep_loop(self.dispatcher.expire_leases))
         sup.start("enforce-deadlines", self._sweep_loop(self.dispatcher.enforce_deadlines))
+        sup.start("deliver-webhooks", self.deliverer.run)
 
     async def _purge_loop(self, stopping: asyncio.Event) -> None:
         store = self.store

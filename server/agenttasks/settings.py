@@ -7,10 +7,14 @@ on a fresh machine.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The default retry schedule; kept here rather than imported so settings stay light to load.
+DEFAULT_SCHEDULE = (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 43200, 43200, 43200, 43200, 43200)
 
 
 class Settings(BaseSettings):
@@ -37,6 +41,19 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A worker silent this long loses its tasks (they are requeued)."
     )
     sweep_seconds: float = Field(0.5, gt=0, description="How often expired leases and task deadlines are checked.")
+
+    # --- webhooks ---
+    webhook_allow: str = Field(
+        "",
+        description="Networks webhooks may reach although private (comma-separated CIDRs, e.g. 127.0.0.0/8).",
+    )
+    webhook_timeout_seconds: float = Field(15.0, gt=0, description="Time allowed for one delivery attempt.")
+    webhook_retry_schedule: list[float] = Field(
+        default_factory=lambda: [float(s) for s in DEFAULT_SCHEDULE],
+        description="Seconds to wait after each failed attempt (JSON list); about three days by default.",
+    )
+    webhook_concurrency: int = Field(32, gt=0, description="Delivery attempts under way at once.")
+    webhook_per_tenant: int = Field(4, gt=0, description="Delivery attempts of one tenant under way at once.")
 
     # --- auth ---
     jwt_secret: SecretStr | None = Field(
@@ -74,6 +91,24 @@ class Settings(BaseSettings):
             if not path.is_file():
                 raise ValueError(f"jwt_public_key: no PEM text and no file at {value}")
             return path.read_text()
+        return value
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _check_cidrs(cls, value: str) -> str:
+        """Fail at start, naming the bad entry, rather than at the first delivery."""
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"webhook_allow: {part!r} is not a network like 127.0.0.0/8") from None
+        return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _check_schedule(cls, value: list[float]) -> list[float]:
+        if not value or any(v < 0 for v in value):
+            raise ValueError("webhook_retry_schedule: a non-empty list of seconds, none negative")
         return value
 
     @property

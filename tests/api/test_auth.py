@@ -112,7 +112,7 @@ async def test_unexpected_errors_leave_as_internal_not_unknown(
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret internals /etc/passwd")
 
-    monkeypatch.setattr(service.tasks, "get", broken)
+    monkeypatch.setattr(service.tasks, "status", broken)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await client.tasks.GetStatus(
             tpb.GetStatusRequest(agent_id=agent_id, task_id=agent_id), metadata=client.metadata

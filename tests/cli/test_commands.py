@@ -375,3 +375,32 @@ def test_admin_commands_never_create_a_database(cli: Cli, tmp_path: Path, comman
     line = failed(cli(*command, "--db", str(typo)))
     assert "no database at" in line and str(typo) in line
     assert not typo.exists()
+
+
+# --- webhooks ---
+
+
+def test_webhooks_secret_rotate_list_and_retry(cli: Cli, server: Server) -> None:
+    secret = one_line(ok(cli("webhooks", "secret")))
+    assert secret.startswith("whsec_")
+    assert one_line(ok(cli("webhooks", "secret"))) == secret  # stable until rotated
+    rotated = ok(cli("webhooks", "rotate-secret", "--overlap", "1h")).splitlines()
+    assert rotated[0].startswith("whsec_") and rotated[0] != secret
+    assert "keeps signing too until" in rotated[1]
+    assert one_line(ok(cli("webhooks", "secret"))) == rotated[0]
+
+    client_key = one_line(ok(cli("keys", "create", "--tenant", "default", "--db", str(server.db_path))))
+    assert "PERMISSION_DENIED" in failed(cli("webhooks", "secret", api_key=client_key))
+
+    agent = new_agent(cli)
+    # A literal private address is refused at once (the server runs without --webhook-allow).
+    refused = failed(cli("submit", agent, "x", "--webhook-url", "http://10.0.0.1/hook"))
+    assert "INVALID_ARGUMENT" in refused and "webhook_url" in refused
+    task = new_task(cli, agent, "hooked", "--webhook-url", "https://hooks.example.com/agenttasks")
+    ok(cli("cancel", task))
+    listed = ok(cli("webhooks", "list", task))
+    assert "task.cancelled" in listed, listed
+    assert json.loads(ok(cli("webhooks", "list", task, "--json")))["deliveries"][0]["event_type"] == "task.cancelled"
+    poll_task = new_task(cli, agent)
+    assert "no webhook deliveries" in ok(cli("webhooks", "list", poll_task))
+    assert "DELIVERY_NOT_FOUND" in failed(cli("webhooks", "retry", str(uuid.uuid4())))

@@ -64,8 +64,8 @@ def wait_until_gone(pid: int) -> None:
 class Serve:
     """`agenttasks serve --db DB --grpc-port 0 [ARGS...]` in the background; killed by `close`."""
 
-    def __init__(self, db: Path, *args: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTTASKS_")}
+    def __init__(self, db: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("AGENTTASKS_")}, **(env or {})}
         self.proc = subprocess.Popen(
             [*COMMAND, "serve", "--db", str(db), "--grpc-port", "0", *args],
             cwd=db.parent,

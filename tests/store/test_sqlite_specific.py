@@ -42,6 +42,8 @@ EXPECTED_INDEXES = {
     "tasks_lease_expiry",
     "tasks_deadline",
     "tasks_by_worker",
+    "deliveries_due",
+    "deliveries_by_task",
 }
 CLAIM = (
     "UPDATE tasks SET status = 'running' WHERE seq = (SELECT seq FROM tasks WHERE agent_id = ? "

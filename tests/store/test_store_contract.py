@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -19,15 +20,18 @@ from agenttasks.core.model import (
     AgentStatus,
     ApiKeyRecord,
     CallbackMode,
+    DeliveryState,
     EventType,
     IdempotencyRecord,
     Progress,
     Role,
+    SigningSecret,
     Task,
     TaskError,
     TaskEvent,
     TaskResult,
     TaskStatus,
+    WebhookDelivery,
     utcnow,
 )
 from agenttasks.core.ports import ReadTx, Store, WriteTx
@@ -553,3 +557,70 @@ async def test_events_of_type(store: Store, make_agent: MakeAgent, make_task: Ma
     messages = await store.read(lambda tx: tx.events_of_type("tenant-a", "t1", EventType.MESSAGE))
     assert [e.data["n"] for e in messages] == [2, 4]
     assert await store.read(lambda tx: tx.events_of_type("tenant-b", "t1", EventType.MESSAGE)) == []
+
+
+# --- webhook outbox and signing secrets ---
+
+
+def _delivery(delivery_id: str, tenant: str, due: datetime, task_id: str = "t1", **changes: Any) -> WebhookDelivery:
+    values: dict[str, Any] = dict(
+        delivery_id=delivery_id,
+        tenant=tenant,
+        task_id=task_id,
+        agent_id="agent-1",
+        event_type="task.completed",
+        url="https://hooks.example.com/x",
+        snapshot={"task_id": task_id, "nested": {"n": [1, 2]}},
+        event_time=due,
+        created_at=due,
+        updated_at=due,
+        next_attempt_at=due,
+    )
+    values.update(changes)
+    return WebhookDelivery(**values)
+
+
+async def test_deliveries_round_trip_and_update(store: Store, when: When) -> None:
+    d = _delivery("d1", "tenant-a", when(0))
+    await store.write(lambda tx: tx.insert_delivery(d))
+    assert await store.read(lambda tx: tx.get_delivery("tenant-a", "d1")) == d
+    assert await store.read(lambda tx: tx.get_delivery("tenant-b", "d1")) is None
+    done = dataclasses.replace(
+        d,
+        state=DeliveryState.DELIVERED,
+        attempts=2,
+        last_status_code=204,
+        last_error="",
+        next_attempt_at=None,
+        delivered_at=when(9),
+        last_attempt_at=when(9),
+        updated_at=when(9),
+    )
+    await store.write(lambda tx: tx.update_delivery(done))
+    assert await store.read(lambda tx: tx.task_deliveries("tenant-a", "t1")) == [done]
+    assert await store.read(lambda tx: tx.task_deliveries("tenant-b", "t1")) == []
+
+
+async def test_due_deliveries_are_fair_between_tenants(store: Store, when: When) -> None:
+    for i in range(10):
+        await store.write(lambda tx, i=i: tx.insert_delivery(_delivery(f"a{i}", "tenant-a", when(i))))
+    await store.write(lambda tx: tx.insert_delivery(_delivery("b0", "tenant-b", when(50))))
+    await store.write(lambda tx: tx.insert_delivery(_delivery("late", "tenant-b", when(500))))
+    dead = _delivery("dead", "tenant-b", when(0), state=DeliveryState.DEAD, next_attempt_at=None)
+    await store.write(lambda tx: tx.insert_delivery(dead))
+
+    due = await store.read(lambda tx: tx.due_deliveries(when(100), 100, 3))
+    assert [d.delivery_id for d in due] == ["a0", "a1", "a2", "b0"]
+    assert [d.delivery_id for d in await store.read(lambda tx: tx.due_deliveries(when(100), 2, 3))] == ["a0", "a1"]
+
+
+async def test_signing_secrets(store: Store, when: When) -> None:
+    assert await store.read(lambda tx: tx.get_signing_secret("tenant-a")) is None
+    first = SigningSecret("tenant-a", "whsec_one", when(0))
+    await store.write(lambda tx: tx.put_signing_secret(first))
+    rotated = SigningSecret("tenant-a", "whsec_two", when(10), previous_secret="whsec_one", previous_until=when(100))
+    await store.write(lambda tx: tx.put_signing_secret(rotated))
+    assert await store.read(lambda tx: tx.get_signing_secret("tenant-a")) == rotated
+    assert await store.read(lambda tx: tx.get_signing_secret("tenant-b")) is None
+    assert rotated.active(when(50)) == ["whsec_two", "whsec_one"]
+    assert rotated.active(when(100)) == ["whsec_two"]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from agenttasks.core.model import Agent, JsonObject, Task, TaskEvent, utcnow
+from agenttasks.core.model import Agent, JsonObject, Task, TaskEvent, WebhookDelivery, utcnow
 from agenttasks.core.tasks import MessageResult, SubmitResult
 from agenttasks.core.watch import Snapshot, StreamEnd, WatchItem
 from agenttasks.v1 import agent_pb2, task_pb2, task_service_pb2
@@ -42,7 +43,22 @@ def optional(message: Any, field: str) -> Any:
     return getattr(message, field) if message.HasField(field) else None
 
 
-def task(t: Task) -> task_pb2.Task:
+def delivery(d: WebhookDelivery) -> task_pb2.WebhookDelivery:
+    return task_pb2.WebhookDelivery(
+        delivery_id=d.delivery_id,
+        event_type=d.event_type,
+        state=d.state.value,
+        attempts=d.attempts,
+        last_status_code=d.last_status_code,
+        last_error=d.last_error,
+        created_at=timestamp(d.created_at),
+        next_attempt_at=timestamp(d.next_attempt_at),
+        delivered_at=timestamp(d.delivered_at),
+        last_attempt_at=timestamp(d.last_attempt_at),
+    )
+
+
+def task(t: Task, deliveries: Sequence[WebhookDelivery] = ()) -> task_pb2.Task:
     return task_pb2.Task(
         task_id=t.task_id,
         agent_id=t.agent_id,
@@ -65,6 +81,7 @@ def task(t: Task) -> task_pb2.Task:
         attempt=t.attempt,
         last_sequence=t.last_sequence,
         status_reason=t.status_reason,
+        webhook_deliveries=[delivery(d) for d in deliveries],
     )
 
 

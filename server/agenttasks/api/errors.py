@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 from agenttasks.core.errors import (
     AgentNotFound,
     AgentUnavailable,
+    DeliveryNotFound,
     DomainError,
     IdempotencyKeyReused,
     InvalidArgument,
@@ -45,6 +46,7 @@ ERROR_TABLE: dict[type[DomainError], ErrorMapping] = {
     PermissionDenied: ErrorMapping(grpc.StatusCode.PERMISSION_DENIED, 403, "PERMISSION_DENIED"),
     AgentNotFound: ErrorMapping(grpc.StatusCode.NOT_FOUND, 404, "AGENT_NOT_FOUND"),
     TaskNotFound: ErrorMapping(grpc.StatusCode.NOT_FOUND, 404, "TASK_NOT_FOUND"),
+    DeliveryNotFound: ErrorMapping(grpc.StatusCode.NOT_FOUND, 404, "DELIVERY_NOT_FOUND"),
     AgentUnavailable: ErrorMapping(grpc.StatusCode.UNAVAILABLE, 503, "AGENT_UNAVAILABLE"),
     TaskFinished: ErrorMapping(grpc.StatusCode.FAILED_PRECONDITION, 400, "TASK_ALREADY_FINISHED"),
     IdempotencyKeyReused: ErrorMapping(grpc.StatusCode.ALREADY_EXISTS, 409, "IDEMPOTENCY_KEY_REUSED"),

@@ -52,8 +52,8 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Ctx) -> pb.GetStatusResponse:
         async def run(p: Principal) -> pb.GetStatusResponse:
-            task = await self._core.get(p, request.agent_id, request.task_id)
-            return pb.GetStatusResponse(task=convert.task(task))
+            task, deliveries = await self._core.status(p, request.agent_id, request.task_id)
+            return pb.GetStatusResponse(task=convert.task(task, deliveries))
 
         return await self._gate.unary(context, _SERVICE + "GetStatus", run)
 

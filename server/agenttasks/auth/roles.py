@@ -27,6 +27,10 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = {
     # Workers read the task they run and the agent they serve.
     "/agenttasks.v1.TaskService/GetStatus": _EVERYONE,
     "/agenttasks.v1.AgentService/GetAgent": _EVERYONE,
+    # The delivery log and retries are the client's business; signing secrets stay admin-only
+    # (WebhookService is not in SERVICE_ROLES, so its other methods fall to admin).
+    "/agenttasks.v1.WebhookService/ListWebhookDeliveries": _CLIENTS,
+    "/agenttasks.v1.WebhookService/RetryWebhookDelivery": _CLIENTS,
 }
 """Exceptions to `SERVICE_ROLES` for single methods, keyed by the full gRPC method name."""
 

@@ -51,9 +51,9 @@ class Client:
                 "(serve prints an admin key on first start; 'agenttasks keys create' makes more)"
             )
         self._metadata = (("authorization", f"Bearer {settings.api_key.get_secret_value()}"),)
-        self._channel = grpc.insecure_channel(settings.server)
-        self.tasks = task_service_pb2_grpc.TaskServiceStub(self._channel)
-        self.agents = agent_service_pb2_grpc.AgentServiceStub(self._channel)
+        self.channel = grpc.insecure_channel(settings.server)
+        self.tasks = task_service_pb2_grpc.TaskServiceStub(self.channel)
+        self.agents = agent_service_pb2_grpc.AgentServiceStub(self.channel)
         self.server = settings.server
 
     def call(self, method: Any, request: Any, timeout: float | None = 30.0, **extra: str) -> Any:
@@ -68,7 +68,7 @@ class Client:
             yield from method(request, metadata=self._metadata)
 
     def close(self) -> None:
-        self._channel.close()
+        self.channel.close()
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agenttasks import __version__
-from agenttasks.cli import commands, worker_cmd
+from agenttasks.cli import commands, webhook_cmds, worker_cmd
 from agenttasks.cli.client import Client, CliError
 from agenttasks.core.model import Role, TaskStatus
 from agenttasks.settings import Settings
@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-gateway", action="store_true", help="run gRPC only, without the REST gateway")
     p.add_argument("--jwt-secret", help="HS256 secret for JWTs (env AGENTTASKS_JWT_SECRET; default: generated)")
     p.add_argument("--public-base-url", help="base of poll_url/cancel_url in answers")
+    p.add_argument(
+        "--webhook-allow",
+        metavar="CIDR[,CIDR...]",
+        help="networks webhooks may reach although private, e.g. 127.0.0.0/8 for local development",
+    )
     p.set_defaults(serve=True)
 
     keys = _add(sub, "keys", "Manage API keys (acts on the database file; no server needed).")
@@ -229,6 +234,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("message", help="the message")
     p.add_argument("--request-id", help="idempotency key for the message")
 
+    hooks = _add(sub, "webhooks", "Webhook deliveries and the signing secret.")
+    hooks_sub = hooks.add_subparsers(dest="webhooks_command", metavar="ACTION", parser_class=_Parser, required=True)
+    p = _add(
+        hooks_sub, "list", "Show a task's webhook deliveries and how they went.", client=webhook_cmds.list_deliveries
+    )
+    p.add_argument("task_id", help="the task's id")
+    p = _add(hooks_sub, "retry", "Send a dead webhook delivery again now.", client=webhook_cmds.retry)
+    p.add_argument("delivery_id", help="the delivery's id (see 'webhooks list')")
+    _add(hooks_sub, "secret", "Print the tenant's webhook signing secret (admin key).", client=webhook_cmds.secret)
+    p = _add(
+        hooks_sub,
+        "rotate-secret",
+        "Replace the signing secret; the old one keeps signing during the overlap (admin key).",
+        client=webhook_cmds.rotate_secret,
+    )
+    p.add_argument("--overlap", type=parse_duration, help="how long the old secret keeps signing too (default 24h)")
+
     tasks = _add(sub, "tasks", "List tasks.")
     tasks_sub = tasks.add_subparsers(dest="tasks_command", metavar="ACTION", parser_class=_Parser, required=True)
     p = _add(tasks_sub, "list", "List an agent's tasks, newest first.", client=commands.tasks_list)
@@ -252,6 +274,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "http_port",
         "jwt_secret",
         "public_base_url",
+        "webhook_allow",
         "server",
         "api_key",
     ):

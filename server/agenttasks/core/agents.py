@@ -17,7 +17,7 @@ from agenttasks.core.errors import AgentNotFound, InvalidArgument
 from agenttasks.core.ids import check_id, new_id
 from agenttasks.core.model import Agent, AgentStatus, JsonObject, Principal, Task, TaskEvent, utcnow
 from agenttasks.core.paging import PageTokens
-from agenttasks.core.ports import ReadTx, Store, WriteTx
+from agenttasks.core.ports import ReadTx, Store, WriteTx, save
 from agenttasks.core.watch import EventHub
 
 
@@ -189,7 +189,9 @@ class AgentCore:
         def op(tx: WriteTx) -> list[tuple[Task, list[TaskEvent]]]:
             find_agent(tx, tenant, agent_id)
             unfinished = tx.unfinished_tasks(tenant, agent_id)
-            changes = [lifecycle.cancel(task, now, lifecycle.AGENT_DELETED) for task in unfinished]
+            # Saved before the delete, so webhook tasks still report their cancellation: the
+            # outbox rows outlive the tasks they describe.
+            changes = [save(tx, lifecycle.cancel(task, now, lifecycle.AGENT_DELETED)) for task in unfinished]
             tx.delete_agent(tenant, agent_id)
             return changes
 

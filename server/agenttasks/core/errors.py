@@ -92,6 +92,13 @@ class IdempotencyKeyReused(DomainError):
         )
 
 
+class DeliveryNotFound(DomainError):
+    """No such webhook delivery in the caller's tenant."""
+
+    def __init__(self, delivery_id: str) -> None:
+        super().__init__(f"webhook delivery {delivery_id} not found", metadata={"delivery_id": delivery_id})
+
+
 class LeaseLost(DomainError):
     """A worker reported on a task whose lease it no longer holds; nothing was changed."""
 

@@ -195,3 +195,52 @@ class Principal:
     tenant: str
     role: Role
     subject: str
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One event to POST to a task's webhook_url, written in the same transaction as the change
+    it reports (the outbox), and its attempts so far."""
+
+    delivery_id: str
+    tenant: str
+    task_id: str
+    agent_id: str
+    event_type: str
+    url: str
+    # The task as it was when the event happened (core.codec form): the body is built from it,
+    # so every attempt sends the same bytes even if the task changes later.
+    snapshot: JsonObject
+    event_time: datetime
+    state: DeliveryState = DeliveryState.PENDING
+    attempts: int = 0
+    last_status_code: int = 0
+    last_error: str = ""
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    next_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SigningSecret:
+    """A tenant's webhook signing secret, and the previous one while a rotation overlaps."""
+
+    tenant: str
+    secret: str
+    created_at: datetime
+    previous_secret: str = ""
+    previous_until: datetime | None = None
+
+    def active(self, now: datetime) -> list[str]:
+        """The secrets to sign with now, the current one first."""
+        if self.previous_secret and self.previous_until is not None and now < self.previous_until:
+            return [self.secret, self.previous_secret]
+        return [self.secret]

@@ -18,14 +18,19 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol, TypeVar
 
+from agenttasks.core.codec import task_to_json
+from agenttasks.core.ids import new_id
 from agenttasks.core.model import (
     Agent,
     ApiKeyRecord,
+    CallbackMode,
     EventType,
     IdempotencyRecord,
+    SigningSecret,
     Task,
     TaskEvent,
     TaskStatus,
+    WebhookDelivery,
 )
 
 T = TypeVar("T")
@@ -99,6 +104,19 @@ class ReadTx(Protocol):
         """A server-wide setting kept in the store (e.g. generated secrets)."""
         ...
 
+    def get_delivery(self, tenant: str, delivery_id: str) -> WebhookDelivery | None: ...
+
+    def task_deliveries(self, tenant: str, task_id: str) -> list[WebhookDelivery]:
+        """The task's webhook deliveries, oldest first."""
+        ...
+
+    def due_deliveries(self, now: datetime, limit: int, per_tenant: int) -> list[WebhookDelivery]:
+        """Pending deliveries due at `now`, earliest first, at most `per_tenant` of each tenant,
+        so that one tenant's backlog cannot crowd out the others."""
+        ...
+
+    def get_signing_secret(self, tenant: str) -> SigningSecret | None: ...
+
 
 class WriteTx(ReadTx, Protocol):
     """A read view that can also write; everything done through it commits atomically."""
@@ -142,6 +160,12 @@ class WriteTx(ReadTx, Protocol):
 
     def set_meta(self, name: str, value: str) -> None: ...
 
+    def insert_delivery(self, delivery: WebhookDelivery) -> None: ...
+
+    def update_delivery(self, delivery: WebhookDelivery) -> None: ...
+
+    def put_signing_secret(self, secret: SigningSecret) -> None: ...
+
 
 class Store(Protocol):
     """An open store. `close` is safe to call twice."""
@@ -157,11 +181,45 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
+# Statuses a webhook task reports to its webhook_url, and the event types they become.
+WEBHOOK_EVENTS = {
+    TaskStatus.COMPLETED: "task.completed",
+    TaskStatus.FAILED: "task.failed",
+    TaskStatus.CANCELLED: "task.cancelled",
+    TaskStatus.AWAITING_INPUT: "task.awaiting_input",
+}
+
+
 def save(tx: WriteTx, change: tuple[Task, list[TaskEvent]]) -> tuple[Task, list[TaskEvent]]:
-    """Store a lifecycle transition (the task and its new events) in `tx`; a no-op without events."""
+    """Store a lifecycle transition (the task and its new events) in `tx`; a no-op without events.
+
+    Every transition goes through here, so this is also where a webhook task's outbox rows are
+    written: in the same transaction as the change, so a crash can lose neither without the other.
+    """
     task, events = change
     if events:
         tx.update_task(task)
         for event in events:
             tx.append_event(event)
+        if task.callback_mode is CallbackMode.WEBHOOK:
+            for event in events:
+                if event.type is EventType.STATUS and event.status in WEBHOOK_EVENTS:
+                    tx.insert_delivery(outbox_row(task, event))
     return change
+
+
+def outbox_row(task: Task, event: TaskEvent) -> WebhookDelivery:
+    """The delivery that reports `event` of a webhook task to its webhook_url."""
+    return WebhookDelivery(
+        delivery_id=new_id(),
+        tenant=task.tenant,
+        task_id=task.task_id,
+        agent_id=task.agent_id,
+        event_type=WEBHOOK_EVENTS[event.status],
+        url=task.webhook_url,
+        snapshot=task_to_json(task),
+        event_time=event.time,
+        created_at=event.time,
+        updated_at=event.time,
+        next_attempt_at=event.time,
+    )

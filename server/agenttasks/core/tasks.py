@@ -18,12 +18,14 @@ from agenttasks.core.errors import AgentNotFound, AgentUnavailable, InvalidArgum
 from agenttasks.core.ids import check_id, new_id
 from agenttasks.core.model import (
     AgentStatus,
+    CallbackMode,
     JsonObject,
     Principal,
     Task,
     TaskEvent,
     TaskMessage,
     TaskStatus,
+    WebhookDelivery,
     utcnow,
 )
 from agenttasks.core.paging import PageTokens
@@ -114,6 +116,7 @@ class TaskCore:
         page_tokens: PageTokens,
         idempotency_ttl: timedelta = timedelta(hours=24),
         clock: Callable[[], datetime] = utcnow,
+        check_webhook_url: Callable[[str], str | None] = lambda url: None,
     ) -> None:
         self._store = store
         self._hub = hub
@@ -122,6 +125,8 @@ class TaskCore:
         self._tokens = page_tokens
         self._ttl = idempotency_ttl
         self._clock = clock
+        # Why a webhook_url must be refused at once (a literal private address...), or None.
+        self._check_webhook_url = check_webhook_url
 
     @property
     def base_url(self) -> str:
@@ -167,6 +172,8 @@ class TaskCore:
             request_id=request_id,
             limits=self._limits,
         )
+        if spec.webhook_url and (refused := self._check_webhook_url(spec.webhook_url)) is not None:
+            raise InvalidArgument.field("webhook_url", refused)
         tenant = principal.tenant
         digest = idempotency.request_hash(
             {
@@ -228,6 +235,18 @@ class TaskCore:
     async def get(self, principal: Principal, agent_id: str, task_id: str) -> Task:
         agent_id, task_id = check_parent(agent_id), check_id(task_id, "task_id")
         return await self._store.read(lambda tx: find_task(tx, principal.tenant, agent_id, task_id))
+
+    async def status(self, principal: Principal, agent_id: str, task_id: str) -> tuple[Task, list[WebhookDelivery]]:
+        """The task and, for a webhook task, its delivery log (one consistent read)."""
+        agent_id, task_id = check_parent(agent_id), check_id(task_id, "task_id")
+        tenant = principal.tenant
+
+        def op(tx: ReadTx) -> tuple[Task, list[WebhookDelivery]]:
+            task = find_task(tx, tenant, agent_id, task_id)
+            deliveries = tx.task_deliveries(tenant, task_id) if task.callback_mode is CallbackMode.WEBHOOK else []
+            return task, deliveries
+
+        return await self._store.read(op)
 
     async def send_message(
         self, principal: Principal, agent_id: str, task_id: str, message: str, request_id: str = ""

@@ -21,16 +21,19 @@ from agenttasks.core.model import (
     AgentStatus,
     ApiKeyRecord,
     CallbackMode,
+    DeliveryState,
     EventType,
     IdempotencyRecord,
     JsonObject,
     Progress,
     Role,
+    SigningSecret,
     Task,
     TaskError,
     TaskEvent,
     TaskResult,
     TaskStatus,
+    WebhookDelivery,
     utcnow,
 )
 from agenttasks.store.sql import load_queries
@@ -221,6 +224,60 @@ def _idempotency(row: sqlite3.Row) -> IdempotencyRecord:
     )
 
 
+def _delivery_params(d: WebhookDelivery) -> dict[str, Any]:
+    return {
+        "delivery_id": d.delivery_id,
+        "tenant": d.tenant,
+        "task_id": d.task_id,
+        "agent_id": d.agent_id,
+        "event_type": d.event_type,
+        "url": d.url,
+        "snapshot": dump_json(d.snapshot),
+        "event_time": to_micros(d.event_time),
+        "state": d.state.value,
+        "attempts": d.attempts,
+        "last_status_code": d.last_status_code,
+        "last_error": d.last_error,
+        "created_at": to_micros(d.created_at),
+        "updated_at": to_micros(d.updated_at),
+        "next_attempt_at": _opt_micros(d.next_attempt_at),
+        "delivered_at": _opt_micros(d.delivered_at),
+        "last_attempt_at": _opt_micros(d.last_attempt_at),
+    }
+
+
+def _delivery(row: sqlite3.Row) -> WebhookDelivery:
+    return WebhookDelivery(
+        delivery_id=row["delivery_id"],
+        tenant=row["tenant"],
+        task_id=row["task_id"],
+        agent_id=row["agent_id"],
+        event_type=row["event_type"],
+        url=row["url"],
+        snapshot=_load_object(row["snapshot"]),
+        event_time=from_micros(row["event_time"]),
+        state=DeliveryState(row["state"]),
+        attempts=row["attempts"],
+        last_status_code=row["last_status_code"],
+        last_error=row["last_error"],
+        created_at=from_micros(row["created_at"]),
+        updated_at=from_micros(row["updated_at"]),
+        next_attempt_at=_opt_datetime(row["next_attempt_at"]),
+        delivered_at=_opt_datetime(row["delivered_at"]),
+        last_attempt_at=_opt_datetime(row["last_attempt_at"]),
+    )
+
+
+def _signing_secret(row: sqlite3.Row) -> SigningSecret:
+    return SigningSecret(
+        tenant=row["tenant"],
+        secret=row["secret"],
+        created_at=from_micros(row["created_at"]),
+        previous_secret=row["previous_secret"],
+        previous_until=_opt_datetime(row["previous_until"]),
+    )
+
+
 class SqliteReadTx:
     """A read view; the store wraps each read function in one transaction (one snapshot)."""
 
@@ -278,6 +335,21 @@ class SqliteReadTx:
     def events_after(self, tenant: str, task_id: str, after_sequence: int, limit: int) -> list[TaskEvent]:
         params = {"tenant": tenant, "task_id": task_id, "after_sequence": after_sequence, "limit": limit}
         return [_event(row) for row in self._all("events_after", params)]
+
+    def get_delivery(self, tenant: str, delivery_id: str) -> WebhookDelivery | None:
+        rows = self._all("get_delivery", {"tenant": tenant, "delivery_id": delivery_id})
+        return _delivery(rows[0]) if rows else None
+
+    def task_deliveries(self, tenant: str, task_id: str) -> list[WebhookDelivery]:
+        return [_delivery(row) for row in self._all("task_deliveries", {"tenant": tenant, "task_id": task_id})]
+
+    def due_deliveries(self, now: datetime, limit: int, per_tenant: int) -> list[WebhookDelivery]:
+        params = {"now": to_micros(now), "limit": limit, "per_tenant": per_tenant}
+        return [_delivery(row) for row in self._all("due_deliveries", params)]
+
+    def get_signing_secret(self, tenant: str) -> SigningSecret | None:
+        rows = self._all("get_signing_secret", {"tenant": tenant})
+        return _signing_secret(rows[0]) if rows else None
 
     def events_of_type(self, tenant: str, task_id: str, type: EventType) -> list[TaskEvent]:
         params = {"tenant": tenant, "task_id": task_id, "type": type.value}
@@ -348,6 +420,23 @@ class SqliteWriteTx(SqliteReadTx):
     def update_task(self, task: Task) -> None:
         if self._execute("update_task", _task_params(task)).rowcount != 1:
             raise LookupError(f"no task {task.task_id!r} in tenant {task.tenant!r} to update")
+
+    def insert_delivery(self, delivery: WebhookDelivery) -> None:
+        self._execute("insert_delivery", _delivery_params(delivery))
+
+    def update_delivery(self, delivery: WebhookDelivery) -> None:
+        if self._execute("update_delivery", _delivery_params(delivery)).rowcount != 1:
+            raise LookupError(f"no delivery {delivery.delivery_id!r} in tenant {delivery.tenant!r} to update")
+
+    def put_signing_secret(self, secret: SigningSecret) -> None:
+        params = {
+            "tenant": secret.tenant,
+            "secret": secret.secret,
+            "created_at": to_micros(secret.created_at),
+            "previous_secret": secret.previous_secret,
+            "previous_until": _opt_micros(secret.previous_until),
+        }
+        self._execute("put_signing_secret", params)
 
     def renew_leases(self, worker_id: str, until: datetime) -> int:
         return self._execute("renew_leases", {"worker_id": worker_id, "until": to_micros(until)}).rowcount

@@ -3,10 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -50,6 +52,7 @@ class Task(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     STATUS_REASON_FIELD_NUMBER: _builtins.int
+    WEBHOOK_DELIVERIES_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Time-ordered UUID (v7)."""
     agent_id: _builtins.str
@@ -98,6 +101,10 @@ class Task(_message.Message):
     def error(self) -> Global___TaskError:
         """Set when status is failed."""
 
+    @_builtins.property
+    def webhook_deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookDelivery]:
+        """For callback_mode "webhook": each delivery of the task's webhooks and how it went."""
+
     def __init__(
         self,
         *,
@@ -122,14 +129,73 @@ class Task(_message.Message):
         attempt: _builtins.int = ...,
         last_sequence: _builtins.int = ...,
         status_reason: _builtins.str = ...,
+        webhook_deliveries: _abc.Iterable[Global___WebhookDelivery] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "created_at", b"created_at", "error", b"error", "metadata", b"metadata", "progress", b"progress", "result", b"result", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "attempt", b"attempt", "callback_mode", b"callback_mode", "completed_at", b"completed_at", "created_at", b"created_at", "error", b"error", "input_prompt", b"input_prompt", "last_sequence", b"last_sequence", "message", b"message", "metadata", b"metadata", "output", b"output", "priority", b"priority", "progress", b"progress", "result", b"result", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "updated_at", b"updated_at", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "attempt", b"attempt", "callback_mode", b"callback_mode", "completed_at", b"completed_at", "created_at", b"created_at", "error", b"error", "input_prompt", b"input_prompt", "last_sequence", b"last_sequence", "message", b"message", "metadata", b"metadata", "output", b"output", "priority", b"priority", "progress", b"progress", "result", b"result", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "updated_at", b"updated_at", "webhook_deliveries", b"webhook_deliveries", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Task: _TypeAlias = Task  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    """One webhook delivery (an event POSTed to the task's webhook_url) and its attempts so far."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_STATUS_CODE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    DELIVERED_AT_FIELD_NUMBER: _builtins.int
+    LAST_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.str
+    """Also the `webhook-id` header, the same on every attempt: receivers deduplicate by it."""
+    event_type: _builtins.str
+    """task.completed, task.failed, task.cancelled or task.awaiting_input."""
+    state: _builtins.str
+    """pending (an attempt is due or under way), delivered, or dead (attempts spent, or the
+    endpoint answered 410 Gone); a dead delivery can be retried by hand.
+    """
+    attempts: _builtins.int
+    last_status_code: _builtins.int
+    """HTTP status of the last attempt; 0 when it got no response (see last_error)."""
+    last_error: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def delivered_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_attempt_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        state: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        last_status_code: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        delivered_at: _timestamp_pb2.Timestamp | None = ...,
+        last_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "delivered_at", b"delivered_at", "last_attempt_at", b"last_attempt_at", "next_attempt_at", b"next_attempt_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "delivered_at", b"delivered_at", "delivery_id", b"delivery_id", "event_type", b"event_type", "last_attempt_at", b"last_attempt_at", "last_error", b"last_error", "last_status_code", b"last_status_code", "next_attempt_at", b"next_attempt_at", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
 
 @_typing.final
 class Progress(_message.Message):

@@ -220,3 +220,56 @@ SELECT value FROM meta WHERE name = :name;
 -- name: set_meta
 INSERT INTO meta (name, value) VALUES (:name, :value)
 ON CONFLICT (name) DO UPDATE SET value = excluded.value;
+
+-- name: insert_delivery
+INSERT INTO webhook_deliveries (
+    delivery_id, tenant, task_id, agent_id, event_type, url, snapshot, event_time, state, attempts,
+    last_status_code, last_error, created_at, updated_at, next_attempt_at, delivered_at, last_attempt_at
+) VALUES (
+    :delivery_id, :tenant, :task_id, :agent_id, :event_type, :url, :snapshot, :event_time, :state,
+    :attempts, :last_status_code, :last_error, :created_at, :updated_at, :next_attempt_at,
+    :delivered_at, :last_attempt_at
+);
+
+-- name: update_delivery
+-- What a delivery is (its event, target and snapshot) never changes; only how it is going.
+UPDATE webhook_deliveries SET
+    state = :state,
+    attempts = :attempts,
+    last_status_code = :last_status_code,
+    last_error = :last_error,
+    updated_at = :updated_at,
+    next_attempt_at = :next_attempt_at,
+    delivered_at = :delivered_at,
+    last_attempt_at = :last_attempt_at
+WHERE tenant = :tenant AND delivery_id = :delivery_id;
+
+-- name: get_delivery
+SELECT * FROM webhook_deliveries WHERE tenant = :tenant AND delivery_id = :delivery_id;
+
+-- name: task_deliveries
+SELECT * FROM webhook_deliveries WHERE tenant = :tenant AND task_id = :task_id ORDER BY created_at, delivery_id;
+
+-- name: due_deliveries
+-- At most :per_tenant of each tenant, so one tenant's backlog (say, to a dead endpoint) cannot
+-- take every slot of a round.
+SELECT * FROM (
+    SELECT *, ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY next_attempt_at) AS place
+    FROM webhook_deliveries
+    WHERE state = 'pending' AND next_attempt_at <= :now
+)
+WHERE place <= :per_tenant
+ORDER BY next_attempt_at
+LIMIT :limit;
+
+-- name: get_signing_secret
+SELECT * FROM signing_secrets WHERE tenant = :tenant;
+
+-- name: put_signing_secret
+INSERT INTO signing_secrets (tenant, secret, created_at, previous_secret, previous_until)
+VALUES (:tenant, :secret, :created_at, :previous_secret, :previous_until)
+ON CONFLICT (tenant) DO UPDATE SET
+    secret = excluded.secret,
+    created_at = excluded.created_at,
+    previous_secret = excluded.previous_secret,
+    previous_until = excluded.previous_until;
