@@ -7,7 +7,6 @@ on a fresh machine.
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
@@ -97,11 +96,9 @@ class Settings(BaseSettings):
     @classmethod
     def _check_cidrs(cls, value: str) -> str:
         """Fail at start, naming the bad entry, rather than at the first delivery."""
-        for part in filter(None, (p.strip() for p in value.split(","))):
-            try:
-                ipaddress.ip_network(part, strict=False)
-            except ValueError:
-                raise ValueError(f"webhook_allow: {part!r} is not a network like 127.0.0.0/8") from None
+        from agenttasks.webhooks.ssrf import parse_allow  # the one parser of this setting
+
+        parse_allow(value)
         return value
 
     @field_validator("webhook_retry_schedule")

@@ -7,7 +7,7 @@ import pytest
 from agenttasks.auth.roles import METHOD_ROLES, allowed_roles, authorize
 from agenttasks.core.errors import PermissionDenied
 from agenttasks.core.model import Principal, Role
-from agenttasks.v1 import agent_service_pb2, task_service_pb2
+from agenttasks.v1 import agent_service_pb2, task_service_pb2, webhook_service_pb2
 
 
 def _methods(module: object, service: str) -> list[str]:
@@ -17,6 +17,7 @@ def _methods(module: object, service: str) -> list[str]:
 
 TASK_METHODS = _methods(task_service_pb2, "TaskService")
 AGENT_METHODS = _methods(agent_service_pb2, "AgentService")
+WEBHOOK_METHODS = _methods(webhook_service_pb2, "WebhookService")
 WORKER_READABLE = {"/agenttasks.v1.TaskService/GetStatus", "/agenttasks.v1.AgentService/GetAgent"}
 
 
@@ -47,7 +48,19 @@ def test_worker_may_only_read_tasks_and_agents(method: str) -> None:
 
 def test_method_exceptions_name_real_methods() -> None:
     # A typo in the table would silently fall back to the service rule.
-    assert set(METHOD_ROLES) <= set(TASK_METHODS + AGENT_METHODS)
+    assert set(METHOD_ROLES) <= set(TASK_METHODS + AGENT_METHODS + WEBHOOK_METHODS)
+
+
+@pytest.mark.parametrize("method", WEBHOOK_METHODS)
+def test_signing_secrets_are_admin_only_deliveries_are_for_clients_too(method: str) -> None:
+    authorize(_principal(Role.ADMIN), method)
+    with pytest.raises(PermissionDenied):
+        authorize(_principal(Role.WORKER), method)
+    if method.endswith("SigningSecret"):
+        with pytest.raises(PermissionDenied):
+            authorize(_principal(Role.CLIENT), method)
+    else:
+        authorize(_principal(Role.CLIENT), method)
 
 
 @pytest.mark.parametrize("method", ["/agenttasks.v1.WorkerService/Lease", "/agenttasks.v1.WorkerService/Report"])

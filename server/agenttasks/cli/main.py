@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--webhook-allow",
         metavar="CIDR[,CIDR...]",
-        help="networks webhooks may reach although private, e.g. 127.0.0.0/8 for local development",
+        help="networks webhooks may reach although private, e.g. 127.0.0.0/8,::1/128 for local development",
     )
     p.set_defaults(serve=True)
 

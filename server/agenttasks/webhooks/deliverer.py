@@ -39,6 +39,7 @@ from agenttasks.core.model import DeliveryState, Task, TaskEvent, WebhookDeliver
 from agenttasks.core.ports import WEBHOOK_EVENTS, Store, WriteTx
 from agenttasks.webhooks import secrets, signing
 from agenttasks.webhooks.sender import AttemptResult, deliver, make_client
+from agenttasks.webhooks.ssrf import Resolver
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def _describe(result: AttemptResult) -> str:
         return result.error
     if result.status_code == 410:
         return "the endpoint answered 410 Gone: no more attempts"
-    if 200 <= result.status_code < 300:
+    if result.ok:
         return ""
     return f"HTTP {result.status_code}"
 
@@ -95,7 +96,7 @@ class Deliverer:
         poll_seconds: float = 0.5,
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
-        resolver: Callable[..., object] | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self._store = store
         self._allow = list(allow)
@@ -182,7 +183,7 @@ class Deliverer:
                 body,
                 allow=self._allow,
                 timeout=self._timeout,
-                resolver=self._resolver,  # type: ignore[arg-type]
+                resolver=self._resolver,
             )
             await self._record(delivery.tenant, delivery.delivery_id, result, started)
         except asyncio.CancelledError:
@@ -209,7 +210,7 @@ class Deliverer:
                 last_attempt_at=started,
                 updated_at=now,
             )
-            if result.status_code is not None and 200 <= result.status_code < 300:
+            if result.ok:
                 changed = replace(changed, state=DeliveryState.DELIVERED, delivered_at=now, next_attempt_at=None)
             elif (delay := next_attempt(attempts, result, self._schedule, self._rng)) is None:
                 changed = replace(changed, state=DeliveryState.DEAD, next_attempt_at=None)
