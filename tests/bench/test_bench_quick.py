@@ -1,0 +1,61 @@
+"""The benchmark harness runs end to end in quick mode: every workload completes and produces
+numbers. No timing is asserted (CI machines are shared and noisy); docs/benchmarks.md holds the
+figures of a full run."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# What `python -m bench --quick` runs, by outcome name; the peers may be skipped, with a reason.
+EXPECTED = ["echo", "submit_grpc", "submit_rest", "e2e", "huey", "a2a", "latency", "broadcast_1000", "fanout_1000"]
+PEERS = {"huey", "a2a"}
+HEADLINE = {
+    "echo": "rate",
+    "submit_grpc": "rate",
+    "submit_rest": "rate",
+    "e2e": "rate",
+    "huey": "rate",
+    "a2a": "rate",
+    "latency": "dispatch_p99_ms",
+    "broadcast_1000": "reach_all_ms",
+    "fanout_1000": "kb_per_stream",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_quick_bench_completes_every_workload(tmp_path: Path) -> None:
+    out = tmp_path / "quick.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=220,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    report = json.loads(out.read_text())
+    workloads = report["workloads"]
+    assert sorted(workloads) == sorted(EXPECTED), done.stderr[-3000:]
+    for name, outcome in workloads.items():
+        if outcome["status"] == "skipped":
+            assert name in PEERS, f"{name} was skipped: {outcome['reason']}"
+            assert outcome["reason"], f"{name} was skipped without a reason"
+            assert f"{outcome['title']}" in done.stdout and "SKIPPED" in done.stdout
+            continue
+        assert outcome["status"] == "ok", f"{name}: {outcome['status']}: {outcome['reason']}"
+        metrics = outcome["metrics"]
+        assert metrics, f"{name} produced no numbers"
+        assert all(isinstance(v, int | float) for v in metrics.values()), metrics
+        assert math.isfinite(metrics[HEADLINE[name]]) and metrics[HEADLINE[name]] > 0, (name, metrics)
+    assert report["meta"]["mode"] == "quick"
+    assert {t["target"] for t in report["targets"]}, "no targets were evaluated"
+    assert "| Figure |" in done.stdout, done.stdout
