@@ -210,7 +210,7 @@ async def test_other_tenants_see_nothing(store: Store, make_agent: MakeAgent, ma
             tx.list_tasks(other, "agent-1", status=None, before_seq=None, limit=10),
             tx.unfinished_tasks(other, "agent-1"),
             tx.events_after(other, "task-1", 0, 10),
-            tx.queued_ahead(other, "agent-1", 0, 1_000_000),
+            tx.queued_ahead(other, "agent-1", 0, 1_000_000, 100),
             tx.recent_run_seconds(other, "agent-1", 10),
             tx.get_idempotency(other, "submit:agent-1", "k"),
             tx.list_api_keys(other),
@@ -218,7 +218,7 @@ async def test_other_tenants_see_nothing(store: Store, make_agent: MakeAgent, ma
 
     assert await store.read(look) == [None, [], None, [], [], [], 0, None, None, []]
     # The owner does see them, so the empty answers above are isolation, not missing data.
-    assert await store.read(lambda tx: tx.queued_ahead("tenant-a", "agent-1", 0, 1_000_000)) == 1
+    assert await store.read(lambda tx: tx.queued_ahead("tenant-a", "agent-1", 0, 1_000_000, 100)) == 1
 
 
 async def test_list_tasks_newest_first_with_filter_and_paging(
@@ -376,12 +376,13 @@ async def test_queued_ahead_counts_by_priority_then_fifo(
     mid2 = await add_task(store, make_task("mid-2", priority=5))
     await add_task(store, make_task("other-agent-high", agent_id="agent-2", priority=9))
 
-    async def ahead(task: Task) -> int:
-        return await store.read(lambda tx: tx.queued_ahead("tenant-a", "agent-1", task.priority, task.seq))
+    async def ahead(task: Task, limit: int = 100) -> int:
+        return await store.read(lambda tx: tx.queued_ahead("tenant-a", "agent-1", task.priority, task.seq, limit))
 
     assert await ahead(mid1) == 1  # high-1
     assert await ahead(mid2) == 2  # high-1, mid-1
     assert await ahead(low1) == 3  # high-1, mid-1, mid-2
+    assert await ahead(low1, limit=2) == 2  # counting stops at the limit
 
 
 async def test_recent_run_seconds_is_the_mean_of_the_latest_completions(

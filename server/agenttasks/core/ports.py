@@ -84,8 +84,9 @@ class ReadTx(Protocol):
         """The running or awaiting tasks a worker connection holds."""
         ...
 
-    def queued_ahead(self, tenant: str, agent_id: str, priority: int, seq: int) -> int:
-        """How many queued tasks of the agent will be dispatched before one at (priority, seq)."""
+    def queued_ahead(self, tenant: str, agent_id: str, priority: int, seq: int, limit: int) -> int:
+        """How many queued tasks of the agent will be dispatched before one at (priority, seq),
+        counting no further than `limit` (the cost must not grow with the backlog)."""
         ...
 
     def recent_run_seconds(self, tenant: str, agent_id: str, limit: int) -> float | None:

@@ -35,6 +35,9 @@ from agenttasks.core.watch import EventHub, WatchItem, follow
 # Without run history, assume a task takes this long when estimating start times.
 DEFAULT_RUN_SECONDS = 60.0
 RUN_HISTORY = 50
+# Beyond this many tasks ahead an estimate is a rough guess anyway; counting further would make
+# every Submit slower the deeper the queue gets.
+ESTIMATE_QUEUE_LIMIT = 1000
 EVENT_PAGE = 500
 # AIP-159 wildcard: a task can be addressed without knowing its agent.
 ANY_AGENT = "-"
@@ -214,7 +217,7 @@ class TaskCore:
             task = tx.insert_task(task)
             for event in events:
                 tx.append_event(event)
-            ahead = tx.queued_ahead(tenant, agent_id, task.priority, task.seq)
+            ahead = tx.queued_ahead(tenant, agent_id, task.priority, task.seq, ESTIMATE_QUEUE_LIMIT)
             run_seconds = tx.recent_run_seconds(tenant, agent_id, RUN_HISTORY) or DEFAULT_RUN_SECONDS
             poll_url, cancel_url = self._urls(agent_id, task_id)
             result = SubmitResult(

@@ -368,8 +368,8 @@ class SqliteReadTx:
     def worker_tasks(self, worker_id: str) -> list[Task]:
         return [_task(row) for row in self._all("worker_tasks", {"worker_id": worker_id})]
 
-    def queued_ahead(self, tenant: str, agent_id: str, priority: int, seq: int) -> int:
-        params = {"tenant": tenant, "agent_id": agent_id, "priority": priority, "seq": seq}
+    def queued_ahead(self, tenant: str, agent_id: str, priority: int, seq: int, limit: int) -> int:
+        params = {"tenant": tenant, "agent_id": agent_id, "priority": priority, "seq": seq, "limit": limit}
         return int(self._one("queued_ahead", params)[0])
 
     def recent_run_seconds(self, tenant: str, agent_id: str, limit: int) -> float | None:
