@@ -178,7 +178,7 @@ class TaskCore:
         if spec.webhook_url and (refused := self._check_webhook_url(spec.webhook_url)) is not None:
             raise InvalidArgument.field("webhook_url", refused)
         tenant = principal.tenant
-        digest = idempotency.request_hash(
+        digest = spec.request_id and idempotency.request_hash(  # only keyed requests need one
             {
                 "agent_id": agent_id,
                 "message": spec.message,
@@ -257,7 +257,7 @@ class TaskCore:
         agent_id, task_id = check_parent(agent_id), check_id(task_id, "task_id")
         validation.validate_message(message, request_id, self._limits)
         tenant = principal.tenant
-        digest = idempotency.request_hash({"task_id": task_id, "message": message})
+        digest = request_id and idempotency.request_hash({"task_id": task_id, "message": message})
         now = self._clock()
         msg = TaskMessage(message_id=new_id(), text=message, created_at=now)
 
