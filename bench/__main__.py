@@ -41,7 +41,7 @@ WORKLOADS: dict[str, tuple[Workload, str]] = {
     "e2e_watch": (end_to_end_watched, "end to end with one WatchTask per task (--watch)"),
     "huey": (huey_peer, "peer: huey with SqliteHuey, same N tasks"),
     "a2a": (a2a_peer, "peer: A2A Python SDK with its SQLite task store, same N tasks"),
-    "latency": (latency, "dispatch and cancel latency at --rate tasks/s"),
+    "latency": (latency, "dispatch and cancel latency at each of --rates tasks/s"),
     "fanout": (fan_out, "watch fan-out vs a bare grpc.aio broadcast"),
 }
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -58,7 +58,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help="comma-separated workloads to run (default: all)")
     parser.add_argument("--tasks", type=int, help="N of the end-to-end workload and the peers")
     parser.add_argument("--seconds", type=float, help="measured seconds of each closed loop")
-    parser.add_argument("--rate", type=float, help="tasks/s offered in the latency workload (default 500)")
+    parser.add_argument("--rates", help="comma-separated tasks/s of the latency workload (default 500,100; quick 500)")
     parser.add_argument("--watchers", help="comma-separated watcher counts of the fan-out workload")
     parser.add_argument("--watch", action="store_true", help="also run end to end with one WatchTask per task")
     parser.add_argument("--profile", type=Path, help="py-spy the server during Submit and end to end, into this dir")
@@ -72,8 +72,8 @@ def plan_for(args: argparse.Namespace) -> Plan:
         plan = plan.but(tasks=args.tasks)
     if args.seconds:
         plan = plan.but(seconds=args.seconds)
-    if args.rate:
-        plan = plan.but(rate=args.rate)
+    if args.rates:
+        plan = plan.but(rates=tuple(float(r) for r in args.rates.split(",")))
     if args.watchers:
         plan = plan.but(watchers=tuple(int(w) for w in args.watchers.split(",")))
     return plan.but(watch=args.watch)

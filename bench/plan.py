@@ -20,8 +20,8 @@ class Plan:
     """Cap on the calls of one closed loop, so a very fast system still stops."""
     tasks: int
     """N, the tasks of the end-to-end workload and of each peer."""
-    rate: float
-    """Tasks per second offered in the latency workload."""
+    rates: tuple[float, ...]
+    """Tasks per second offered in the latency workload: the target's load, then lighter ones."""
     latency_seconds: float
     watchers: tuple[int, ...]
     """Watcher counts of the fan-out workload."""
@@ -32,6 +32,8 @@ class Plan:
     cancel_after: float = 0.05
     """Seconds after Submit's answer that such a task is cancelled (it is running by then)."""
     streams_per_channel: int = 1000
+    fanout_rounds: int = 3
+    """Events published per fan-out; the median time to reach every watcher is reported."""
     watch: bool = False
     """Also run end to end with one WatchTask per task."""
     limit_seconds: float = 600.0
@@ -47,7 +49,7 @@ FULL = Plan(
     warmup=2.0,
     max_calls=200_000,
     tasks=5000,
-    rate=500.0,
+    rates=(500.0, 100.0),
     latency_seconds=10.0,
     watchers=(1000, 10_000),
 )
@@ -57,7 +59,7 @@ QUICK = Plan(
     warmup=0.5,
     max_calls=20_000,
     tasks=200,
-    rate=500.0,
+    rates=(500.0,),
     latency_seconds=2.0,
     watchers=(1000,),
     limit_seconds=60.0,

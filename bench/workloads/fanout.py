@@ -12,7 +12,10 @@ its own speed is part of both figures alike.
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
+import os
+import statistics
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,7 +24,7 @@ from bench import loadgen
 from bench.echo_server import BROADCAST_PUBLISH, BROADCAST_WATCH
 from bench.outcome import Outcome
 from bench.plan import Context
-from bench.procs import Proc, rss_bytes
+from bench.procs import Proc, cpu_sample, rss_bytes
 from bench.target import Server
 from bench.workloads.ceiling import ECHO_COMMAND, FAKE_AGENT, FAKE_KEY
 from bench.workloads.common import submit_request
@@ -37,13 +40,15 @@ async def _fan_out(
     watchers: int,
     open_stream: Callable[[Any], Any],
     publish: Callable[[], Awaitable[object]],
-) -> dict[str, float]:
-    """Open `watchers` streams, wait for every snapshot, publish one event, time its arrival."""
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Open `watchers` streams, wait for every snapshot, then `rounds` times: publish one event and
+    time until every stream has it. Metrics use the median round."""
+    rounds = ctx.plan.fanout_rounds
     channels = [loadgen.channel(address) for _ in range(math.ceil(watchers / ctx.plan.streams_per_channel))]
     snapshots = 0
     all_snapshots = asyncio.Event()
-    published = asyncio.Event()
-    arrivals: list[int] = []
+    arrivals: list[list[int]] = [[] for _ in range(rounds)]
+    arrived = [asyncio.Event() for _ in range(rounds)]
     calls: list[Any] = []
 
     async def follow(index: int) -> None:
@@ -56,11 +61,19 @@ async def _fan_out(
         snapshots += 1
         if snapshots == watchers:
             all_snapshots.set()
-        event = await call.read()
-        arrivals.append(loadgen.now_ns())
-        if not published.is_set() or getattr(event, "type", "") != "message":
-            raise RuntimeError(f"expected the published message, got {event!r}")
+        for n in range(rounds):
+            event = await call.read()
+            arrivals[n].append(loadgen.now_ns())
+            if getattr(event, "type", "") != "message":
+                raise RuntimeError(f"expected the published message, got {event!r}")
+            if len(arrivals[n]) == watchers:
+                arrived[n].set()
 
+    reach_ms: list[float] = []
+    p50_ms: list[float] = []
+    ack_ms: list[float] = []
+    server_ms: list[float] = []  # CPU time the server spent in a round: with the client's, shows who limits it
+    client_ms: list[float] = []
     try:
         rss_before = rss_bytes(pid)
         followers = [asyncio.create_task(follow(i)) for i in range(watchers)]
@@ -70,25 +83,43 @@ async def _fan_out(
         open_seconds = (loadgen.now_ns() - opened) / 1e9
         await asyncio.sleep(SETTLE_SECONDS)
         rss_after = rss_bytes(pid)
-        published.set()
-        t0 = loadgen.now_ns()
-        await publish()
-        acked = loadgen.now_ns()
-        async with asyncio.timeout(OPEN_SECONDS):
-            await asyncio.gather(*followers)
+        # The client's garbage collector must not pause in the middle of a round: this process
+        # holds every stream, and a full collection over them takes long enough to skew a round.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        try:
+            for n in range(rounds):
+                server_before, client_before = cpu_sample(pid), cpu_sample(os.getpid())
+                t0 = loadgen.now_ns()
+                await publish()
+                ack_ms.append((loadgen.now_ns() - t0) / 1e6)
+                async with asyncio.timeout(OPEN_SECONDS):
+                    await _first_failure_or(arrived[n].wait(), followers)
+                reach_ms.append((max(arrivals[n]) - t0) / 1e6)
+                server_ms.append((cpu_sample(pid).total - server_before.total) * 1000)
+                client_ms.append((cpu_sample(os.getpid()).total - client_before.total) * 1000)
+                p50_ms.append((loadgen.percentile(sorted(arrivals[n]), 50) - t0) / 1e6)
+                await asyncio.sleep(SETTLE_SECONDS / 2)
+        finally:
+            gc.enable()
+            gc.unfreeze()
     finally:
         for call in calls:
             call.cancel()
         for channel in channels:
             await channel.close(grace=None)
-    return {
+    metrics = {
         "watchers": watchers,
-        "reach_all_ms": round((max(arrivals) - t0) / 1e6, 2),
-        "reach_p50_ms": round(loadgen.percentile(sorted(arrivals), 50) / 1e6 - t0 / 1e6, 2),
-        "publish_ack_ms": round((acked - t0) / 1e6, 2),
+        "reach_all_ms": round(statistics.median(reach_ms), 2),
+        "reach_p50_ms": round(statistics.median(p50_ms), 2),
+        "publish_ack_ms": round(statistics.median(ack_ms), 2),
         "kb_per_stream": round((rss_after - rss_before) / watchers / 1024, 1),
         "open_seconds": round(open_seconds, 2),
+        "server_cpu_ms": round(statistics.median(server_ms), 1),
+        "client_cpu_ms": round(statistics.median(client_ms), 1),
     }
+    return metrics, {"reach_all_ms_per_round": [round(r, 2) for r in reach_ms]}
 
 
 async def _first_failure_or(wait: Awaitable[object], followers: list[asyncio.Task[None]]) -> None:
@@ -122,13 +153,14 @@ async def ours(ctx: Context, watchers: int) -> Outcome:
         async def publish() -> None:
             await api.tasks.SendMessage(message, metadata=api.metadata, timeout=30)
 
-        metrics = await _fan_out(ctx, server.address, server.pid, watchers, open_stream, publish)
+        metrics, details = await _fan_out(ctx, server.address, server.pid, watchers, open_stream, publish)
     ctx.discard(workdir)
     return Outcome(
         f"fanout_{watchers}",
         f"Watch fan-out, {watchers:,} watchers",
-        load=f"{watchers:,} WatchTask streams on one task over {ctx.plan.streams_per_channel:,} streams per channel",
+        load=_load(ctx, watchers, "WatchTask streams on one task"),
         metrics=metrics,
+        details=details,
     )
 
 
@@ -158,15 +190,24 @@ async def bare(ctx: Context, watchers: int) -> Outcome:
             await send(message, metadata=metadata, timeout=30)
 
         try:
-            metrics = await _fan_out(ctx, address, proc.pid, watchers, open_stream, publish)
+            metrics, details = await _fan_out(ctx, address, proc.pid, watchers, open_stream, publish)
         finally:
             await control.close(grace=None)
     ctx.discard(workdir)
     return Outcome(
         f"broadcast_{watchers}",
         f"Bare grpc.aio broadcast, {watchers:,} streams",
-        load=f"{watchers:,} streams of the baseline server, same client",
+        load=_load(ctx, watchers, "streams of the bare broadcast server"),
         metrics=metrics,
+        details=details,
+    )
+
+
+def _load(ctx: Context, watchers: int, what: str) -> str:
+    plan = ctx.plan
+    return (
+        f"{watchers:,} {what}, {plan.streams_per_channel:,} per channel; "
+        f"median of {plan.fanout_rounds} events, each timed until all have it"
     )
 
 

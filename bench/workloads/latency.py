@@ -1,6 +1,7 @@
 """Dispatch and cancel latency at a stated load.
 
-Tasks are submitted open-loop at `rate` per second (not waiting for answers) to one worker
+Tasks are submitted open-loop at `rate` per second (each rate of the plan in turn, on a fresh
+server) (not waiting for answers) to one worker
 process. Every other task (`cancel_fraction`) says `hold`: the worker keeps it until the client
 cancels it, `cancel_after` seconds after Submit answered; the rest complete at once. So the load
 is `rate` tasks/s, half of them completed by the worker and half cancelled by the client.
@@ -35,10 +36,14 @@ def _clamped(deltas: list[int]) -> list[int]:
 
 
 async def latency(ctx: Context) -> list[Outcome]:
+    return [await _at(ctx, rate) for rate in ctx.plan.rates]
+
+
+async def _at(ctx: Context, rate: float) -> Outcome:
     plan = ctx.plan
-    workdir = ctx.scratch("latency")
+    workdir = ctx.scratch(f"latency-{rate:g}")
     record = workdir / "worker-record.json"
-    count = round(plan.rate * plan.latency_seconds)
+    count = round(rate * plan.latency_seconds)
     every = max(1, round(1 / plan.cancel_fraction)) if plan.cancel_fraction > 0 else 0
     acked: dict[str, int] = {}
     cancel_acked: dict[str, int] = {}
@@ -71,7 +76,7 @@ async def latency(ctx: Context) -> list[Outcome]:
 
             async with window(ctx, {**server.pids(), "worker": worker.pid}) as usage:
                 started = loadgen.now_ns()
-                skipped = await loadgen.paced(plan.rate, count, plan.latency_seconds, fire, MAX_UNANSWERED)
+                skipped = await loadgen.paced(rate, count, plan.latency_seconds, fire, MAX_UNANSWERED)
                 offered_seconds = (loadgen.now_ns() - started) / 1e9
             await _sleep_until(loadgen.now_ns() + int(SETTLE_SECONDS * 1e9))
         # The worker has stopped and written what it saw.
@@ -83,15 +88,15 @@ async def latency(ctx: Context) -> list[Outcome]:
     cancel = _clamped([told[t] - cancel_acked[t] for t in cancel_acked if t in told])
     d, c = loadgen.latency_ms(dispatch), loadgen.latency_ms(cancel)
     outcome = Outcome(
-        "latency",
-        "Dispatch and cancel latency",
+        f"latency_{rate:g}",
+        f"Dispatch and cancel latency at {rate:g} tasks/s",
         load=(
-            f"{plan.rate:g} tasks/s offered open-loop for {plan.latency_seconds:g} s, one SDK worker process "
+            f"{rate:g} tasks/s offered open-loop for {plan.latency_seconds:g} s, one SDK worker process "
             f"(capacity {plan.capacity}); {plan.cancel_fraction:.0%} cancelled {plan.cancel_after * 1000:g} ms "
             "after Submit answered, the rest completed"
         ),
         metrics={
-            "offered_rate": plan.rate,
+            "offered_rate": rate,
             "submit_rate": round(len(acked) / offered_seconds, 1) if offered_seconds else math.nan,
             "submit_p99_ms": loadgen.latency_ms(submit_ns)["p99_ms"],
             "dispatch_p50_ms": d["p50_ms"],
@@ -112,7 +117,7 @@ async def latency(ctx: Context) -> list[Outcome]:
     if errors or not dispatch or (every and not cancel):
         outcome.status = "failed"
         outcome.reason = f"{len(errors)} errors ({errors[0] if errors else ''}); {len(dispatch)} dispatches timed"
-    return [outcome]
+    return outcome
 
 
 async def _sleep_until(deadline_ns: int) -> None:

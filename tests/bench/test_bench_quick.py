@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # What `python -m bench --quick` runs, by outcome name; the peers may be skipped, with a reason.
-EXPECTED = ["echo", "submit_grpc", "submit_rest", "e2e", "huey", "a2a", "latency", "broadcast_1000", "fanout_1000"]
+EXPECTED = ["echo", "submit_grpc", "submit_rest", "e2e", "huey", "a2a", "latency_500", "broadcast_1000", "fanout_1000"]
 PEERS = {"huey", "a2a"}
 HEADLINE = {
     "echo": "rate",
@@ -23,7 +23,7 @@ HEADLINE = {
     "e2e": "rate",
     "huey": "rate",
     "a2a": "rate",
-    "latency": "dispatch_p99_ms",
+    "latency_500": "dispatch_p99_ms",
     "broadcast_1000": "reach_all_ms",
     "fanout_1000": "kb_per_stream",
 }
