@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -137,15 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="agenttasks-bench-"))
+    ctx = Context(plan, scratch, args.profile, keep=args.keep)
     meta = {"mode": plan.mode, "plan": {k: getattr(plan, k) for k in plan.__slots__}, **report.machine()}
     meta["started"] = datetime.now(UTC).isoformat(timespec="seconds")
     try:
-        outcomes = loadgen.run(run_all(names, Context(plan, scratch, args.profile)))
+        outcomes = loadgen.run(run_all(names, ctx))
     finally:
         if args.keep:
             print(f"[bench] scratch kept in {scratch}", file=sys.stderr)
         else:
-            Context.discard(scratch)
+            shutil.rmtree(scratch, ignore_errors=True)
     doc = report.document(outcomes, meta)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -73,11 +73,12 @@ class Context:
     plan: Plan
     root: Path
     profile_dir: Path | None = None
+    keep: bool = False
+    """Keep scratch directories (databases, process logs) for a look afterwards."""
 
     def scratch(self, name: str) -> Path:
-        path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
-        return path
+        return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
 
-    @staticmethod
-    def discard(path: Path) -> None:
-        shutil.rmtree(path, ignore_errors=True)
+    def discard(self, path: Path) -> None:
+        if not self.keep:
+            shutil.rmtree(path, ignore_errors=True)
