@@ -227,9 +227,14 @@ class Dispatcher:
                 return []
             claimed = []
             for task, session in zip(tx.next_queued(tenant, agent_id, len(slots)), slots, strict=False):
+                # A task whose only event is its creation has no messages: skip the query.
+                messages = (
+                    [_message(e) for e in tx.events_of_type(tenant, task.task_id, EventType.MESSAGE)]
+                    if task.last_sequence > 1
+                    else []
+                )
                 started = lifecycle.start(task, now, worker_id=session.worker_id, lease_until=lease_until)
                 task, events = save(tx, started)
-                messages = [_message(e) for e in tx.events_of_type(tenant, task.task_id, EventType.MESSAGE)]
                 claimed.append((task, events, session, messages))
             return claimed
 
