@@ -75,6 +75,9 @@ async def test_worker_role_may_not_submit(service: Service, connect: Callable[..
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await api.submit(agent_id)
     assert error_info(caught.value)[:2] == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # nor read the tenant's tasks
+        await api.tasks.GetStatus(tpb.GetStatusRequest(agent_id="-", task_id=agent_id), metadata=api.metadata)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_revoked_key_stops_working(db_path: Path) -> None:

@@ -178,3 +178,10 @@ async def test_submit_persists_across_restart(service: Service, client: Api, age
     answer = await client.submit(agent_id, "remember me")
     task = await service.store.read(lambda tx: tx.get_task("default", answer.task_id))
     assert task is not None and task.message == "remember me"
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+async def test_non_finite_metadata_numbers_are_invalid_argument(client: Api, agent_id: str, number: float) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.submit(agent_id, metadata=metadata({"budget": number}))
+    assert error_info(caught.value)[::2] == (grpc.StatusCode.INVALID_ARGUMENT, ["metadata"])

@@ -304,3 +304,39 @@ async def test_the_api_answers_while_deliveries_hang(hooked: Service, admin_api:
         await black_hole.wait_for(4)
         answers = await asyncio.gather(*(admin_api.submit(agent_id) for _ in range(20)))
         assert len({a.task_id for a in answers}) == 20
+
+
+async def test_a_pending_delivery_cannot_be_retried_by_hand(hooked: Service, admin_api: Api) -> None:
+    agent_id = await admin_api.create_agent()
+    async with Receiver(lambda n: Answer(hold=True)) as black_hole:
+        task_id = await submit_hooked(admin_api, agent_id, black_hole.url())
+        await cancel(admin_api, task_id)
+        await black_hole.wait_for(1)  # in flight right now
+        [pending] = (await status(admin_api, task_id)).task.webhook_deliveries
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await hooks(admin_api).RetryWebhookDelivery(
+                hpb.RetryWebhookDeliveryRequest(delivery_id=pending.delivery_id), metadata=admin_api.metadata
+            )
+        assert error_info(caught.value)[2] == ["delivery_id"]
+        assert len(black_hole.requests) == 1
+
+
+async def test_tenants_at_their_cap_do_not_starve_the_others(db_path: Path) -> None:
+    settings = make_settings(db_path, **FAST, webhook_timeout_seconds=10, webhook_concurrency=8, webhook_per_tenant=2)
+    async with Service(settings) as svc:
+        apis = [api_for(svc.address, await create_api_key(svc.store, f"stuck-{i}", Role.CLIENT)) for i in range(3)]
+        healthy_api = api_for(svc.address, await create_api_key(svc.store, "healthy", Role.CLIENT))
+        try:
+            async with Receiver(lambda n: Answer(hold=True)) as black_hole, Receiver() as healthy:
+                for api in apis:  # three tenants, each with a backlog to a dead endpoint
+                    stuck_agent = await api.create_agent()
+                    for _ in range(5):
+                        await cancel(api, await submit_hooked(api, stuck_agent, black_hole.url()))
+                await black_hole.wait_for(6)  # 3 tenants x 2 slots hang; 2 of 8 slots are free
+                agent_id = await healthy_api.create_agent()
+                await cancel(healthy_api, await submit_hooked(healthy_api, agent_id, healthy.url()))
+                await healthy.wait_for(1)
+                assert len(black_hole.requests) == 6
+        finally:
+            for api in [*apis, healthy_api]:
+                await api.channel.close()

@@ -355,3 +355,65 @@ async def test_drain_ends_worker_streams_and_gives_their_tasks_back(
     finally:
         await store.close()
     assert task is not None and (task.status.value, task.status_reason) == ("queued", "LEASE_LOST")
+
+
+# --- regressions from review ---
+
+
+async def test_a_cancel_whose_caller_gave_up_still_reaches_the_worker_and_the_watchers(
+    service: Service, client: Api, agent_id: str, workers: StartWorker
+) -> None:
+    from agenttasks.core.model import Principal
+
+    task_id = (await client.submit(agent_id)).task_id
+    worker = await workers(agent_id)
+    await worker.next_assignment()
+    stream = client.tasks.WatchTask(tpb.WatchTaskRequest(agent_id=agent_id, task_id=task_id), metadata=client.metadata)
+    iterator = aiter(stream)
+    await anext(iterator)  # the snapshot
+    # The caller is cancelled right after its write was queued (what gRPC does when a client's
+    # deadline passes): the commit stands, so what follows it must happen too.
+    caller = asyncio.ensure_future(service.tasks.cancel(Principal("default", Role.CLIENT, "t"), agent_id, task_id))
+    await asyncio.sleep(0)
+    caller.cancel()
+    stop = await asyncio.wait_for(worker.cancels.get(), 10)
+    assert stop.reason == "CANCELLED_BY_CLIENT"
+    rest = [m async for m in iterator]
+    assert [m.type for m in rest][-2:] == ["status", "end"]
+
+
+async def test_a_report_refused_by_the_store_frees_the_workers_slot(
+    service: Service, client: Api, agent_id: str, workers: StartWorker
+) -> None:
+    from dataclasses import replace
+
+    from agenttasks.core.model import TaskStatus
+
+    first = (await client.submit(agent_id)).task_id
+    worker = await workers(agent_id, capacity=1)
+    assignment = await worker.next_assignment()
+
+    def ended_elsewhere(tx):  # type: ignore[no-untyped-def]
+        # As another replica would: the task ends in the store, and this process hears nothing.
+        task = tx.get_task("default", first)
+        tx.update_task(replace(task, status=TaskStatus.CANCELLED, worker_id="", lease_expires_at=None))
+
+    await service.store.write(ended_elsewhere)
+    late = await worker.send(complete=wpb.CompleteTask(task=ref(assignment), text="x"))
+    assert reason_of(late) == "LEASE_LOST"
+    second = (await client.submit(agent_id)).task_id
+    assert (await worker.next_assignment()).task.task_id == second  # capacity 1 is free again
+
+
+async def test_reports_keep_all_the_workers_leases_alive(client: Api, agent_id: str, workers: StartWorker) -> None:
+    ids = [(await client.submit(agent_id, f"job {i}")).task_id for i in range(2)]
+    worker = await workers(agent_id, capacity=2, heartbeat=False)
+    a, b = await worker.next_assignment(), await worker.next_assignment()
+    for _ in range(12):  # three lease periods, with progress on one task only
+        await worker.send(progress=wpb.ReportProgress(task=ref(a), percent=10))
+        await asyncio.sleep(0.25)
+    assert worker.cancels.empty()
+    for task_id in ids:
+        task = (await status(client, task_id)).task
+        assert (task.status, task.attempt) == ("running", 1), task_id
+    assert (await worker.send(complete=wpb.CompleteTask(task=ref(b), text="fine"))).code == 0

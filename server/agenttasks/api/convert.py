@@ -8,6 +8,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
+from agenttasks.core.errors import InvalidArgument
 from agenttasks.core.model import Agent, JsonObject, Task, TaskEvent, WebhookDelivery, utcnow
 from agenttasks.core.tasks import MessageResult, SubmitResult
 from agenttasks.core.watch import Snapshot, StreamEnd, WatchItem
@@ -34,7 +35,10 @@ def struct_to_dict(message: Any, field: str) -> JsonObject | None:
     """A Struct field of a request as a dict, or None when the client did not set it."""
     if not message.HasField(field):
         return None
-    result: JsonObject = json_format.MessageToDict(getattr(message, field))
+    try:
+        result: JsonObject = json_format.MessageToDict(getattr(message, field))
+    except ValueError:  # NaN or Infinity: not JSON, so not storable or renderable
+        raise InvalidArgument.field(field, "numbers must be finite (no NaN or Infinity)") from None
     return result
 
 

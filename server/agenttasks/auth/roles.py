@@ -14,7 +14,6 @@ from agenttasks.core.model import Principal, Role
 _ADMIN_ONLY = frozenset({Role.ADMIN})
 _CLIENTS = frozenset({Role.ADMIN, Role.CLIENT})
 _WORKERS = frozenset({Role.ADMIN, Role.WORKER})
-_EVERYONE = frozenset(Role)
 
 SERVICE_ROLES: Mapping[str, frozenset[Role]] = {
     "agenttasks.v1.TaskService": _CLIENTS,
@@ -24,9 +23,6 @@ SERVICE_ROLES: Mapping[str, frozenset[Role]] = {
 """Roles allowed on every method of a service, keyed by the fully qualified service name."""
 
 METHOD_ROLES: Mapping[str, frozenset[Role]] = {
-    # Workers read the task they run and the agent they serve.
-    "/agenttasks.v1.TaskService/GetStatus": _EVERYONE,
-    "/agenttasks.v1.AgentService/GetAgent": _EVERYONE,
     # The delivery log and retries are the client's business; signing secrets stay admin-only
     # (WebhookService is not in SERVICE_ROLES, so its other methods fall to admin).
     "/agenttasks.v1.WebhookService/ListWebhookDeliveries": _CLIENTS,

@@ -17,7 +17,7 @@ from agenttasks.core.errors import AgentNotFound, InvalidArgument
 from agenttasks.core.ids import check_id, new_id
 from agenttasks.core.model import Agent, AgentStatus, JsonObject, Principal, Task, TaskEvent, utcnow
 from agenttasks.core.paging import PageTokens
-from agenttasks.core.ports import ReadTx, Store, WriteTx, save
+from agenttasks.core.ports import ReadTx, Store, WriteTx, save, to_the_end
 from agenttasks.core.watch import EventHub
 
 
@@ -119,9 +119,12 @@ class AgentCore:
                 tx.update_agent(changed)
             return changed
 
-        agent = await self._store.write(op)
-        self.on_status_change(agent.tenant, agent.agent_id)
-        return agent
+        async def write_then_tell() -> Agent:
+            agent = await self._store.write(op)
+            self.on_status_change(agent.tenant, agent.agent_id)
+            return agent
+
+        return await to_the_end(write_then_tell())
 
     async def update(
         self,
@@ -195,8 +198,11 @@ class AgentCore:
             tx.delete_agent(tenant, agent_id)
             return changes
 
-        changes = await self._store.write(op)
-        for task, events in changes:
-            self._hub.publish(task, events)
-        self.on_status_change(tenant, agent_id)
-        return len(changes)
+        async def write_then_publish() -> int:
+            changes = await self._store.write(op)
+            for task, events in changes:
+                self._hub.publish(task, events)
+            self.on_status_change(tenant, agent_id)
+            return len(changes)
+
+        return await to_the_end(write_then_publish())

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 from agenttasks.core import lifecycle
 from agenttasks.core.agents import find_agent
-from agenttasks.core.errors import InvalidArgument, LeaseLost
+from agenttasks.core.errors import InvalidArgument, LeaseLost, ShuttingDown
 from agenttasks.core.ids import check_id, new_id
 from agenttasks.core.model import (
     AgentStatus,
@@ -40,7 +40,7 @@ from agenttasks.core.model import (
     TaskStatus,
     utcnow,
 )
-from agenttasks.core.ports import Store, WriteTx, save
+from agenttasks.core.ports import Store, WriteTx, save, to_the_end
 from agenttasks.core.watch import EventHub
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,8 @@ class WorkerSession:
         # When the worker last said anything. One silent past its lease gets no new work until
         # it speaks again: it is probably stuck, and its tasks were just taken back from it.
         self.last_seen = now
+        # When all its leases were last renewed (by a heartbeat, or a report that did it).
+        self.leases_renewed = now
 
     @property
     def free(self) -> int:
@@ -140,6 +142,7 @@ class Dispatcher:
         self._holder: dict[str, WorkerSession] = {}
         self._rounds: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._again: set[tuple[str, str]] = set()
+        self._closed = False
         hub.listen(self._on_change)
 
     @property
@@ -155,6 +158,8 @@ class Dispatcher:
         if len(name) > 200:
             raise InvalidArgument.field("hello.worker_name", "must be at most 200 characters")
         await self._store.read(lambda tx: find_agent(tx, principal.tenant, agent_id))
+        if self._closed:  # the drain began while we looked the agent up
+            raise ShuttingDown("server is shutting down; reconnect shortly")
         session = WorkerSession(new_id(), principal.tenant, agent_id, capacity, name, self._clock())
         self._sessions[(session.tenant, agent_id)][session.worker_id] = session
         log.info("worker %s (%s) connected to agent %s, capacity %d", session.worker_id, name, agent_id, capacity)
@@ -284,8 +289,15 @@ class Dispatcher:
     ) -> None:
         now = self._clock()
         self._heard_from(session, now)
+        # Any report keeps all the worker's leases alive, as a heartbeat does; renewing them on
+        # every report would cost an update of every held row, so at most every third of a lease.
+        renew_all = now - session.leases_renewed > self.lease / 3
+        if renew_all:
+            session.leases_renewed = now
 
         def op(tx: WriteTx) -> tuple[Task, list[TaskEvent]]:
+            if renew_all:
+                tx.renew_leases(session.worker_id, now + self.lease)
             task = tx.get_task(session.tenant, ref.task_id)
             if (
                 task is None
@@ -302,11 +314,22 @@ class Dispatcher:
                 task = replace(task, lease_expires_at=now + self.lease)
             return save(tx, (task, events))
 
-        task, events = await self._store.write(op)
-        if not task.worker_id:  # the holder finished it itself: no stop to send
-            self._release(task.task_id)
-            self.poke(session.tenant, session.agent_id)
-        self._hub.publish(task, events)
+        async def write_then_publish() -> None:
+            try:
+                task, events = await self._store.write(op)
+            except LeaseLost:
+                # The store says this attempt is not the worker's: if our map still thought it
+                # was, free the slot, or the worker's capacity would shrink for good.
+                if self._holder.get(ref.task_id) is session and session.held.get(ref.task_id) == ref.attempt:
+                    self._release(ref.task_id)
+                    self.poke(session.tenant, session.agent_id)
+                raise
+            if not task.worker_id:  # the holder finished it itself: no stop to send
+                self._release(task.task_id)
+                self.poke(session.tenant, session.agent_id)
+            self._hub.publish(task, events)
+
+        await to_the_end(write_then_publish())
 
     async def progress(self, session: WorkerSession, ref: TaskRef, percent: float, text: str) -> None:
         if not 0 <= percent <= 100:
@@ -351,6 +374,7 @@ class Dispatcher:
         now = self._clock()
         self._heard_from(session, now)
         until = now + self.lease
+        session.leases_renewed = now
         await self._store.write(lambda tx: tx.renew_leases(session.worker_id, until))
 
     # --- sweeps ---
@@ -362,10 +386,14 @@ class Dispatcher:
     ) -> int:
         """Apply `change` to every selected task in one write, then tell watchers and holders."""
         now = self._clock()
-        changes = await self._store.write(lambda tx: [save(tx, change(tx, t, now)) for t in select(tx, now)])
-        for task, events in changes:
-            self._hub.publish(task, events)  # the listener stops each at a holder still connected
-        return len(changes)
+
+        async def write_then_publish() -> int:
+            changes = await self._store.write(lambda tx: [save(tx, change(tx, t, now)) for t in select(tx, now)])
+            for task, events in changes:
+                self._hub.publish(task, events)  # the listener stops each at a holder still connected
+            return len(changes)
+
+        return await to_the_end(write_then_publish())
 
     async def _take_back(self, select: Callable[[WriteTx, datetime], list[Task]]) -> int:
         """Lose the leases of the selected tasks: requeue them, or fail them with their attempts spent."""
@@ -396,6 +424,7 @@ class Dispatcher:
         """Stop dispatching and end every worker stream (on drain), so the server need not wait
         out its grace period for streams that never end by themselves. Each ended connection
         gives its tasks back as usual; workers reconnect to another replica or after restart."""
+        self._closed = True
         for task in list(self._rounds.values()):
             task.cancel()
         for sessions in self._sessions.values():

@@ -53,7 +53,8 @@ class CallbackMode(enum.StrEnum):
 
 class Role(enum.StrEnum):
     """What a credential may do: admin everything in its tenant, client the task and agent APIs,
-    worker only the worker protocol (and reading the tasks it serves)."""
+    worker only the worker protocol (its assignments carry what it needs; a worker key reads no
+    task it was not given)."""
 
     ADMIN = "admin"
     CLIENT = "client"

@@ -14,9 +14,10 @@ All lookups take the tenant: rows of another tenant are invisible, never an erro
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from agenttasks.core.codec import task_to_json
 from agenttasks.core.ids import new_id
@@ -224,3 +225,17 @@ def outbox_row(task: Task, event: TaskEvent) -> WebhookDelivery:
         updated_at=event.time,
         next_attempt_at=event.time,
     )
+
+
+async def to_the_end(work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` (a write and what must follow its commit: publishing its events, telling
+    workers) to the end even if the caller is cancelled.
+
+    A queued write commits whatever happens to its caller, and gRPC cancels a handler whose
+    client gave up (a deadline, a reset stream); without this, the commit would stand but the
+    worker would never be told and watchers would never see it.
+    """
+    task = asyncio.ensure_future(work)
+    # Retrieve a late failure, so that a caller who left does not leave it unobserved.
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return await asyncio.shield(task)

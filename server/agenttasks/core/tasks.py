@@ -30,7 +30,7 @@ from agenttasks.core.model import (
     utcnow,
 )
 from agenttasks.core.paging import PageTokens
-from agenttasks.core.ports import ReadTx, Store, WriteTx, save
+from agenttasks.core.ports import ReadTx, Store, WriteTx, save, to_the_end
 from agenttasks.core.watch import EventHub, WatchItem, follow
 
 # Without run history, assume a task takes this long when estimating start times.
@@ -163,10 +163,13 @@ class TaskCore:
         return base, f"{base}/cancel"
 
     async def _commit(self, fn: Callable[[WriteTx], tuple[Any, Task | None, list[TaskEvent]]]) -> Any:
-        result, task, events = await self._store.write(fn)
-        if task is not None:
-            self._hub.publish(task, events)
-        return result
+        async def write_then_publish() -> Any:
+            result, task, events = await self._store.write(fn)
+            if task is not None:
+                self._hub.publish(task, events)
+            return result
+
+        return await to_the_end(write_then_publish())
 
     async def submit(
         self,

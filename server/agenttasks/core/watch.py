@@ -53,12 +53,12 @@ class Subscription:
 
     def drain(self) -> None:
         """Forget queued events after catching up from the store."""
+        self.lagged = False
         while not self._queue.empty():
             item = self._queue.get_nowait()
-            if isinstance(item, _Shutdown):
+            if isinstance(item, _Shutdown):  # keep it: the watcher must still see the shutdown
                 self._queue.put_nowait(item)
                 return
-        self.lagged = False
 
     def close(self) -> None:
         if not self.closed:

@@ -77,7 +77,8 @@ class WebhookServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RetryWebhookDelivery(self, request, context):
-        """Schedule a dead (or pending) delivery again now, with a fresh retry schedule.
+        """Schedule a dead delivery again now, with a fresh retry schedule. (A pending one is still
+        being retried on its own schedule, and may be in flight.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

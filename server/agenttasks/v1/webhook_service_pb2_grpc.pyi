@@ -41,7 +41,9 @@ class WebhookServiceStub:
     ListWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_webhook_service_pb2.ListWebhookDeliveriesRequest, _webhook_service_pb2.ListWebhookDeliveriesResponse]
     """The deliveries of one task, oldest first."""
     RetryWebhookDelivery: _grpc.UnaryUnaryMultiCallable[_webhook_service_pb2.RetryWebhookDeliveryRequest, _webhook_service_pb2.RetryWebhookDeliveryResponse]
-    """Schedule a dead (or pending) delivery again now, with a fresh retry schedule."""
+    """Schedule a dead delivery again now, with a fresh retry schedule. (A pending one is still
+    being retried on its own schedule, and may be in flight.)
+    """
     GetSigningSecret: _grpc.UnaryUnaryMultiCallable[_webhook_service_pb2.GetSigningSecretRequest, _webhook_service_pb2.GetSigningSecretResponse]
     """The tenant's signing secret (made on first use)."""
     RotateSigningSecret: _grpc.UnaryUnaryMultiCallable[_webhook_service_pb2.RotateSigningSecretRequest, _webhook_service_pb2.RotateSigningSecretResponse]
@@ -62,7 +64,9 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
     ListWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_webhook_service_pb2.ListWebhookDeliveriesRequest, _webhook_service_pb2.ListWebhookDeliveriesResponse]  # type: ignore[assignment]
     """The deliveries of one task, oldest first."""
     RetryWebhookDelivery: _aio.UnaryUnaryMultiCallable[_webhook_service_pb2.RetryWebhookDeliveryRequest, _webhook_service_pb2.RetryWebhookDeliveryResponse]  # type: ignore[assignment]
-    """Schedule a dead (or pending) delivery again now, with a fresh retry schedule."""
+    """Schedule a dead delivery again now, with a fresh retry schedule. (A pending one is still
+    being retried on its own schedule, and may be in flight.)
+    """
     GetSigningSecret: _aio.UnaryUnaryMultiCallable[_webhook_service_pb2.GetSigningSecretRequest, _webhook_service_pb2.GetSigningSecretResponse]  # type: ignore[assignment]
     """The tenant's signing secret (made on first use)."""
     RotateSigningSecret: _aio.UnaryUnaryMultiCallable[_webhook_service_pb2.RotateSigningSecretRequest, _webhook_service_pb2.RotateSigningSecretResponse]  # type: ignore[assignment]
@@ -92,7 +96,9 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _webhook_service_pb2.RetryWebhookDeliveryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_webhook_service_pb2.RetryWebhookDeliveryResponse, _abc.Awaitable[_webhook_service_pb2.RetryWebhookDeliveryResponse]]:
-        """Schedule a dead (or pending) delivery again now, with a fresh retry schedule."""
+        """Schedule a dead delivery again now, with a fresh retry schedule. (A pending one is still
+        being retried on its own schedule, and may be in flight.)
+        """
 
     @_abc_1.abstractmethod
     def GetSigningSecret(

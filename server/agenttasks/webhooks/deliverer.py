@@ -152,10 +152,16 @@ class Deliverer:
         # retry it; after a crash, what was in flight is due again this soon.
         claim_until = now + timedelta(seconds=self._timeout + CLAIM_MARGIN_SECONDS)
         busy = Counter(self._busy)
+        # Tenants at their cap get nothing this round, but the store does not know that: fetch
+        # past their rows, or their backlog would fill the batch and leave free slots idle.
+        full = sum(1 for n in busy.values() if n >= self._per_tenant)
+        fetch = free + full * self._per_tenant
 
         def claim(tx: WriteTx) -> list[WebhookDelivery]:
-            claimed = []
-            for delivery in tx.due_deliveries(now, free, self._per_tenant):
+            claimed: list[WebhookDelivery] = []
+            for delivery in tx.due_deliveries(now, fetch, self._per_tenant):
+                if len(claimed) >= free:
+                    break
                 if busy[delivery.tenant] >= self._per_tenant:
                     continue
                 busy[delivery.tenant] += 1

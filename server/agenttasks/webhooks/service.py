@@ -42,8 +42,11 @@ class WebhookCore:
             found = tx.get_delivery(principal.tenant, delivery_id)
             if found is None:
                 raise DeliveryNotFound(delivery_id)
-            if found.state is DeliveryState.DELIVERED:
-                raise InvalidArgument.field("delivery_id", "this delivery already succeeded")
+            if found.state is not DeliveryState.DEAD:
+                # A pending delivery may be in flight right now: sending it again would send
+                # it twice at once. It is retried on its own schedule anyway.
+                why = "already succeeded" if found.state is DeliveryState.DELIVERED else "is still being retried"
+                raise InvalidArgument.field("delivery_id", f"only a dead delivery can be retried; this one {why}")
             again = replace(found, state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, updated_at=now)
             tx.update_delivery(again)
             return again
