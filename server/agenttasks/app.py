@@ -66,6 +66,9 @@ GRPC_OPTIONS = [
     ("grpc.server.max_pending_requests", 20000),
     ("grpc.server.max_pending_requests_hard_limit", 40000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Above gRPC's 4 MiB default, so a worker's oversized report is refused with an ack
+    # (INVALID_ARGUMENT) instead of ending its whole stream and requeueing all its tasks.
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
     ("grpc.http2.min_ping_interval_without_data_ms", 10000),
 ]
 

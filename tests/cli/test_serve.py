@@ -16,6 +16,7 @@ from .support import (
     StartServer,
     assert_clean_stop,
     failed,
+    free_port,
     ok,
     one_line,
     run_cli,
@@ -109,8 +110,12 @@ def test_a_too_short_jwt_secret_fails_with_one_clear_line(tmp_path: Path) -> Non
 
 
 @pytest.mark.timeout(120)
-def test_sigterm_ends_open_watch_streams_and_exits_0(start_server: StartServer, tmp_path: Path) -> None:
-    server = start_server(tmp_path / "x.db")
+def test_sigterm_ends_open_watches_resumably_and_watch_follows_the_task_after_a_restart(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    db = tmp_path / "x.db"
+    server = start_server(db, "--grpc-port", str(port))
     address, key = server.address(), server.admin_key()
     env = {"AGENTTASKS_SERVER": address, "AGENTTASKS_API_KEY": key}
     agent = one_line(ok(run_cli("agents", "create", "drain-test", env=env)))
@@ -120,11 +125,16 @@ def test_sigterm_ends_open_watch_streams_and_exits_0(start_server: StartServer, 
     try:
         watcher.wait_for_stdout(re.compile(r"^\[\d+\] queued$"))
         assert_clean_stop(server)
-        # The stream ends with a resumable final message, not an error; the task did not complete.
-        assert watcher.wait() == 1, watcher.stdout + watcher.stderr
+        # The stream ends with a resumable final message, not an error...
+        watcher.wait_for_stdout(re.compile(r"^\[end\] server shutdown; task queued$"))
+        # ...and watch follows the task again once the server is back.
+        again = start_server(db, "--grpc-port", str(port))
+        assert again.address() == address
+        ok(run_cli("cancel", task, env=env))
+        assert watcher.wait() == 1, watcher.stdout + watcher.stderr  # 1: it did not complete
     finally:
         watcher.kill()
-    assert watcher.stdout.splitlines()[-1] == "[end] server shutdown; task queued", watcher.stdout
+    assert watcher.stdout.splitlines()[-1] == "[end] task finished; task cancelled", watcher.stdout
     assert "Traceback" not in watcher.stderr
 
 

@@ -355,3 +355,19 @@ async def test_sdk_worker_and_runner_compose(service: Service, worker_key: str, 
         await asyncio.wait_for(worker.wait_connected(), WAIT_SECONDS)
         task = await tasks.wait(await tasks.submit("shout this"), "completed")
     assert task.result.text == "SHOUT THIS\n"
+
+
+async def test_a_program_that_closes_stdout_runs_on_to_its_exit(start_worker: StartWorker, tasks: Tasks) -> None:
+    program = "echo start; exec >/dev/null; sleep 1; echo finished >&2; exit 0"
+    await start_worker(ExecRunner(["sh", "-c", program]))
+    task = await tasks.wait(await tasks.submit("go"), "completed", "failed")
+    assert (task.status, task.result.text) == ("completed", "start\n"), task.error.message
+
+
+async def test_a_chatty_program_keeps_the_tail_of_its_output_as_result(start_worker: StartWorker, tasks: Tasks) -> None:
+    program = "import sys\nfor i in range(30000): print(f'line {i:05d} ' + 'x' * 40)\nprint('the end')"
+    await start_worker(ExecRunner([PY, "-c", program]))
+    task = await tasks.wait(await tasks.submit("talk"), "completed", "failed")
+    assert task.status == "completed", task.error.message
+    assert task.result.text.startswith("[output truncated") and task.result.text.endswith("the end\n")
+    assert len(task.result.text.encode()) <= 1024 * 1024

@@ -389,3 +389,36 @@ async def test_bad_arguments_are_refused_at_once() -> None:
         Worker("127.0.0.1:1", "key", "agent", handle, capacity=0)
     with pytest.raises(ValueError, match="agent_id"):
         Worker("127.0.0.1:1", "key", "", handle)
+
+
+# --- regressions from review ---
+
+
+async def test_result_data_that_is_not_json_fails_the_task_and_frees_the_slot(
+    start_worker: StartWorker, tasks: Tasks
+) -> None:
+    from datetime import datetime
+
+    async def handle(ctx: TaskContext) -> Result:
+        if ctx.message == "bad":
+            return Result("done", {"when": datetime.now()})
+        return Result("fine")
+
+    await start_worker(handle)  # capacity 1: a stuck slot would block the second task
+    bad = await tasks.submit("bad")
+    good = await tasks.submit("good")
+    failed = await tasks.wait(bad, "failed")
+    assert failed.error.code == "WORKER_ERROR" and "not JSON" in failed.error.message
+    assert (await tasks.wait(good, "completed")).result.text == "fine"
+
+
+async def test_an_oversized_result_fails_only_its_own_task(start_worker: StartWorker, tasks: Tasks) -> None:
+    async def handle(ctx: TaskContext) -> str:
+        return "x" * (5 * 1024 * 1024) if ctx.message == "huge" else "small"
+
+    await start_worker(handle, capacity=2)
+    huge = await tasks.submit("huge")
+    small = await tasks.submit("small")
+    failed = await tasks.wait(huge, "failed")
+    assert failed.error.code == "WORKER_ERROR" and failed.attempt == 1  # not requeued: the stream held
+    assert (await tasks.wait(small, "completed")).result.text == "small"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -16,6 +17,9 @@ from agenttasks.v1 import task_service_pb2 as tpb
 
 # AIP-159: a task can be named without its agent.
 ANY_AGENT = "-"
+# After a server shutdown, `watch` keeps trying to resume this long.
+RECONNECT_SECONDS = 60.0
+RECONNECT_PAUSE_SECONDS = 1.0
 
 
 def _metadata(text: str | None) -> struct_pb2.Struct | None:
@@ -142,22 +146,37 @@ def tasks_list(client: Client, args: argparse.Namespace) -> int:
 def _watch(client: Client, agent_id: str, task_id: str, after: int, as_json: bool, until: str | None = None) -> int:
     """Follow the task. The exit status tells scripts how it went: 0 when it completed (or
     reached `until`), 1 otherwise."""
-    request = tpb.WatchTaskRequest(agent_id=agent_id, task_id=task_id, after_sequence=after)
-    final = ""
-    stream = client.stream(client.tasks.WatchTask, request)
-    try:
-        for event in stream:
-            if as_json:
-                print(render.as_json(event), flush=True)
-            else:
-                render.write_event(event, sys.stdout)
-            if until and event.type != "end" and event.status == until:
-                return 0
-            if event.type == "end":
-                final = event.status
-    finally:
-        stream.close()
-    return 0 if final == "completed" else 1
+    final, retry_until = "", 0.0
+    while True:
+        request = tpb.WatchTaskRequest(agent_id=agent_id, task_id=task_id, after_sequence=after)
+        stream = client.stream(client.tasks.WatchTask, request)
+        resumable = False
+        try:
+            for event in stream:
+                retry_until = 0.0  # connected: a later shutdown gets a fresh retry window
+                if as_json:
+                    print(render.as_json(event), flush=True)
+                else:
+                    render.write_event(event, sys.stdout)
+                if until and event.type != "end" and event.status == until:
+                    return 0
+                if event.type == "end":
+                    final, after = event.status, event.sequence
+                    resumable = event.reason == "SERVER_SHUTDOWN"
+                elif event.type != "snapshot":
+                    after = event.sequence
+        except CliError:
+            if not retry_until or time.monotonic() > retry_until:
+                raise
+            time.sleep(RECONNECT_PAUSE_SECONDS)  # the server is still restarting
+            continue
+        finally:
+            stream.close()
+        if not resumable:
+            return 0 if final == "completed" else 1
+        # The server drained: follow the task again once it (or another replica) is back.
+        retry_until = retry_until or time.monotonic() + RECONNECT_SECONDS
+        time.sleep(RECONNECT_PAUSE_SECONDS)
 
 
 def watch(client: Client, args: argparse.Namespace) -> int:

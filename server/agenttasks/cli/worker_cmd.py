@@ -106,6 +106,8 @@ async def _serve(worker: Worker) -> None:
         await worker.wait_connected()
     except Exception:
         await asyncio.gather(running, return_exceptions=True)
+        if worker.stopping:  # stopped (SIGINT/SIGTERM) before it ever connected: a clean exit
+            return
         raise
     print(
         f"agenttasks worker {worker.worker_id} connected to {worker.server}: "

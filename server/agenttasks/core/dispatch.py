@@ -49,6 +49,7 @@ MAX_CAPACITY = 1000
 MAX_TEXT_BYTES = 64 * 1024
 MAX_CHUNK_BYTES = 256 * 1024
 MAX_RESULT_BYTES = 1024 * 1024
+MAX_OUTPUT_BYTES = 1024 * 1024
 SWEEP_BATCH = 500
 _HELD = (TaskStatus.RUNNING, TaskStatus.AWAITING_INPUT)
 
@@ -339,9 +340,17 @@ class Dispatcher:
         await self._report(session, ref, lambda tx, t, now: lifecycle.progress(t, Progress(percent, text), now))
 
     async def output(self, session: WorkerSession, ref: TaskRef, chunk: str) -> None:
-        if _bytes(chunk) > MAX_CHUNK_BYTES:
+        size = _bytes(chunk)
+        if size > MAX_CHUNK_BYTES:
             raise InvalidArgument.field("output.chunk", f"must be at most {MAX_CHUNK_BYTES} bytes")
-        await self._report(session, ref, lambda tx, t, now: lifecycle.output(t, chunk, now))
+
+        def append(tx: WriteTx, task: Task, now: datetime) -> lifecycle.Transition:
+            # Every GetStatus and assignment carries the output: it must stay a sane size.
+            if _bytes(task.output) + size > MAX_OUTPUT_BYTES:
+                raise InvalidArgument.field("output.chunk", f"a task keeps at most {MAX_OUTPUT_BYTES} bytes of output")
+            return lifecycle.output(task, chunk, now)
+
+        await self._report(session, ref, append)
 
     async def ask(self, session: WorkerSession, ref: TaskRef, prompt: str) -> None:
         if not prompt.strip() or _bytes(prompt) > MAX_TEXT_BYTES:

@@ -66,6 +66,10 @@ def _answer_lost(error: grpc.aio.AioRpcError) -> bool:
     return error.code() is grpc.StatusCode.INTERNAL and error.details() == "Internal error from Core"
 
 
+# The largest report the server stores is a 1 MiB result; anything much bigger is refused here.
+MAX_REPORT_BYTES = 2 * 1024 * 1024
+
+
 class ConnectRefused(Exception):
     """The server refused the worker's hello for a reason retrying cannot fix."""
 
@@ -198,6 +202,10 @@ class Session:
         """Send one report and wait for its ack; a non-OK ack raises `ReportRejected`/`LeaseLost`."""
         if self._closed is not None:
             raise self._closed
+        if (size := request.ByteSize()) > MAX_REPORT_BYTES:
+            # Sent, it would end the whole stream (gRPC's message limit) and requeue every task
+            # of this worker; refused here, only this report fails.
+            raise ReportRejected("INVALID_ARGUMENT", "REPORT_TOO_LARGE", f"{size} bytes; at most {MAX_REPORT_BYTES}")
         request_id = next(self._ids)
         request.request_id = request_id
         ack: asyncio.Future[status_pb2.Status] = asyncio.get_running_loop().create_future()
@@ -351,7 +359,10 @@ class Session:
             outcome = ""
         if not isinstance(outcome, str | Result):
             return ctx.fail_request(WORKER_ERROR, f"the handler returned {type(outcome).__name__}, not str or Result")
-        return ctx.complete_request(outcome)
+        try:
+            return ctx.complete_request(outcome)
+        except (ValueError, TypeError) as error:  # data a JSON object cannot hold (a datetime...)
+            return ctx.fail_request(WORKER_ERROR, f"the result's data is not JSON: {error}")
 
     async def _final_report(self, ctx: TaskContext, request: worker_service_pb2.ConnectRequest) -> None:
         try:

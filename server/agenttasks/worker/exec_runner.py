@@ -29,12 +29,15 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agenttasks.worker.context import WORKER_ERROR, TaskContext, TaskFailed
+from agenttasks.worker.context import WORKER_ERROR, ReportRejected, TaskContext, TaskFailed
 
 INPUT_PREFIX = "::input::"
 PROGRESS_PREFIX = "::progress::"
 STDERR_TAIL_BYTES = 2048
 READ_CHUNK_BYTES = 64 * 1024
+# The server keeps a result of at most 1 MiB: keep the tail of stdout within that (with room for
+# the truncation note), rather than lose the whole result of a chatty program.
+RESULT_KEEP_BYTES = 1024 * 1024 - 4096
 MAX_LINE_CHARS = 16 * 1024
 """A longer line without a newline is passed on in pieces (never taken for an instruction).
 With the 64 KiB reads, no line or piece is over 128 KiB of UTF-8 (the server takes 256 KiB)."""
@@ -149,6 +152,9 @@ class _Conversation:
     """The stdout side of one run: output, questions, progress, and the text of the result."""
 
     def __init__(self, ctx: TaskContext, stdin: asyncio.Queue[str]) -> None:
+        self.result_bytes = 0
+        self.truncated = False
+        self.output_full = False
         self.ctx = ctx
         self.stdin = stdin
         self.result: list[str] = []
@@ -190,7 +196,19 @@ class _Conversation:
 
     async def _send(self, chunk: str) -> None:
         self.result.append(chunk)
-        await self.ctx.output(chunk)
+        self.result_bytes += len(chunk.encode())
+        while self.result_bytes > RESULT_KEEP_BYTES and len(self.result) > 1:  # keep the tail
+            self.result_bytes -= len(self.result.pop(0).encode())
+            self.truncated = True
+        if self.output_full:
+            return
+        try:
+            await self.ctx.output(chunk)
+        except ReportRejected as rejected:
+            if rejected.code != "INVALID_ARGUMENT":
+                raise
+            # The task's output is full: the program runs on, its result keeps the tail.
+            self.output_full = True
 
 
 class _ExitAware(asyncio.subprocess.SubprocessStreamProtocol):
@@ -301,6 +319,10 @@ class ExecRunner:
         exited = asyncio.create_task(child.exited.wait(), name=f"agenttasks-exit-{child.pid}")
         try:
             await asyncio.wait({reading, exited}, return_when=asyncio.FIRST_COMPLETED)
+            if reading.done() and not exited.done() and reading.exception() is None:
+                # Its stdout closed (`exec >logfile`, say) but the program runs on: its exit is
+                # the end of the task, bounded as ever by the task's timeout or a cancel.
+                await exited
             if not reading.done():
                 # It exited; the rest of its output gets the grace period to arrive...
                 await asyncio.wait({reading}, timeout=self.grace_seconds)
@@ -374,7 +396,8 @@ class ExecRunner:
     def _outcome(self, child: _Child, talk: _Conversation, stderr: asyncio.Task[bytes]) -> str:
         code = child.transport.get_returncode()
         if code == 0:
-            return "".join(talk.result)
+            text = "".join(talk.result)
+            return f"[output truncated: the last {len(text.encode())} bytes follow]\n{text}" if talk.truncated else text
         tail = ""
         if stderr.done() and not stderr.cancelled():
             tail = stderr.result().decode("utf-8", errors="replace").lstrip("\ufffd").strip()

@@ -33,6 +33,8 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # An assignment carries the task's output so far, which may pass gRPC's 4 MiB default.
+    ("grpc.max_receive_message_length", -1),
 ]
 
 
@@ -111,6 +113,11 @@ class Worker:
         `loop.add_signal_handler` qualifies); from another thread use `loop.call_soon_threadsafe`.
         """
         self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether stop() was called."""
+        return self._stopping.is_set()
 
     async def wait_connected(self) -> None:
         """Wait until the worker is connected; raises what ended `run()` if it ended first."""
