@@ -257,17 +257,6 @@ async def test_revocation_takes_effect_when_the_entry_expires(store: CountingSto
 
 
 @pytest.mark.asyncio
-async def test_forget_applies_a_revocation_at_once(store: CountingStore) -> None:
-    auth = Authenticator(store, _settings(), SECRET, api_key_cache_ttl=3600, clock=FakeClock())
-    key = await create_api_key(store, "acme", Role.CLIENT)
-    key_id = key.split("_", 2)[1]
-    await auth.authenticate({"x-api-key": key})
-    assert await revoke_api_key(store, key_id)
-    auth.forget(key_id)
-    assert await _rejected(auth, {"x-api-key": key}) == INVALID_API_KEY
-
-
-@pytest.mark.asyncio
 async def test_cached_key_still_checks_the_secret(store: CountingStore) -> None:
     auth = Authenticator(store, _settings(), SECRET, api_key_cache_ttl=3600, clock=FakeClock())
     key = await create_api_key(store, "acme", Role.ADMIN)

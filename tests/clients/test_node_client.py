@@ -21,8 +21,8 @@ from agenttasks.core.model import Role
 from agenttasks.v1 import task_service_pb2 as tpb
 from agenttasks.v1 import task_service_pb2_grpc
 from agenttasks.v1 import worker_service_pb2 as wpb
+from tests.dispatch.raw_worker import RawWorker, ref
 from tests.support import Api
-from tests.workers.raw_worker import RawWorker, ref
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CLIENT_DIR = ROOT / "clients" / "node"

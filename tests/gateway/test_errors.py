@@ -11,8 +11,8 @@ from agenttasks.auth import create_api_key
 from agenttasks.core.model import Role
 from agenttasks.gateway import Gateway
 from agenttasks.v1 import worker_service_pb2 as wpb
+from tests.dispatch.raw_worker import RawWorker, ref
 from tests.gateway.support import assert_error, http_client
-from tests.workers.raw_worker import RawWorker, ref
 
 pytestmark = pytest.mark.asyncio
 

@@ -13,8 +13,8 @@ from agenttasks.app import Service
 from agenttasks.auth import create_api_key
 from agenttasks.core.model import Role
 from agenttasks.v1 import worker_service_pb2 as wpb
+from tests.dispatch.raw_worker import RawWorker, ref
 from tests.gateway.support import is_time, sse_events
-from tests.workers.raw_worker import RawWorker, ref
 
 pytestmark = pytest.mark.asyncio
 

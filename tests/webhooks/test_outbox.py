@@ -22,9 +22,9 @@ from agenttasks.v1 import task_service_pb2 as tpb
 from agenttasks.v1 import webhook_service_pb2 as hpb
 from agenttasks.v1 import webhook_service_pb2_grpc
 from agenttasks.v1 import worker_service_pb2 as wpb
+from tests.dispatch.raw_worker import RawWorker, ref
 from tests.support import Api, api_for, error_info, make_settings
 from tests.webhooks.receiver import Answer, Receiver
-from tests.workers.raw_worker import RawWorker, ref
 
 pytestmark = pytest.mark.asyncio
 

@@ -133,11 +133,6 @@ StartWorker = Callable[..., Awaitable[Worker]]
 """`await start_worker(handler, capacity=1, agent_id=None, api_key=None)`: a connected worker."""
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "agenttasks.db"
-
-
 @pytest_asyncio.fixture
 async def service(db_path: Path) -> AsyncIterator[Service]:
     """The real service, with short leases and fast sweeps so lost leases show within seconds."""

@@ -36,9 +36,9 @@ class Authenticator:
     Verified API keys are remembered for `api_key_cache_ttl` seconds (at most `api_key_cache_size`
     of them, least recently used dropped first) to spare a store read on every call. The cache
     holds the stored record, not the answer, so the secret is still checked on every call; the
-    cost is that a revoked key keeps working in this process for up to the TTL, unless `forget`
-    is called. Only successes are cached: a key that fails is looked up again next time. A TTL of
-    0 disables the cache.
+    cost is that a revoked key keeps working for up to the TTL (revocation happens in another
+    process, `agenttasks keys revoke`, so nothing here is told). Only successes are cached: a
+    key that fails is looked up again next time. A TTL of 0 disables the cache.
     """
 
     def __init__(
@@ -85,10 +85,6 @@ class Authenticator:
             return await self._api_key(api_key)
 
         raise Unauthenticated(MISSING_CREDENTIALS)
-
-    def forget(self, key_id: str) -> None:
-        """Drops a cached key, so a revocation made through this process applies at once."""
-        self._cache.pop(key_id, None)
 
     async def _api_key(self, text: str) -> Principal:
         parsed = parse_api_key(text)

@@ -107,9 +107,6 @@ class EventHub:
         for listener in self._listeners:
             listener(task, events)
 
-    def watcher_count(self, task_id: str) -> int:
-        return len(self._subs.get(task_id, ()))
-
     def close(self) -> None:
         """End every watch with a shutdown signal (on server drain)."""
         self._closed = True

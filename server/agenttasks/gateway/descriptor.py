@@ -32,8 +32,6 @@ SERVICES: tuple[ServiceDescriptor, ...] = (
 )
 """The services with `google.api.http` annotations: what REST clients can reach."""
 
-SERVICE_NAMES: tuple[str, ...] = tuple(service.full_name for service in SERVICES)
-
 _ROOTS: tuple[FileDescriptor, ...] = (
     *(service.file for service in SERVICES),
     # Types the transcoder must know to render error bodies; see the module docstring.

@@ -17,8 +17,8 @@ from agenttasks.store import open_store
 from agenttasks.v1 import agent_service_pb2 as apb
 from agenttasks.v1 import task_service_pb2 as tpb
 from agenttasks.v1 import worker_service_pb2 as wpb
+from tests.dispatch.raw_worker import RawWorker, reason_of, ref
 from tests.support import Api
-from tests.workers.raw_worker import RawWorker, reason_of, ref
 
 pytestmark = pytest.mark.asyncio
 

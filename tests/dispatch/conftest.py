@@ -10,8 +10,8 @@ import pytest_asyncio
 from agenttasks.app import Service
 from agenttasks.auth import create_api_key
 from agenttasks.core.model import Role
+from tests.dispatch.raw_worker import RawWorker
 from tests.support import make_settings
-from tests.workers.raw_worker import RawWorker
 
 LEASE_SECONDS = 1.0
 SWEEP_SECONDS = 0.05
