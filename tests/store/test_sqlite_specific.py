@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from agenttasks.core.model import Agent, Task, TaskStatus
+from agenttasks.core.model import Agent, AgentStatus, Task, TaskStatus
 from agenttasks.core.ports import ReadTx, WriteTx
 from agenttasks.store import SqliteStore, open_store, sqlite_path
 from agenttasks.store.migrations import Migration, applied_migrations, load_migrations, migrate, split_statements
@@ -30,7 +30,16 @@ from agenttasks.store.sqlite_writer import TransactionLost
 MakeAgent = Callable[..., Agent]
 MakeTask = Callable[..., Task]
 
-EXPECTED_TABLES = {"agents", "tasks", "task_events", "api_keys", "idempotency", "meta", "schema_migrations"}
+EXPECTED_TABLES = {
+    "agents",
+    "tasks",
+    "task_events",
+    "api_keys",
+    "idempotency",
+    "meta",
+    "schema_migrations",
+    "queue_counts",
+}
 EXPECTED_INDEXES = {
     "agents_by_created",
     "tasks_by_agent",
@@ -282,7 +291,10 @@ async def test_a_version_1_database_is_upgraded_in_place_keeping_its_data(tmp_pa
         conn.close()
     async with await SqliteStore.open(path) as store:
         task = await store.read(lambda tx: tx.get_task("t", "t1"))
+        # 0004 counted the queue that was already there.
+        queued = await store.read(lambda tx: tx.queued_at_or_above("t", "a1", 1))
     assert task is not None and task.message == "old task"
+    assert queued == 1
     assert (task.worker_id, task.lease_expires_at, task.deadline_at, task.run_seconds_left) == ("", None, None, None)
 
 
@@ -498,3 +510,66 @@ def test_public_surface() -> None:
 
     assert sorted(store.__all__) == ["SqliteStore", "WriterStats", "open_store", "sqlite_path"]
     assert {"open", "open_temporary", "read", "write", "close", "stats"} <= set(dir(SqliteStore))
+
+
+# --- the writer's agent cache ---
+
+
+@pytest.mark.asyncio
+async def test_the_writer_sees_an_agent_changed_by_another_connection(
+    sqlite_store: SqliteStore, tmp_path: Path, make_agent: MakeAgent
+) -> None:
+    """An admin command writing the same file from another process must not be hidden by the
+    writer's agent cache: data_version tells the writer someone else committed."""
+    await sqlite_store.write(lambda tx: tx.insert_agent(make_agent()))
+    first = await sqlite_store.write(lambda tx: tx.get_agent("tenant-a", "agent-1"))
+    assert first is not None and first.status.value == "active"
+
+    other = sqlite3.connect(tmp_path / "agenttasks.db", isolation_level=None)
+    try:
+        other.execute("UPDATE agents SET status = 'paused' WHERE agent_id = 'agent-1'")
+    finally:
+        other.close()
+
+    again = await sqlite_store.write(lambda tx: tx.get_agent("tenant-a", "agent-1"))
+    assert again is not None and again.status.value == "paused"
+
+
+@pytest.mark.asyncio
+async def test_a_failed_write_leaves_no_agent_it_read_in_the_cache(
+    sqlite_store: SqliteStore, make_agent: MakeAgent
+) -> None:
+    """A write function that changes an agent, reads it back (filling the cache) and then fails
+    is rolled back; the next write must see the agent as stored, not as the failed one left it."""
+    await sqlite_store.write(lambda tx: tx.insert_agent(make_agent()))
+
+    def pause_then_fail(tx: WriteTx) -> None:
+        agent = tx.get_agent("tenant-a", "agent-1")
+        assert agent is not None
+        tx.update_agent(make_agent(status=AgentStatus.PAUSED))
+        paused = tx.get_agent("tenant-a", "agent-1")
+        assert paused is not None and paused.status is AgentStatus.PAUSED
+        raise KeyError("on purpose")
+
+    with pytest.raises(KeyError):
+        await sqlite_store.write(pause_then_fail)
+    stored = await sqlite_store.write(lambda tx: tx.get_agent("tenant-a", "agent-1"))
+    assert stored is not None and stored.status is AgentStatus.ACTIVE
+
+
+@pytest.mark.asyncio
+async def test_agent_writes_are_seen_by_later_writes_in_the_same_batch(
+    sqlite_store: SqliteStore, make_agent: MakeAgent
+) -> None:
+    await sqlite_store.write(lambda tx: tx.insert_agent(make_agent()))
+    await sqlite_store.write(lambda tx: tx.get_agent("tenant-a", "agent-1"))  # cached as active
+    async with writer_held(sqlite_store):
+        writes = asyncio.gather(
+            sqlite_store.write(lambda tx: tx.update_agent(make_agent(status=AgentStatus.PAUSED))),
+            sqlite_store.write(lambda tx: tx.get_agent("tenant-a", "agent-1")),
+            sqlite_store.write(lambda tx: tx.delete_agent("tenant-a", "agent-1")),
+            sqlite_store.write(lambda tx: tx.get_agent("tenant-a", "agent-1")),
+        )
+    _, paused, _, deleted = await writes
+    assert paused is not None and paused.status is AgentStatus.PAUSED
+    assert deleted is None

@@ -210,7 +210,7 @@ async def test_other_tenants_see_nothing(store: Store, make_agent: MakeAgent, ma
             tx.list_tasks(other, "agent-1", status=None, before_seq=None, limit=10),
             tx.unfinished_tasks(other, "agent-1"),
             tx.events_after(other, "task-1", 0, 10),
-            tx.queued_ahead(other, "agent-1", 0, 1_000_000, 100),
+            tx.queued_at_or_above(other, "agent-1", 0),
             tx.recent_run_seconds(other, "agent-1", 10),
             tx.get_idempotency(other, "submit:agent-1", "k"),
             tx.list_api_keys(other),
@@ -218,7 +218,7 @@ async def test_other_tenants_see_nothing(store: Store, make_agent: MakeAgent, ma
 
     assert await store.read(look) == [None, [], None, [], [], [], 0, None, None, []]
     # The owner does see them, so the empty answers above are isolation, not missing data.
-    assert await store.read(lambda tx: tx.queued_ahead("tenant-a", "agent-1", 0, 1_000_000, 100)) == 1
+    assert await store.read(lambda tx: tx.queued_at_or_above("tenant-a", "agent-1", 0)) == 1
 
 
 async def test_list_tasks_newest_first_with_filter_and_paging(
@@ -364,25 +364,44 @@ async def test_closed_store_refuses_work_and_closes_twice(store_url: str) -> Non
         await opened.write(lambda tx: tx.set_meta("x", "y"))
 
 
-async def test_queued_ahead_counts_by_priority_then_fifo(
-    store: Store, make_agent: MakeAgent, make_task: MakeTask
+async def test_queued_counts_follow_every_way_into_and_out_of_the_queue(
+    store: Store, make_agent: MakeAgent, make_task: MakeTask, when: When
 ) -> None:
     await add_agent(store, make_agent())
     await add_agent(store, make_agent("agent-2"))
-    low1 = await add_task(store, make_task("low-1", priority=1))
-    await add_task(store, make_task("high-1", priority=9))
-    mid1 = await add_task(store, make_task("mid-1", priority=5))
+    await add_task(store, make_task("low-1", priority=1))
+    high = await add_task(store, make_task("high-1", priority=9))
+    mid = await add_task(store, make_task("mid-1", priority=5))
     await add_task(store, make_task("running-high", priority=9, status=TaskStatus.RUNNING))
-    mid2 = await add_task(store, make_task("mid-2", priority=5))
+    await add_task(store, make_task("mid-2", priority=5))
     await add_task(store, make_task("other-agent-high", agent_id="agent-2", priority=9))
 
-    async def ahead(task: Task, limit: int = 100) -> int:
-        return await store.read(lambda tx: tx.queued_ahead("tenant-a", "agent-1", task.priority, task.seq, limit))
+    async def counts(agent_id: str = "agent-1") -> list[int]:
+        def read(tx: ReadTx) -> list[int]:
+            return [tx.queued_at_or_above("tenant-a", agent_id, p) for p in (10, 9, 5, 1)]
 
-    assert await ahead(mid1) == 1  # high-1
-    assert await ahead(mid2) == 2  # high-1, mid-1
-    assert await ahead(low1) == 3  # high-1, mid-1, mid-2
-    assert await ahead(low1, limit=2) == 2  # counting stops at the limit
+        return await store.read(read)
+
+    assert await counts() == [0, 1, 3, 4]  # running-high and agent-2's task are not counted
+    assert await counts("agent-2") == [0, 1, 1, 1]
+
+    # Claimed, then requeued after a lost lease; cancelled; priority changed while queued.
+    running = dataclasses.replace(high, status=TaskStatus.RUNNING, worker_id="w", updated_at=when(2))
+    await store.write(lambda tx: tx.update_task(running))
+    assert await counts() == [0, 0, 2, 3]
+    await store.write(lambda tx: tx.update_task(dataclasses.replace(running, status=TaskStatus.QUEUED, worker_id="")))
+    assert await counts() == [0, 1, 3, 4]
+    await store.write(lambda tx: tx.update_task(dataclasses.replace(mid, status=TaskStatus.CANCELLED)))
+    assert await counts() == [0, 1, 2, 3]
+    await store.write(lambda tx: tx.update_task(dataclasses.replace(high, priority=10)))
+    assert await counts() == [1, 1, 2, 3]
+    # An update that leaves a queued task queued at its priority changes nothing.
+    await store.write(lambda tx: tx.update_task(dataclasses.replace(high, priority=10, message="edited")))
+    assert await counts() == [1, 1, 2, 3]
+
+    await store.write(lambda tx: tx.delete_agent("tenant-a", "agent-2"))
+    assert await counts("agent-2") == [0, 0, 0, 0]
+    assert await counts() == [1, 1, 2, 3]
 
 
 async def test_recent_run_seconds_is_the_mean_of_the_latest_completions(

@@ -85,9 +85,10 @@ class ReadTx(Protocol):
         """The running or awaiting tasks a worker connection holds."""
         ...
 
-    def queued_ahead(self, tenant: str, agent_id: str, priority: int, seq: int, limit: int) -> int:
-        """How many queued tasks of the agent will be dispatched before one at (priority, seq),
-        counting no further than `limit` (the cost must not grow with the backlog)."""
+    def queued_at_or_above(self, tenant: str, agent_id: str, priority: int) -> int:
+        """How many of the agent's tasks are queued at `priority` or higher. For a task just
+        inserted that is itself and every task dispatched before it (FIFO within a priority).
+        Its cost must not grow with the backlog: it runs in every Submit."""
         ...
 
     def recent_run_seconds(self, tenant: str, agent_id: str, limit: int) -> float | None:

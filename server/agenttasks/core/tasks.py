@@ -36,9 +36,6 @@ from agenttasks.core.watch import EventHub, WatchItem, follow
 # Without run history, assume a task takes this long when estimating start times.
 DEFAULT_RUN_SECONDS = 60.0
 RUN_HISTORY = 50
-# Beyond this many tasks ahead an estimate is a rough guess anyway; counting further would make
-# every Submit slower the deeper the queue gets (measured: 23% of Submit's server time at 1,000).
-ESTIMATE_QUEUE_LIMIT = 100
 # Recent run times change slowly; reading them on every Submit cost a query each time.
 RUN_ESTIMATE_TTL_SECONDS = 5.0
 EVENT_PAGE = 500
@@ -237,7 +234,7 @@ class TaskCore:
             task = tx.insert_task(task)
             for event in events:
                 tx.append_event(event)
-            ahead = tx.queued_ahead(tenant, agent_id, task.priority, task.seq, ESTIMATE_QUEUE_LIMIT)
+            ahead = tx.queued_at_or_above(tenant, agent_id, task.priority) - 1  # all but itself
             run_seconds = self._run_seconds(tx, tenant, agent_id)
             poll_url, cancel_url = self._urls(agent_id, task_id)
             result = SubmitResult(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from agenttasks.core.ports import WriteTx
-from agenttasks.store.sqlite_tx import SqliteWriteTx
+from agenttasks.store.sqlite_tx import AgentCache, SqliteWriteTx
 
 T = TypeVar("T")
 
@@ -71,6 +71,10 @@ class GroupCommitWriter:
         self._writes = 0
         self._batches = 0
         self._commits = 0
+        # Agents read or written by this writer (see SqliteWriteTx), valid while data_version
+        # shows no commit by another connection.
+        self._agents: AgentCache = {}
+        self._data_version = -1
 
     def stats(self) -> WriterStats:
         return WriterStats(writes=self._writes, batches=self._batches, commits=self._commits)
@@ -146,16 +150,26 @@ class GroupCommitWriter:
         self._batches += 1
         try:
             conn.execute("BEGIN IMMEDIATE")
+            # Inside the transaction: nobody else can commit until ours ends.
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             self._settle([(job.future, exc, None) for job in jobs], [job.loop for job in jobs])
             return
+        if version != self._data_version:  # another connection (an admin command) committed
+            self._agents.clear()
+            self._data_version = version
         outcomes: list[_Outcome] = []
         for index, job in enumerate(jobs):
             self._writes += 1
-            error, value = self._run_one(conn, job.fn)
+            error, value = self._run_one(conn, job.fn, self._agents)
+            if error is not None:  # its rolled-back reads may have filled the cache
+                self._agents.clear()
             outcomes.append((job.future, error, value))
             if not conn.in_transaction:
                 # SQLite dropped the whole transaction: earlier successes are gone with it.
+                self._agents.clear()
                 reason = f" after {error!r}" if error is not None else ""
                 lost = TransactionLost(f"SQLite rolled back the batch transaction{reason}; this write was lost")
                 lost.__cause__ = error
@@ -167,6 +181,7 @@ class GroupCommitWriter:
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            self._agents.clear()
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             # A function that failed on its own keeps its own error: that is still the truth.
@@ -176,9 +191,11 @@ class GroupCommitWriter:
         self._settle(outcomes, [job.loop for job in jobs])
 
     @staticmethod
-    def _run_one(conn: sqlite3.Connection, fn: Callable[[WriteTx], Any]) -> tuple[Exception | None, Any]:
+    def _run_one(
+        conn: sqlite3.Connection, fn: Callable[[WriteTx], Any], agents: AgentCache
+    ) -> tuple[Exception | None, Any]:
         conn.execute("SAVEPOINT write_fn")
-        tx = SqliteWriteTx(conn)
+        tx = SqliteWriteTx(conn, agents)
         try:
             value = fn(tx)
         except Exception as exc:

@@ -146,20 +146,11 @@ SELECT * FROM task_events
 WHERE tenant = :tenant AND task_id = :task_id AND type = :type
 ORDER BY sequence;
 
--- name: queued_ahead
--- Walks tasks_queued from the head of the queue towards (priority, seq), stopping after :limit
--- rows: every Submit runs this inside the single writer, so its cost must not grow with the
--- backlog (about 80 ns a row, measured).
--- The tenant is checked once, on the agent row (agent_id is globally unique and the foreign key
--- ties every task's tenant to its agent's), so the walk itself reads only the partial index
--- tasks_queued and never the table (measured: 18% of the writer's Submit time otherwise).
-SELECT count(*) FROM (
-    SELECT 1 FROM tasks AS t
-    WHERE t.agent_id = :agent_id AND t.status = 'queued'
-        AND (t.priority > :priority OR (t.priority = :priority AND t.seq < :seq))
-    LIMIT :limit
-)
-WHERE EXISTS (SELECT 1 FROM agents WHERE agent_id = :agent_id AND tenant = :tenant);
+-- name: queued_at_or_above
+-- From the per-priority counts the triggers of 0004_queue_counts keep: one short index range,
+-- whatever the backlog.
+SELECT coalesce(sum(queued), 0) FROM queue_counts
+WHERE tenant = :tenant AND agent_id = :agent_id AND priority >= :priority;
 
 -- name: recent_run_seconds
 -- Microseconds; NULL (no rows) means no history.
