@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import os
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,10 @@ def generate(out_root: Path) -> list[Path]:
         f"--mypy_grpc_out={out_root}",
         *sources,
     ]
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    # protoc finds its mypy plugins on PATH: the ones installed beside this interpreter, even
+    # when it is run as .venv/bin/python without activating the venv.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PATH": path})
     init = target / "__init__.py"
     init.write_text('"""Generated from proto/agenttasks/v1 by scripts/gen_proto.py; do not edit."""\n')
     return sorted(p for p in target.iterdir() if p.name.endswith(GENERATED_SUFFIXES) or p == init)
