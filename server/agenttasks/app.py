@@ -58,6 +58,8 @@ HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 BOOTSTRAP_TENANT = "default"
 _BOOTSTRAP_MARK = "bootstrap_admin_key_issued"
 PURGE_INTERVAL_SECONDS = 3600.0
+# Expired idempotency keys deleted per write: a day of keyed Submits can expire at once.
+PURGE_BATCH = 5_000
 
 GRPC_OPTIONS = [
     # Two servers on one port would silently share traffic; a clash must fail loudly instead.
@@ -211,7 +213,12 @@ class Service:
         store = self.store
 
         async def purge() -> None:
-            removed = await store.write(lambda tx: tx.purge_idempotency(utcnow()))
+            removed = 0
+            while True:  # in bounded writes, so other writes get their turn in between
+                batch = await store.write(lambda tx: tx.purge_idempotency(utcnow(), PURGE_BATCH))
+                removed += batch
+                if batch < PURGE_BATCH:
+                    break
             if removed:
                 log.info("purged %d expired idempotency keys", removed)
 

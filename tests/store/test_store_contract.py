@@ -454,7 +454,10 @@ async def test_idempotency_records_expire(store: Store, when: When) -> None:
     await store.write(lambda tx: tx.put_idempotency(renewed))
     assert await store.read(lambda tx: tx.get_idempotency("tenant-a", "submit:agent-1", "key-2")) == renewed
 
-    assert await store.write(lambda tx: tx.purge_idempotency(now + timedelta(hours=2))) == 2
+    later = now + timedelta(hours=2)
+    assert await store.write(lambda tx: tx.purge_idempotency(later, 1)) == 1  # bounded by its limit
+    assert await store.write(lambda tx: tx.purge_idempotency(later, 10)) == 1
+    assert await store.write(lambda tx: tx.purge_idempotency(later, 10)) == 0
     assert await store.read(lambda tx: tx.get_idempotency("tenant-a", "submit:agent-1", "key-1")) is None
 
 

@@ -151,8 +151,9 @@ class WriteTx(ReadTx, Protocol):
 
     def put_idempotency(self, record: IdempotencyRecord) -> None: ...
 
-    def purge_idempotency(self, now: datetime) -> int:
-        """Deletes expired idempotency records; returns how many."""
+    def purge_idempotency(self, now: datetime, limit: int) -> int:
+        """Deletes up to `limit` expired idempotency records; returns how many. Bounded so that
+        one write never holds the writer for long, however many keys expired at once."""
         ...
 
     def put_api_key(self, record: ApiKeyRecord) -> None: ...

@@ -500,8 +500,8 @@ class SqliteWriteTx(SqliteReadTx):
         }
         self._execute("put_idempotency", params)
 
-    def purge_idempotency(self, now: datetime) -> int:
-        return self._execute("purge_idempotency", {"now": to_micros(now)}).rowcount
+    def purge_idempotency(self, now: datetime, limit: int) -> int:
+        return self._execute("purge_idempotency", {"now": to_micros(now), "limit": limit}).rowcount
 
     def put_api_key(self, record: ApiKeyRecord) -> None:
         params = {

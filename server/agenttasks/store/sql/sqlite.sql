@@ -209,7 +209,9 @@ ON CONFLICT (tenant, scope, key) DO UPDATE SET
     expires_at = excluded.expires_at;
 
 -- name: purge_idempotency
-DELETE FROM idempotency WHERE expires_at <= :now;
+DELETE FROM idempotency WHERE (tenant, scope, key) IN (
+    SELECT tenant, scope, key FROM idempotency WHERE expires_at <= :now LIMIT :limit
+);
 
 -- name: get_meta
 SELECT value FROM meta WHERE name = :name;
