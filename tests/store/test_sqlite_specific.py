@@ -79,15 +79,15 @@ def raw(tx: ReadTx) -> sqlite3.Connection:
 
 @asynccontextmanager
 async def writer_held(store: SqliteStore) -> AsyncIterator[None]:
-    """Keeps the writer busy inside a write function until the block ends, so every write
-    queued in the block lands in the one next batch."""
+    """Keeps the writer's commit thread busy until the block ends, so that every write queued
+    in the block waits for it and lands in the one next batch."""
     entered, release = threading.Event(), threading.Event()
 
-    def hold(tx: WriteTx) -> None:
+    def hold() -> None:
         entered.set()
         release.wait(30)
 
-    holder = asyncio.ensure_future(store.write(hold))
+    holder = store._writer.on_commit_thread(hold)
     await asyncio.to_thread(entered.wait, 30)
     try:
         yield
@@ -123,12 +123,27 @@ async def test_wal_full_sync_and_foreign_keys_on_every_connection(sqlite_store: 
 
 
 @pytest.mark.asyncio
-async def test_no_sqlite_call_on_the_event_loop_thread(sqlite_store: SqliteStore) -> None:
+async def test_nothing_that_waits_runs_on_the_event_loop_thread(sqlite_store: SqliteStore) -> None:
+    """BEGIN IMMEDIATE (which waits for another process's lock) and COMMIT (which waits for the
+    fsync) run on the commit thread, reads on reader threads; on the loop run only the short
+    statements of write functions."""
     loop_thread = threading.current_thread()
+    seen: list[tuple[threading.Thread, str]] = []
+
+    def trace(tx: WriteTx) -> None:
+        raw(tx).set_trace_callback(lambda sql: seen.append((threading.current_thread(), sql.split()[0].upper())))
+
+    await sqlite_store.write(trace)
+    await sqlite_store.write(lambda tx: tx.set_meta("a", "b"))
+    await sqlite_store.write(lambda tx: raw(tx).set_trace_callback(None))
     read_thread = await sqlite_store.read(lambda tx: threading.current_thread())
-    write_thread = await sqlite_store.write(lambda tx: threading.current_thread())
-    assert loop_thread not in (read_thread, write_thread)
-    assert read_thread is not write_thread
+
+    on_loop = {sql for thread, sql in seen if thread is loop_thread}
+    elsewhere = {sql for thread, sql in seen if thread is not loop_thread}
+    assert {"BEGIN", "COMMIT"} <= elsewhere
+    assert on_loop and not on_loop & {"BEGIN", "COMMIT", "ROLLBACK"}
+    assert "INSERT" in on_loop  # the write function's own statement
+    assert read_thread is not loop_thread
 
 
 @pytest.mark.asyncio
@@ -172,8 +187,8 @@ async def test_concurrent_writes_share_one_commit(
         lambda tx: tx.list_tasks("tenant-a", "agent-1", status=None, before_seq=None, limit=1000)
     )
     assert len(tasks) == 200
-    assert after.writes - before.writes == 201  # the holder and the 200
-    assert after.commits - before.commits == 2  # the holder's batch and one for all 200
+    assert after.writes - before.writes == 200
+    assert after.commits - before.commits == 1  # one for all 200
     # Futures resolve in submission order, so seqs follow the order of the calls.
     assert [t.seq for t in inserted] == sorted(t.seq for t in inserted)
 
@@ -184,7 +199,7 @@ async def test_batches_are_capped(tmp_path: Path) -> None:
         async with writer_held(store):
             writes = asyncio.gather(*(store.write(lambda tx, i=i: tx.set_meta(f"k{i}", "v")) for i in range(7)))
         await writes
-        assert store.stats().batches == 1 + 3  # holder, then 3 + 3 + 1
+        assert store.stats().batches == 3  # 3 + 3 + 1
 
 
 @pytest.mark.asyncio
@@ -206,7 +221,7 @@ async def test_a_failing_write_is_rolled_back_alone_within_its_batch(
             return_exceptions=True,
         )
     first, failed, reused = await writes
-    assert sqlite_store.stats().commits - before.commits == 2
+    assert sqlite_store.stats().commits - before.commits == 1
     assert isinstance(failed, KeyError)
     assert isinstance(first, Task) and isinstance(reused, Task)
     assert await sqlite_store.read(lambda tx: tx.get_task("tenant-a", "doomed")) == reused
@@ -573,3 +588,33 @@ async def test_agent_writes_are_seen_by_later_writes_in_the_same_batch(
     _, paused, _, deleted = await writes
     assert paused is not None and paused.status is AgentStatus.PAUSED
     assert deleted is None
+
+
+@pytest.mark.asyncio
+async def test_writes_that_wait_during_a_batch_commit_in_the_next(sqlite_store: SqliteStore) -> None:
+    """The second batch runs in the transaction its predecessor's COMMIT step began for it."""
+    before = sqlite_store.stats()
+    async with writer_held(sqlite_store):
+        first = asyncio.ensure_future(sqlite_store.write(lambda tx: tx.set_meta("first", "1")))
+        await asyncio.sleep(0.05)  # the first batch now waits for the commit thread
+        second = asyncio.ensure_future(sqlite_store.write(lambda tx: tx.set_meta("second", "2")))
+    await asyncio.gather(first, second)
+    after = sqlite_store.stats()
+    assert (after.batches - before.batches, after.commits - before.commits) == (2, 2)
+
+    def look(tx: ReadTx) -> tuple[str | None, str | None]:
+        return tx.get_meta("first"), tx.get_meta("second")
+
+    assert await sqlite_store.read(look) == ("1", "2")  # committed, as a reader sees
+    assert await sqlite_store.write(lambda tx: raw(tx).in_transaction)  # and writes go on in one
+
+
+@pytest.mark.asyncio
+async def test_the_store_refuses_a_second_event_loop(sqlite_store: SqliteStore) -> None:
+    await sqlite_store.write(lambda tx: tx.set_meta("a", "b"))
+
+    async def elsewhere() -> None:
+        await sqlite_store.write(lambda tx: tx.set_meta("c", "d"))
+
+    with pytest.raises(RuntimeError, match="another event loop"):
+        await asyncio.to_thread(asyncio.run, elsewhere())

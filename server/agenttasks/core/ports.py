@@ -1,13 +1,15 @@
 """The storage port: the one protocol every backend (SQLite, PostgreSQL) implements.
 
 The core expresses each operation as a plain function over a transaction view (`ReadTx` or
-`WriteTx`) and hands it to `Store.read` or `Store.write`. The backend runs it where blocking is
-allowed (a reader or writer thread, never the event loop) and, for writes, inside one
-transaction: a state change and its events commit together or not at all. A write function
-that raises leaves nothing behind, and the exception reaches the awaiting caller.
+`WriteTx`) and hands it to `Store.read` or `Store.write`. The backend decides where it runs (the
+SQLite backend runs reads on reader threads and write functions in batches on the event loop,
+with BEGIN and COMMIT on a thread) and, for writes, runs it inside one transaction: a state
+change and its events commit together or not at all. A write function that raises leaves
+nothing behind, and the exception reaches the awaiting caller.
 
 Backends may run many write functions in one commit (group commit), so a write function must
-only touch the database through its `tx` and must not block on anything else.
+only touch the database through its `tx`, must not block on anything else, and should be short:
+it may run on the event loop.
 
 All lookups take the tenant: rows of another tenant are invisible, never an error.
 """

@@ -143,8 +143,8 @@ class TaskCore:
         self._base_url = value.rstrip("/")
 
     def _run_seconds(self, tx: ReadTx, tenant: str, agent_id: str) -> float:
-        """The agent's recent mean running time, re-read at most every few seconds. Called in
-        the writer thread; a racing refresh just reads the same value twice."""
+        """The agent's recent mean running time, re-read at most every few seconds. Called
+        from write functions; a racing refresh would just read the same value twice."""
         key = (tenant, agent_id)
         cached = self._run_estimates.get(key)
         now = time.monotonic()

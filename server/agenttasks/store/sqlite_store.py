@@ -1,9 +1,11 @@
 """SqliteStore: the embedded default backend.
 
-One file in WAL mode, `synchronous=FULL` so an acknowledged write survives power loss, and two
-kinds of threads so that no sqlite3 call runs on the event loop: one writer thread with its own
-connection that group-commits (see `sqlite_writer`), and a few reader threads, each with its
-own read-only connection, which WAL lets read a committed snapshot while the writer writes.
+One file in WAL mode, `synchronous=FULL` so an acknowledged write survives power loss. One
+writer connection group-commits (see `sqlite_writer`: its write functions run in batches on the
+event loop, its BEGIN and COMMIT on a commit thread, so the loop never waits for a lock or a
+disk), and a few reader threads, each with its own read-only connection, which WAL lets read a
+committed snapshot while the writer writes: reads can be long (lists, event pages) and run
+concurrently, so they stay off the loop.
 """
 
 from __future__ import annotations
@@ -92,7 +94,6 @@ class SqliteStore:
         self._reader_conns_lock = threading.Lock()
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
-        self._writer.start()
 
     @classmethod
     async def open(
@@ -182,8 +183,7 @@ class SqliteStore:
         # Writes first (the writer drains its queue before it stops), then reads, then the
         # connections, readers before the writer so that the writer's is the last to close and
         # SQLite's own final checkpoint folds the WAL back into the file.
-        self._writer.stop()
-        await asyncio.to_thread(self._writer.join)
+        await self._writer.close()
         await asyncio.to_thread(self._readers.shutdown, True)
         await asyncio.to_thread(self._close_connections)
 

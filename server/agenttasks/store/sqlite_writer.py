@@ -1,4 +1,4 @@
-"""The group-commit writer: one thread, one connection, many write functions per COMMIT.
+"""The group-commit writer: one connection, many write functions per COMMIT.
 
 With synchronous=FULL every COMMIT waits for an fsync, so one commit per write caps a server at
 about 11k writes/s on this hardware while 100 rows per commit reach ~210k/s. The writer takes
@@ -6,17 +6,27 @@ everything pending (up to `max_batch`), runs it in one `BEGIN IMMEDIATE` transac
 function inside its own SAVEPOINT, commits once, and only then resolves the callers' futures:
 a caller hears "done" only for work that is on disk. A failing function is rolled back to its
 savepoint and only its caller sees the exception; the rest of the batch still commits.
+
+Where each part runs, and why:
+
+- The write functions run on the event loop thread, one batch at a time. They are short
+  (a Submit's is ~150 us: a few statements on pages already in memory) and mostly Python, which
+  holds the interpreter lock wherever it runs. Run on a writer thread instead, they contended
+  for that lock with the loop at every statement (sqlite3 releases it around each one): in
+  alternating runs that cost Submit and end-to-end throughput ~20% (docs/benchmarks.md).
+- `BEGIN IMMEDIATE`, which may wait up to the busy timeout for another process's write lock,
+  and `COMMIT`, which waits for the fsync, run on the commit thread, so the loop never waits
+  for a lock or a disk. While one batch commits, new writes gather for the next.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import logging
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -41,13 +51,10 @@ class WriterStats:
 class _Job:
     fn: Callable[[WriteTx], Any]
     future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
 
 
 # One outcome per job: (future, exception or None, result).
 _Outcome = tuple["asyncio.Future[Any]", BaseException | None, Any]
-
-_STOP = object()
 
 
 class TransactionLost(sqlite3.OperationalError):
@@ -56,18 +63,17 @@ class TransactionLost(sqlite3.OperationalError):
 
 
 class GroupCommitWriter:
-    """Owns `conn` from `start()` until the thread ends; `conn` must be in autocommit mode."""
+    """Owns `conn` (in autocommit mode) until `finish()`. Used from one event loop, the one
+    that first calls `submit`."""
 
     def __init__(self, conn: sqlite3.Connection, *, max_batch: int = 512) -> None:
         self._conn = conn
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="agenttasks-sqlite-writer", daemon=True)
-        # Guards the hand-off between submit() and a writer that died: no job may be queued
-        # after the writer has failed the pending ones, or its caller would wait forever.
-        self._lock = threading.Lock()
-        self._failure: BaseException | None = None
-        self._current: list[_Job] = []
+        self._pending: collections.deque[_Job] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._commit_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agenttasks-sqlite-commit")
+        self._closed = False
         self._writes = 0
         self._batches = 0
         self._commits = 0
@@ -79,84 +85,90 @@ class GroupCommitWriter:
     def stats(self) -> WriterStats:
         return WriterStats(writes=self._writes, batches=self._batches, commits=self._commits)
 
-    def start(self) -> None:
-        self._thread.start()
-
     def submit(self, fn: Callable[[WriteTx], T]) -> asyncio.Future[T]:
-        """Queues fn; the future resolves on the caller's loop after the batch has committed.
+        """Queues fn; the future resolves after the batch holding it has committed.
 
         Cancelling the future does not withdraw the write: once queued it runs and commits.
         """
+        if self._closed:
+            raise RuntimeError("the store writer is closed")
         loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError("the store is used from another event loop than the one it writes on")
         future: asyncio.Future[T] = loop.create_future()
-        with self._lock:
-            if self._failure is not None:
-                raise RuntimeError("the store writer has stopped after an error") from self._failure
-            self._queue.put(_Job(fn, future, loop))
+        self._pending.append(_Job(fn, future))
+        if self._flusher is None:
+            # Started on the next turn of the loop: every write queued until then joins the batch.
+            self._flusher = loop.create_task(self._flush(), name="agenttasks-sqlite-flush")
         return future
 
-    def stop(self) -> None:
-        """Asks the thread to finish every job queued so far and exit; `join` waits for it."""
-        self._queue.put(_STOP)
+    def on_commit_thread(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Runs fn on the commit thread, after whatever BEGIN or COMMIT is already there."""
+        return asyncio.get_running_loop().run_in_executor(self._commit_thread, fn)
 
-    def join(self) -> None:
-        self._thread.join()
+    async def close(self) -> None:
+        """Refuses new writes and waits until every queued one has committed (or failed)."""
+        self._closed = True
+        while self._flusher is not None:
+            await asyncio.shield(self._flusher)
 
-    def _run(self) -> None:
+    def finish(self) -> None:
+        """After `close`: refresh planner statistics and close the connection (blocking).
+
+        No explicit WAL checkpoint: when the last connection to the file closes SQLite
+        checkpoints and removes the WAL itself, and while another process (an admin command
+        beside a running server) still uses the file a TRUNCATE checkpoint would wait out the
+        busy timeout for nothing.
+        """
+        self._commit_thread.shutdown(wait=True)
+        conn = self._conn
         try:
-            while True:
-                jobs, stop = self._take()
-                if jobs:
-                    self._current = jobs
-                    self._run_batch(jobs)
-                    self._current = []
-                if stop:
-                    return
-        except BaseException as exc:  # the thread must not die with callers still waiting
-            log.exception("SQLite writer thread failed")
-            with self._lock:
-                self._failure = exc
-                # Jobs of the broken batch that were already resolved are skipped by _resolve.
-                orphans: list[_Job] = list(self._current)
-                while True:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if isinstance(item, _Job):
-                        orphans.append(item)
-            error = RuntimeError("the store writer has stopped after an error")
-            error.__cause__ = exc
-            self._settle([(job.future, error, None) for job in orphans], [job.loop for job in orphans])
+            # The limit keeps optimize's ANALYZE cheap on a large database, as SQLite advises.
+            conn.execute("PRAGMA analysis_limit = 400")
+            conn.execute("PRAGMA optimize")
+        finally:
+            conn.close()
 
-    def _take(self) -> tuple[list[_Job], bool]:
-        """Blocks for one job, then takes whatever else is already queued, up to max_batch."""
-        item = self._queue.get()
-        jobs: list[_Job] = []
-        while True:
-            if not isinstance(item, _Job):
-                # stop() is only called once no more submits can happen, so nothing follows.
-                return jobs, True
-            jobs.append(item)
-            if len(jobs) >= self._max_batch:
-                return jobs, False
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return jobs, False
+    async def _flush(self) -> None:
+        begun: int | None = None  # data_version of a transaction the last COMMIT step began
+        try:
+            while self._pending:
+                count = min(len(self._pending), self._max_batch)
+                jobs = [self._pending.popleft() for _ in range(count)]
+                try:
+                    begun = await self._run_batch(jobs, begun)
+                except BaseException as exc:  # no caller may wait forever, whatever went wrong
+                    begun = None
+                    if self._conn.in_transaction:  # the commit thread is idle: _wait_for saw to it
+                        self._conn.execute("ROLLBACK")
+                    if isinstance(exc, Exception):
+                        log.exception("SQLite write batch failed")
+                        _resolve([(job.future, exc, None) for job in jobs])
+                        continue
+                    _resolve([(job.future, _stopped(exc), None) for job in jobs])
+                    raise
+        finally:
+            self._flusher = None
+            # Only left behind when the flush was cancelled (its loop is shutting down).
+            orphans = list(self._pending)
+            self._pending.clear()
+            _resolve([(job.future, _stopped(None), None) for job in orphans])
 
-    def _run_batch(self, jobs: list[_Job]) -> None:
+    async def _run_batch(self, jobs: list[_Job], begun: int | None) -> int | None:
+        """Runs one batch in the transaction `begun` (or a new one); returns the data_version of
+        the next transaction if its COMMIT step began one for writes already waiting."""
         conn = self._conn
         self._batches += 1
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            # Inside the transaction: nobody else can commit until ours ends.
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._settle([(job.future, exc, None) for job in jobs], [job.loop for job in jobs])
-            return
+        if begun is not None:
+            version = begun
+        else:
+            try:
+                version = await self._wait_for(self.on_commit_thread(self._begin))
+            except sqlite3.Error as exc:
+                _resolve([(job.future, exc, None) for job in jobs])
+                return None
         if version != self._data_version:  # another connection (an admin command) committed
             self._agents.clear()
             self._data_version = version
@@ -173,22 +185,61 @@ class GroupCommitWriter:
                 reason = f" after {error!r}" if error is not None else ""
                 lost = TransactionLost(f"SQLite rolled back the batch transaction{reason}; this write was lost")
                 lost.__cause__ = error
-                failed = [(f, e if e is not None else lost, None) for f, e, _ in outcomes]
-                self._settle(failed, [j.loop for j in jobs[: index + 1]])
-                if index + 1 < len(jobs):
-                    self._run_batch(jobs[index + 1 :])
-                return
+                _resolve([(f, e if e is not None else lost, None) for f, e, _ in outcomes])
+                self._pending.extendleft(reversed(jobs[index + 1 :]))  # the rest go first next time
+                return None
+        # Writes that arrived meanwhile get their transaction begun in the same hop to the
+        # commit thread: one hand-off per batch instead of two.
+        begin_next = bool(self._pending)
         try:
-            conn.execute("COMMIT")
+            began = await self._wait_for(self.on_commit_thread(lambda: self._commit(begin_next)))
         except sqlite3.Error as exc:
             self._agents.clear()
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             # A function that failed on its own keeps its own error: that is still the truth.
             outcomes = [(f, e if e is not None else exc, None) for f, e, _ in outcomes]
+            began = None
         else:
             self._commits += 1
-        self._settle(outcomes, [job.loop for job in jobs])
+        _resolve(outcomes)
+        return began
+
+    @staticmethod
+    async def _wait_for(step: asyncio.Future[T]) -> T:
+        """Awaits a BEGIN or COMMIT on the commit thread. If the flush itself is cancelled (the
+        loop shutting down) the step still ends on its thread; waiting for it keeps the
+        connection from being used by two threads at once."""
+        try:
+            return await asyncio.shield(step)
+        except asyncio.CancelledError:
+            await asyncio.wait([step])
+            raise
+
+    def _begin(self) -> int:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Inside the transaction: nobody else can commit until ours ends.
+            return int(conn.execute("PRAGMA data_version").fetchone()[0])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _commit(self, begin_next: bool) -> int | None:
+        """COMMIT, then (if asked) begin the next transaction; its data_version, or None if
+        none was begun. A failed BEGIN here is left for the next batch to meet and report."""
+        conn = self._conn
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if not begin_next:
+            return None
+        try:
+            return self._begin()
+        except sqlite3.Error:
+            return None
 
     @staticmethod
     def _run_one(
@@ -216,38 +267,15 @@ class GroupCommitWriter:
             conn.execute("RELEASE write_fn")
         return None, value
 
-    @staticmethod
-    def _settle(outcomes: Sequence[_Outcome], loops: Sequence[asyncio.AbstractEventLoop]) -> None:
-        """Resolves futures on their loops, one callback per run of jobs from the same loop, so
-        callers wake in submission order without a thread-safe call per job."""
-        start = 0
-        while start < len(outcomes):
-            loop = loops[start]
-            end = start + 1
-            while end < len(outcomes) and loops[end] is loop:
-                end += 1
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is left to tell
-                loop.call_soon_threadsafe(_resolve, list(outcomes[start:end]))
-            start = end
 
-    def finish(self) -> None:
-        """After the thread has ended: refresh planner statistics and close the connection.
-
-        No explicit WAL checkpoint: when the last connection to the file closes SQLite
-        checkpoints and removes the WAL itself, and while another process (an admin command
-        beside a running server) still uses the file a TRUNCATE checkpoint would wait out the
-        busy timeout for nothing.
-        """
-        conn = self._conn
-        try:
-            # The limit keeps optimize's ANALYZE cheap on a large database, as SQLite advises.
-            conn.execute("PRAGMA analysis_limit = 400")
-            conn.execute("PRAGMA optimize")
-        finally:
-            conn.close()
+def _stopped(cause: BaseException | None) -> RuntimeError:
+    error = RuntimeError("the store writer was stopped with this write queued or committing; it may not be stored")
+    error.__cause__ = cause
+    return error
 
 
-def _resolve(outcomes: list[_Outcome]) -> None:
+def _resolve(outcomes: Sequence[_Outcome]) -> None:
+    """Resolves futures in submission order, so callers wake in that order."""
     for future, error, value in outcomes:
         if future.done():  # the caller was cancelled; the write stands regardless
             continue
