@@ -301,3 +301,24 @@ async def test_concurrent_submits_lose_and_duplicate_nothing(client: Api, agent_
         if not token:
             break
     assert sorted(seen) == sorted(zip(ids, [f"job {i}" for i in range(300)], strict=True))
+
+
+async def test_deleting_an_agent_clears_a_long_history_in_bounded_writes(
+    service: Service, client: Api, agent_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agenttasks.core.agents.DELETE_BATCH", 3)
+    finished = [(await client.submit(agent_id, f"old {i}")).task_id for i in range(7)]
+    for task_id in finished:
+        await finish(service, task_id, TaskStatus.COMPLETED)
+    queued = (await client.submit(agent_id, "still queued")).task_id
+    before = service.store.stats()  # type: ignore[attr-defined]
+
+    answer = await client.agents.DeleteAgent(apb.DeleteAgentRequest(agent_id=agent_id), metadata=client.metadata)
+
+    assert answer.cancelled_tasks == 1  # the queued one; the history was simply removed
+    # 3 + 3 + 1 finished tasks, an empty round that ends the loop, then the agent itself.
+    assert service.store.stats().writes - before.writes == 5  # type: ignore[attr-defined]
+    for task_id in [*finished, queued]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await get(client, agent_id, task_id)
+        assert caught.value.code() is grpc.StatusCode.NOT_FOUND

@@ -647,3 +647,31 @@ async def test_signing_secrets(store: Store, when: When) -> None:
     assert await store.read(lambda tx: tx.get_signing_secret("tenant-b")) is None
     assert rotated.active(when(50)) == ["whsec_two", "whsec_one"]
     assert rotated.active(when(100)) == ["whsec_two"]
+
+
+async def test_delete_finished_tasks_takes_only_finished_ones_within_its_limit(
+    store: Store, make_agent: MakeAgent, make_task: MakeTask, when: When
+) -> None:
+    await add_agent(store, make_agent())
+    await add_agent(store, make_agent("agent-2"))
+    for status in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED):
+        task = await add_task(store, make_task(f"{status.value}-1", status=status))
+        event = TaskEvent("tenant-a", task.task_id, 1, EventType.CREATED, TaskStatus.QUEUED, when(1))
+        await store.write(lambda tx, e=event: tx.append_event(e))
+    for status in (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.AWAITING_INPUT):
+        await add_task(store, make_task(f"{status.value}-1", status=status))
+    await add_task(store, make_task("other-agent", agent_id="agent-2", status=TaskStatus.COMPLETED))
+
+    # Another tenant's call deletes nothing.
+    assert await store.write(lambda tx: tx.delete_finished_tasks("tenant-b", "agent-1", 10)) == 0
+    assert await store.write(lambda tx: tx.delete_finished_tasks("tenant-a", "agent-1", 2)) == 2
+    assert await store.write(lambda tx: tx.delete_finished_tasks("tenant-a", "agent-1", 10)) == 1
+    assert await store.write(lambda tx: tx.delete_finished_tasks("tenant-a", "agent-1", 10)) == 0
+
+    def left(tx: ReadTx) -> list[str]:
+        tasks = tx.list_tasks("tenant-a", "agent-1", status=None, before_seq=None, limit=10)
+        return sorted(t.task_id for t in tasks)
+
+    assert await store.read(left) == ["awaiting_input-1", "queued-1", "running-1"]
+    assert await store.read(lambda tx: tx.events_after("tenant-a", "completed-1", 0, 10)) == []
+    assert await store.read(lambda tx: tx.get_task("tenant-a", "other-agent")) is not None

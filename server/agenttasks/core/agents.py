@@ -20,6 +20,10 @@ from agenttasks.core.paging import PageTokens
 from agenttasks.core.ports import ReadTx, Store, WriteTx, save, to_the_end
 from agenttasks.core.watch import EventHub
 
+# Finished tasks deleted per write when an agent is deleted (20,000 with their events took 0.33 s
+# in one write on this machine kind).
+DELETE_BATCH = 1_000
+
 
 def find_agent(tx: ReadTx, tenant: str, agent_id: str) -> Agent:
     agent = tx.get_agent(tenant, agent_id)
@@ -188,6 +192,12 @@ class AgentCore:
         agent_id = check_id(agent_id, "agent_id")
         tenant = principal.tenant
         now = self._clock()
+
+        await self._store.read(lambda tx: find_agent(tx, tenant, agent_id))
+        # The history first, in bounded writes: one write deleting a large history would hold
+        # the writer (and the event loop it runs on) for as long as the whole cascade takes.
+        while await self._store.write(lambda tx: tx.delete_finished_tasks(tenant, agent_id, DELETE_BATCH)):
+            pass
 
         def op(tx: WriteTx) -> list[tuple[Task, list[TaskEvent]]]:
             find_agent(tx, tenant, agent_id)

@@ -135,6 +135,11 @@ class WriteTx(ReadTx, Protocol):
         expire, so a retry after the deletion still gets its original answer."""
         ...
 
+    def delete_finished_tasks(self, tenant: str, agent_id: str, limit: int) -> int:
+        """Deletes up to `limit` of the agent's finished tasks with their events; returns how
+        many. Deleting an agent first clears its history this way, in bounded writes."""
+        ...
+
     def insert_task(self, task: Task) -> Task:
         """Inserts a new task and returns it with its store-assigned `seq`."""
         ...

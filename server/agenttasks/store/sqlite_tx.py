@@ -446,6 +446,10 @@ class SqliteWriteTx(SqliteReadTx):
         self._agents.pop((tenant, agent_id), None)
         self._execute("delete_agent", {"tenant": tenant, "agent_id": agent_id})
 
+    def delete_finished_tasks(self, tenant: str, agent_id: str, limit: int) -> int:
+        params = {"tenant": tenant, "agent_id": agent_id, "limit": limit}
+        return self._execute("delete_finished_tasks", params).rowcount
+
     def insert_task(self, task: Task) -> Task:
         seq = self._execute("insert_task", _task_params(task)).lastrowid
         if seq is None:  # pragma: no cover - an INSERT into a rowid table always has one

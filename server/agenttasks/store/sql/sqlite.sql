@@ -53,6 +53,14 @@ WHERE tenant = :tenant AND agent_id = :agent_id;
 -- Tasks and their events go by ON DELETE CASCADE.
 DELETE FROM agents WHERE tenant = :tenant AND agent_id = :agent_id;
 
+-- name: delete_finished_tasks
+-- Along tasks_by_agent; their events go by ON DELETE CASCADE.
+DELETE FROM tasks WHERE seq IN (
+    SELECT seq FROM tasks
+    WHERE tenant = :tenant AND agent_id = :agent_id AND status IN ('completed', 'failed', 'cancelled')
+    LIMIT :limit
+);
+
 -- name: get_task
 SELECT * FROM tasks WHERE tenant = :tenant AND task_id = :task_id;
 
