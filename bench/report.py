@@ -129,7 +129,8 @@ def rows(outcomes: dict[str, Outcome]) -> list[list[str]]:
         table.append([o.title, _rate(o, "tasks/s"), rate_of("e2e", "end to end"), ratio("e2e_watch", "e2e"), "", ""])
     for name in ("huey", "a2a"):
         if o := ok(name):
-            table.append([o.title, _rate(o, "tasks/s"), "", "", "", ""])
+            note = f" ({o.reason})" if o.reason else ""
+            table.append([o.title, _rate(o, "tasks/s") + note, "", "", "", ""])
     for name in [n for n in outcomes if n.startswith("latency_")]:
         if not (o := ok(name)):
             continue

@@ -1,7 +1,7 @@
 """The A2A Python SDK on the end-to-end workload: N tasks sent as JSON-RPC `SendMessage` (the
 1.0 name of `message/send`), 64 in flight, to its server process, whose executor completes each
 at once. A blocking SendMessage answers when its task has completed, so throughput is N over the
-time from the first send to the last answer."""
+time from the first send to the last answer, counting the tasks it completed."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ from bench.workloads.common import MESSAGE, window
 TITLE = "A2A SDK (SQLite task store), end to end"
 HEADERS = {"A2A-Version": "1.0"}
 NEEDED = ("a2a", "sqlalchemy", "aiosqlite", "starlette", "uvicorn")
+# A peer that fails more of the calls than this did not run the workload; fewer are its own
+# occasional errors under load, reported beside its figure.
+PEER_ERROR_SHARE = 0.01
 
 
 def _missing() -> list[str]:
@@ -66,7 +69,11 @@ async def a2a_peer(ctx: Context) -> list[Outcome]:
         metrics={**result.metrics(), "tasks": n, **usage.metrics},
         details={**usage.details, "first_error": result.first_error},
     )
-    if result.errors or result.calls != n:
+    if result.calls + result.errors != n or result.errors > n * PEER_ERROR_SHARE:
         outcome.status = "failed"
         outcome.reason = f"{result.calls} of {n} completed, {result.errors} errors: {result.first_error}"
+    elif result.errors:
+        # The SDK's own store gives up now and then under this load ("database is locked" from
+        # SQLAlchemy over aiosqlite): its rate counts only the tasks it completed.
+        outcome.reason = f"{result.errors} of {n} calls failed in the peer itself: {result.first_error[:120]}"
     return [outcome]
