@@ -10,9 +10,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from agenttasks.api import convert
 from agenttasks.app import Service
 from agenttasks.auth import create_api_key
-from agenttasks.core.model import Role
+from agenttasks.core.model import EventType, Role, TaskEvent, TaskStatus, utcnow
 from agenttasks.v1 import task_service_pb2 as tpb
 from tests.support import Api, api_for, error_info, make_settings
 
@@ -169,3 +170,30 @@ async def test_wildcard_agent_watches_by_task_id_alone(client: Api, agent_id: st
     await cancel(client, agent_id, task_id)
     messages = await collect(watch(client, "-", task_id))
     assert [m.type for m in messages] == ["snapshot", "end"]
+
+
+async def test_an_event_is_converted_once_for_all_its_watchers() -> None:
+    """Every watcher of a task gets the same published event object; its message is built once
+    (the fan-out cost per watcher), while an equal but distinct event (read back from the store
+    by a watcher catching up) gets its own, and the memo stays bounded."""
+
+    def event(n: int) -> TaskEvent:
+        return TaskEvent(
+            "t",
+            "task",
+            n,
+            EventType.MESSAGE,
+            TaskStatus.RUNNING,
+            utcnow(),
+            {"message": {"message_id": "m", "text": "hi"}},
+        )
+
+    published = event(3)
+    first, again = convert.watch_item(published), convert.watch_item(published)
+    assert first is again and first.message.text == "hi" and first.sequence == 3
+    twin = event(3)
+    assert convert.watch_item(twin) is not first and convert.watch_item(twin) == convert.watch_item(twin)
+    for n in range(convert._CONVERTED_EVENTS * 2):
+        convert.watch_item(event(n))
+    assert len(convert._converted) == convert._CONVERTED_EVENTS
+    assert convert.watch_item(published) is not first  # evicted long ago, built afresh

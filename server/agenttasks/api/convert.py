@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -147,6 +148,26 @@ def _event(e: TaskEvent) -> task_service_pb2.WatchTaskResponse:
     return out
 
 
+# The last events converted, by identity: an event published to its task's watchers is one
+# object shared by all of them, so it is converted once instead of once per stream (~9 us each on
+# this machine kind, 90 ms per event at 10,000 watchers). The messages are shared, so nothing may
+# change them after this.
+_CONVERTED_EVENTS = 1024
+_converted: collections.OrderedDict[int, tuple[TaskEvent, task_service_pb2.WatchTaskResponse]] = (
+    collections.OrderedDict()
+)
+
+
+def _shared_event(e: TaskEvent) -> task_service_pb2.WatchTaskResponse:
+    hit = _converted.get(id(e))
+    if hit is not None and hit[0] is e:  # the event itself is kept, so its id cannot be reused
+        return hit[1]
+    message = _converted[id(e)] = (e, _event(e))
+    if len(_converted) > _CONVERTED_EVENTS:
+        _converted.popitem(last=False)
+    return message[1]
+
+
 def watch_item(item: WatchItem) -> task_service_pb2.WatchTaskResponse:
     if isinstance(item, Snapshot):
         t = item.task
@@ -167,4 +188,4 @@ def watch_item(item: WatchItem) -> task_service_pb2.WatchTaskResponse:
             reason=item.reason,
             time=timestamp(utcnow()),
         )
-    return _event(item)
+    return _shared_event(item)
