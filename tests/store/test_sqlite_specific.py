@@ -1,8 +1,9 @@
 """What only the SQLite backend promises: WAL and durable settings, group commit, versioned
-migrations, crash safety, URL handling, and that no sqlite3 call runs on the event loop.
+migrations, crash safety, URL handling, and that nothing that waits (BEGIN, COMMIT, reads) runs
+on the event loop.
 
-Tests that need two writes in one batch hold the writer with a write function that waits on an
-Event, queue the others behind it, then release it: batching made deterministic, not timed.
+Writes queued in one turn of the event loop (e.g. by one `asyncio.gather`) form one batch: the
+flush starts on the next turn. That is how these tests batch writes, deterministically.
 """
 
 from __future__ import annotations
@@ -78,9 +79,9 @@ def raw(tx: ReadTx) -> sqlite3.Connection:
 
 
 @asynccontextmanager
-async def writer_held(store: SqliteStore) -> AsyncIterator[None]:
-    """Keeps the writer's commit thread busy until the block ends, so that every write queued
-    in the block waits for it and lands in the one next batch."""
+async def commit_thread_held(store: SqliteStore) -> AsyncIterator[None]:
+    """Keeps the writer's commit thread busy until the block ends: a batch started in the block
+    waits for its BEGIN, and writes queued meanwhile wait for the next batch."""
     entered, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -96,6 +97,12 @@ async def writer_held(store: SqliteStore) -> AsyncIterator[None]:
     finally:
         release.set()
         await holder
+
+
+async def turns(n: int) -> None:
+    """Lets the event loop run n turns: enough for queued tasks to take their next steps."""
+    for _ in range(n):
+        await asyncio.sleep(0)
 
 
 def schema(path: Path) -> dict[str, str]:
@@ -175,10 +182,9 @@ async def test_concurrent_writes_share_one_commit(
 ) -> None:
     await sqlite_store.write(lambda tx: tx.insert_agent(make_agent()))
     before = sqlite_store.stats()
-    async with writer_held(sqlite_store):
-        writes = asyncio.gather(
-            *(sqlite_store.write(lambda tx, i=i: tx.insert_task(make_task(f"t{i}"))) for i in range(200))
-        )
+    writes = asyncio.gather(
+        *(sqlite_store.write(lambda tx, i=i: tx.insert_task(make_task(f"t{i}"))) for i in range(200))
+    )
     inserted = await writes
     after = sqlite_store.stats()
 
@@ -189,15 +195,14 @@ async def test_concurrent_writes_share_one_commit(
     assert len(tasks) == 200
     assert after.writes - before.writes == 200
     assert after.commits - before.commits == 1  # one for all 200
-    # Futures resolve in submission order, so seqs follow the order of the calls.
+    # Run in submission order, so seqs follow the order of the calls.
     assert [t.seq for t in inserted] == sorted(t.seq for t in inserted)
 
 
 @pytest.mark.asyncio
 async def test_batches_are_capped(tmp_path: Path) -> None:
     async with await SqliteStore.open(tmp_path / "db.sqlite", max_batch=3) as store:
-        async with writer_held(store):
-            writes = asyncio.gather(*(store.write(lambda tx, i=i: tx.set_meta(f"k{i}", "v")) for i in range(7)))
+        writes = asyncio.gather(*(store.write(lambda tx, i=i: tx.set_meta(f"k{i}", "v")) for i in range(7)))
         await writes
         assert store.stats().batches == 3  # 3 + 3 + 1
 
@@ -213,13 +218,12 @@ async def test_a_failing_write_is_rolled_back_alone_within_its_batch(
         raise KeyError("on purpose")
 
     before = sqlite_store.stats()
-    async with writer_held(sqlite_store):
-        writes = asyncio.gather(
-            sqlite_store.write(lambda tx: tx.insert_task(make_task("first"))),
-            sqlite_store.write(insert_then_fail),
-            sqlite_store.write(lambda tx: tx.insert_task(make_task("doomed"))),  # same id: no leftovers
-            return_exceptions=True,
-        )
+    writes = asyncio.gather(
+        sqlite_store.write(lambda tx: tx.insert_task(make_task("first"))),
+        sqlite_store.write(insert_then_fail),
+        sqlite_store.write(lambda tx: tx.insert_task(make_task("doomed"))),  # same id: no leftovers
+        return_exceptions=True,
+    )
     first, failed, reused = await writes
     assert sqlite_store.stats().commits - before.commits == 1
     assert isinstance(failed, KeyError)
@@ -234,12 +238,11 @@ async def test_a_failed_commit_fails_every_write_of_the_batch(sqlite_store: Sqli
         raw(tx).execute("PRAGMA defer_foreign_keys = ON")
         tx.insert_task(make_task("orphan", agent_id="no-such-agent"))
 
-    async with writer_held(sqlite_store):
-        writes = asyncio.gather(
-            sqlite_store.write(lambda tx: tx.set_meta("innocent", "1")),
-            sqlite_store.write(orphan_checked_at_commit),
-            return_exceptions=True,
-        )
+    writes = asyncio.gather(
+        sqlite_store.write(lambda tx: tx.set_meta("innocent", "1")),
+        sqlite_store.write(orphan_checked_at_commit),
+        return_exceptions=True,
+    )
     innocent, orphan = await writes
     assert isinstance(innocent, sqlite3.IntegrityError)
     assert isinstance(orphan, sqlite3.IntegrityError)
@@ -257,13 +260,12 @@ async def test_a_transaction_lost_mid_batch_is_reported_and_the_rest_still_runs(
         # Stands in for SQLite rolling back a whole transaction (disk full, I/O error).
         raw(tx).execute("ROLLBACK")
 
-    async with writer_held(sqlite_store):
-        writes = asyncio.gather(
-            sqlite_store.write(lambda tx: tx.set_meta("earlier", "1")),
-            sqlite_store.write(end_the_transaction),
-            sqlite_store.write(lambda tx: tx.set_meta("later", "1")),
-            return_exceptions=True,
-        )
+    writes = asyncio.gather(
+        sqlite_store.write(lambda tx: tx.set_meta("earlier", "1")),
+        sqlite_store.write(end_the_transaction),
+        sqlite_store.write(lambda tx: tx.set_meta("later", "1")),
+        return_exceptions=True,
+    )
     earlier, culprit, later = await writes
     assert isinstance(earlier, TransactionLost)
     assert isinstance(culprit, TransactionLost)
@@ -578,13 +580,12 @@ async def test_agent_writes_are_seen_by_later_writes_in_the_same_batch(
 ) -> None:
     await sqlite_store.write(lambda tx: tx.insert_agent(make_agent()))
     await sqlite_store.write(lambda tx: tx.get_agent("tenant-a", "agent-1"))  # cached as active
-    async with writer_held(sqlite_store):
-        writes = asyncio.gather(
-            sqlite_store.write(lambda tx: tx.update_agent(make_agent(status=AgentStatus.PAUSED))),
-            sqlite_store.write(lambda tx: tx.get_agent("tenant-a", "agent-1")),
-            sqlite_store.write(lambda tx: tx.delete_agent("tenant-a", "agent-1")),
-            sqlite_store.write(lambda tx: tx.get_agent("tenant-a", "agent-1")),
-        )
+    writes = asyncio.gather(
+        sqlite_store.write(lambda tx: tx.update_agent(make_agent(status=AgentStatus.PAUSED))),
+        sqlite_store.write(lambda tx: tx.get_agent("tenant-a", "agent-1")),
+        sqlite_store.write(lambda tx: tx.delete_agent("tenant-a", "agent-1")),
+        sqlite_store.write(lambda tx: tx.get_agent("tenant-a", "agent-1")),
+    )
     _, paused, _, deleted = await writes
     assert paused is not None and paused.status is AgentStatus.PAUSED
     assert deleted is None
@@ -592,12 +593,15 @@ async def test_agent_writes_are_seen_by_later_writes_in_the_same_batch(
 
 @pytest.mark.asyncio
 async def test_writes_that_wait_during_a_batch_commit_in_the_next(sqlite_store: SqliteStore) -> None:
-    """The second batch runs in the transaction its predecessor's COMMIT step began for it."""
+    """A write queued while a batch is under way waits for the next batch, whose transaction
+    the first one's COMMIT step begins; both are on disk when answered."""
     before = sqlite_store.stats()
-    async with writer_held(sqlite_store):
+    async with commit_thread_held(sqlite_store):
         first = asyncio.ensure_future(sqlite_store.write(lambda tx: tx.set_meta("first", "1")))
-        await asyncio.sleep(0.05)  # the first batch now waits for the commit thread
+        await turns(3)  # the write queues, then its flush takes it and waits for BEGIN
+        assert sqlite_store.stats().batches == before.batches + 1
         second = asyncio.ensure_future(sqlite_store.write(lambda tx: tx.set_meta("second", "2")))
+        await asyncio.sleep(0)
     await asyncio.gather(first, second)
     after = sqlite_store.stats()
     assert (after.batches - before.batches, after.commits - before.commits) == (2, 2)
@@ -606,7 +610,65 @@ async def test_writes_that_wait_during_a_batch_commit_in_the_next(sqlite_store: 
         return tx.get_meta("first"), tx.get_meta("second")
 
     assert await sqlite_store.read(look) == ("1", "2")  # committed, as a reader sees
-    assert await sqlite_store.write(lambda tx: raw(tx).in_transaction)  # and writes go on in one
+
+
+@pytest.mark.asyncio
+async def test_a_flush_cancelled_before_it_ran_leaves_no_write_behind(sqlite_store: SqliteStore) -> None:
+    """E.g. the loop's teardown cancelling every task: the next write starts a new flush, which
+    takes the stranded write too; close() does not raise the flush's cancellation."""
+    stranded = asyncio.ensure_future(sqlite_store.write(lambda tx: tx.set_meta("stranded", "1")))
+    await asyncio.sleep(0)  # queued; its flush is created but has not run
+    flusher = sqlite_store._writer._flusher
+    assert flusher is not None
+    flusher.cancel()
+    await asyncio.wait([flusher])
+    await sqlite_store.write(lambda tx: tx.set_meta("later", "1"))
+    assert await stranded is None
+    assert await sqlite_store.read(lambda tx: tx.get_meta("stranded")) == "1"
+    await sqlite_store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_flush_cancelled_mid_batch_still_tells_its_callers_the_truth(sqlite_store: SqliteStore) -> None:
+    """Cancelled (twice) while its BEGIN waits on the commit thread, the flush sees the batch
+    through, so the connection is never used by two threads and the write, committed, says so."""
+    async with commit_thread_held(sqlite_store):
+        write = asyncio.ensure_future(sqlite_store.write(lambda tx: tx.set_meta("k", "v")))
+        await turns(3)
+        assert sqlite_store.stats().batches == 1  # waiting for its BEGIN
+        flusher = sqlite_store._writer._flusher
+        assert flusher is not None
+        flusher.cancel()
+        await asyncio.sleep(0)
+        flusher.cancel()
+        await asyncio.sleep(0)
+    assert await write is None
+    await asyncio.wait([flusher])
+    assert flusher.cancelled()
+    assert await sqlite_store.read(lambda tx: tx.get_meta("k")) == "v"
+    # No transaction was left open: the writer carries on.
+    assert await sqlite_store.write(lambda tx: tx.set_meta("after", "1")) is None
+
+
+@pytest.mark.asyncio
+async def test_stop_iteration_in_a_write_function_fails_only_its_caller(sqlite_store: SqliteStore) -> None:
+    def stops(tx: WriteTx) -> None:
+        tx.set_meta("doomed", "1")
+        raise StopIteration  # a Future cannot carry it; left as it is it would break the batch
+
+    first, failed, last = await asyncio.gather(
+        sqlite_store.write(lambda tx: tx.set_meta("first", "1")),
+        sqlite_store.write(stops),
+        sqlite_store.write(lambda tx: tx.set_meta("last", "1")),
+        return_exceptions=True,
+    )
+    assert (first, last) == (None, None)
+    assert isinstance(failed, RuntimeError) and isinstance(failed.__cause__, StopIteration)
+
+    def look(tx: ReadTx) -> list[str | None]:
+        return [tx.get_meta(k) for k in ("first", "doomed", "last")]
+
+    assert await sqlite_store.read(look) == ["1", None, "1"]
 
 
 @pytest.mark.asyncio

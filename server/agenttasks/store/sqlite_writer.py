@@ -81,6 +81,9 @@ class GroupCommitWriter:
         # shows no commit by another connection.
         self._agents: AgentCache = {}
         self._data_version = -1
+        self._cancelled = False
+        # As the store set it on the connection, restored after each lock-free BEGIN.
+        self._busy_timeout_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
 
     def stats(self) -> WriterStats:
         return WriterStats(writes=self._writes, batches=self._batches, commits=self._commits)
@@ -99,7 +102,8 @@ class GroupCommitWriter:
             raise RuntimeError("the store is used from another event loop than the one it writes on")
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append(_Job(fn, future))
-        if self._flusher is None:
+        # A flusher cancelled before it ever ran is done without having cleaned up: replace it.
+        if self._flusher is None or self._flusher.done():
             # Started on the next turn of the loop: every write queued until then joins the batch.
             self._flusher = loop.create_task(self._flush(), name="agenttasks-sqlite-flush")
         return future
@@ -111,8 +115,12 @@ class GroupCommitWriter:
     async def close(self) -> None:
         """Refuses new writes and waits until every queued one has committed (or failed)."""
         self._closed = True
-        while self._flusher is not None:
-            await asyncio.shield(self._flusher)
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.wait([self._flusher])  # its own cancellation is not ours to raise
+        # Only a flusher cancelled before it ran (its loop shutting down) leaves writes here.
+        orphans = list(self._pending)
+        self._pending.clear()
+        _resolve([(job.future, _stopped(None), None) for job in orphans])
 
     def finish(self) -> None:
         """After `close`: refresh planner statistics and close the connection (blocking).
@@ -133,14 +141,18 @@ class GroupCommitWriter:
 
     async def _flush(self) -> None:
         begun: int | None = None  # data_version of a transaction the last COMMIT step began
+        self._cancelled = False
         try:
             while self._pending:
                 count = min(len(self._pending), self._max_batch)
                 jobs = [self._pending.popleft() for _ in range(count)]
                 try:
                     begun = await self._run_batch(jobs, begun)
+                    if self._cancelled:  # the batch was seen through and its callers told
+                        raise asyncio.CancelledError
                 except BaseException as exc:  # no caller may wait forever, whatever went wrong
                     begun = None
+                    self._agents.clear()  # a rolled-back write function may have filled it
                     if self._conn.in_transaction:  # the commit thread is idle: _wait_for saw to it
                         self._conn.execute("ROLLBACK")
                     if isinstance(exc, Exception):
@@ -203,16 +215,17 @@ class GroupCommitWriter:
         _resolve(outcomes)
         return began
 
-    @staticmethod
-    async def _wait_for(step: asyncio.Future[T]) -> T:
-        """Awaits a BEGIN or COMMIT on the commit thread. If the flush itself is cancelled (the
-        loop shutting down) the step still ends on its thread; waiting for it keeps the
-        connection from being used by two threads at once."""
-        try:
-            return await asyncio.shield(step)
-        except asyncio.CancelledError:
-            await asyncio.wait([step])
-            raise
+    async def _wait_for(self, step: asyncio.Future[T]) -> T:
+        """Awaits a BEGIN or COMMIT on the commit thread, to its end even if the flush is
+        cancelled (the loop shutting down), however often: the connection must never be used
+        by two threads at once, and callers must hear what really happened. The cancellation
+        is remembered and raised by `_flush` once the batch is settled."""
+        while not step.done():
+            try:
+                await asyncio.wait([step])
+            except asyncio.CancelledError:
+                self._cancelled = True
+        return step.result()
 
     def _begin(self) -> int:
         conn = self._conn
@@ -226,7 +239,9 @@ class GroupCommitWriter:
 
     def _commit(self, begin_next: bool) -> int | None:
         """COMMIT, then (if asked) begin the next transaction; its data_version, or None if
-        none was begun. A failed BEGIN here is left for the next batch to meet and report."""
+        none was begun. This BEGIN does not wait for another process's lock (the batch just
+        committed would wait with it to be answered): if the lock is taken, the next batch
+        begins on its own, with the full busy timeout, and meets and reports any error."""
         conn = self._conn
         try:
             conn.execute("COMMIT")
@@ -236,10 +251,13 @@ class GroupCommitWriter:
             raise
         if not begin_next:
             return None
+        conn.execute("PRAGMA busy_timeout = 0")
         try:
             return self._begin()
         except sqlite3.Error:
             return None
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
 
     @staticmethod
     def _run_one(
@@ -250,6 +268,10 @@ class GroupCommitWriter:
         try:
             value = fn(tx)
         except Exception as exc:
+            if isinstance(exc, StopIteration):  # a future cannot carry it (asyncio wraps it too)
+                wrapped = RuntimeError("a write function raised StopIteration")
+                wrapped.__cause__ = exc
+                exc = wrapped
             try:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK TO write_fn")
