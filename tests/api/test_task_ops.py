@@ -316,9 +316,33 @@ async def test_deleting_an_agent_clears_a_long_history_in_bounded_writes(
     answer = await client.agents.DeleteAgent(apb.DeleteAgentRequest(agent_id=agent_id), metadata=client.metadata)
 
     assert answer.cancelled_tasks == 1  # the queued one; the history was simply removed
-    # 3 + 3 + 1 finished tasks, an empty round that ends the loop, then the agent itself.
+    # 3 + 3 + 1 finished tasks, the queued one cancelled, then the agent itself.
     assert service.store.stats().writes - before.writes == 5  # type: ignore[attr-defined]
     for task_id in [*finished, queued]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await get(client, agent_id, task_id)
+        assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+async def test_deleting_an_agent_cancels_a_long_backlog_in_bounded_writes(
+    service: Service, client: Api, agent_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agenttasks.core.agents.DELETE_BATCH", 3)
+    queued = [(await client.submit(agent_id, f"waiting {i}")).task_id for i in range(7)]
+    watcher = client.tasks.WatchTask(
+        tpb.WatchTaskRequest(agent_id=agent_id, task_id=queued[0]), metadata=client.metadata
+    )
+    assert (await anext(aiter(watcher))).type == "snapshot"
+    before = service.store.stats()  # type: ignore[attr-defined]
+
+    answer = await client.agents.DeleteAgent(apb.DeleteAgentRequest(agent_id=agent_id), metadata=client.metadata)
+
+    assert answer.cancelled_tasks == 7
+    # No history to clear (one write finds none), 3 + 3 + 1 cancelled, then the agent itself.
+    assert service.store.stats().writes - before.writes == 5  # type: ignore[attr-defined]
+    seen = [m async for m in watcher]
+    assert [(m.status, m.reason) for m in seen if m.type == "status"] == [("cancelled", "AGENT_DELETED")]
+    for task_id in queued:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await get(client, agent_id, task_id)
         assert caught.value.code() is grpc.StatusCode.NOT_FOUND

@@ -194,25 +194,37 @@ class AgentCore:
         now = self._clock()
 
         await self._store.read(lambda tx: find_agent(tx, tenant, agent_id))
-        # The history first, in bounded writes: one write deleting a large history would hold
-        # the writer (and the event loop it runs on) for as long as the whole cascade takes.
-        while await self._store.write(lambda tx: tx.delete_finished_tasks(tenant, agent_id, DELETE_BATCH)):
+
+        # In bounded writes, the history first, then the unfinished tasks: one write deleting a
+        # large agent would hold the writer (and the event loop it runs on) for as long as the
+        # whole cascade or every cancellation takes.
+        def delete_finished(tx: WriteTx) -> int:
+            return tx.delete_finished_tasks(tenant, agent_id, DELETE_BATCH)
+
+        while await self._store.write(delete_finished) == DELETE_BATCH:
             pass
 
-        def op(tx: WriteTx) -> list[tuple[Task, list[TaskEvent]]]:
+        def cancel(tx: WriteTx, limit: int | None) -> list[tuple[Task, list[TaskEvent]]]:
             find_agent(tx, tenant, agent_id)
-            unfinished = tx.unfinished_tasks(tenant, agent_id)
             # Saved before the delete, so webhook tasks still report their cancellation: the
             # outbox rows outlive the tasks they describe.
-            changes = [save(tx, lifecycle.cancel(task, now, lifecycle.AGENT_DELETED)) for task in unfinished]
+            unfinished = tx.unfinished_tasks(tenant, agent_id, limit)
+            return [save(tx, lifecycle.cancel(task, now, lifecycle.AGENT_DELETED)) for task in unfinished]
+
+        def cancel_rest_and_delete(tx: WriteTx) -> list[tuple[Task, list[TaskEvent]]]:
+            changes = cancel(tx, None)  # whatever was submitted meanwhile: normally few
             tx.delete_agent(tenant, agent_id)
             return changes
 
-        async def write_then_publish() -> int:
+        async def write_then_publish(op: Callable[[WriteTx], list[tuple[Task, list[TaskEvent]]]]) -> int:
             changes = await self._store.write(op)
             for task, events in changes:
                 self._hub.publish(task, events)
-            self.on_status_change(tenant, agent_id)
             return len(changes)
 
-        return await to_the_end(write_then_publish())
+        cancelled = 0
+        while (batch := await to_the_end(write_then_publish(lambda tx: cancel(tx, DELETE_BATCH)))) == DELETE_BATCH:
+            cancelled += batch
+        cancelled += batch + await to_the_end(write_then_publish(cancel_rest_and_delete))
+        self.on_status_change(tenant, agent_id)
+        return cancelled

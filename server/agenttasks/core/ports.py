@@ -56,8 +56,8 @@ class ReadTx(Protocol):
         """The agent's tasks newest first (by seq), strictly before `before_seq` when given."""
         ...
 
-    def unfinished_tasks(self, tenant: str, agent_id: str) -> list[Task]:
-        """The agent's tasks that are not in a terminal status, oldest first."""
+    def unfinished_tasks(self, tenant: str, agent_id: str, limit: int | None = None) -> list[Task]:
+        """The agent's tasks that are not in a terminal status, oldest first (the first `limit`)."""
         ...
 
     def events_after(self, tenant: str, task_id: str, after_sequence: int, limit: int) -> list[TaskEvent]:

@@ -332,8 +332,9 @@ class SqliteReadTx:
         }
         return [_task(row) for row in self._all("list_tasks", params)]
 
-    def unfinished_tasks(self, tenant: str, agent_id: str) -> list[Task]:
-        rows = self._all("unfinished_tasks", {"tenant": tenant, "agent_id": agent_id})
+    def unfinished_tasks(self, tenant: str, agent_id: str, limit: int | None = None) -> list[Task]:
+        params = {"tenant": tenant, "agent_id": agent_id, "limit": -1 if limit is None else limit}
+        rows = self._all("unfinished_tasks", params)
         return [_task(row) for row in rows]
 
     def events_after(self, tenant: str, task_id: str, after_sequence: int, limit: int) -> list[TaskEvent]:

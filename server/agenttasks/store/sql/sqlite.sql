@@ -75,10 +75,12 @@ LIMIT :limit;
 
 -- name: unfinished_tasks
 -- The IN list must match the tasks_unfinished index predicate word for word for SQLite to use it.
+-- A negative :limit means no limit.
 SELECT * FROM tasks
 WHERE tenant = :tenant AND agent_id = :agent_id
     AND status IN ('queued', 'running', 'awaiting_input')
-ORDER BY seq;
+ORDER BY seq
+LIMIT :limit;
 
 -- name: insert_task
 INSERT INTO tasks (
