@@ -14,3 +14,14 @@ def test_every_setting_is_in_the_readme_configuration_table() -> None:
     documented = set(re.findall(r"^\| `AGENTTASKS_([A-Z_]+)` \|", README.read_text(), flags=re.MULTILINE))
     expected = {name.upper() for name in Settings.model_fields}
     assert documented == expected, f"missing: {expected - documented}, stale: {documented - expected}"
+
+
+def test_ci_runs_the_readmes_test_command_verbatim() -> None:
+    """A newcomer's second command, after its venv, is exactly what CI runs."""
+    block = re.search(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    assert block is not None, "the README starts with a bash block of two commands"
+    serve, test = block.group(1).strip().splitlines()
+    prefix = "python3 -m venv .venv && . .venv/bin/activate && "
+    assert serve.startswith(prefix) and test.startswith(prefix)
+    ci_lines = (README.parent / ".ci" / "run").read_text().splitlines()
+    assert test.removeprefix(prefix) in ci_lines
