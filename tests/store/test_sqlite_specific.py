@@ -594,7 +594,19 @@ async def test_agent_writes_are_seen_by_later_writes_in_the_same_batch(
 @pytest.mark.asyncio
 async def test_writes_that_wait_during_a_batch_commit_in_the_next(sqlite_store: SqliteStore) -> None:
     """A write queued while a batch is under way waits for the next batch, whose transaction
-    the first one's COMMIT step begins; both are on disk when answered."""
+    the first one's COMMIT step begins (so before the first write is answered); both are on disk
+    when answered."""
+    # Whether the first write had been answered, as the commit thread runs each BEGIN.
+    begins: list[bool] = []
+
+    def trace(tx: WriteTx) -> None:
+        def seen(sql: str) -> None:
+            if sql.startswith("BEGIN"):
+                begins.append(first.done())
+
+        raw(tx).set_trace_callback(seen)
+
+    await sqlite_store.write(trace)
     before = sqlite_store.stats()
     async with commit_thread_held(sqlite_store):
         first = asyncio.ensure_future(sqlite_store.write(lambda tx: tx.set_meta("first", "1")))
@@ -604,7 +616,9 @@ async def test_writes_that_wait_during_a_batch_commit_in_the_next(sqlite_store: 
         await asyncio.sleep(0)
     await asyncio.gather(first, second)
     after = sqlite_store.stats()
+    await sqlite_store.write(lambda tx: raw(tx).set_trace_callback(None))
     assert (after.batches - before.batches, after.commits - before.commits) == (2, 2)
+    assert begins[:2] == [False, False], begins  # the second BEGIN came before the first answer
 
     def look(tx: ReadTx) -> tuple[str | None, str | None]:
         return tx.get_meta("first"), tx.get_meta("second")

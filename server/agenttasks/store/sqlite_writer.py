@@ -118,6 +118,10 @@ class GroupCommitWriter:
         while self._flusher is not None and not self._flusher.done():
             await asyncio.wait([self._flusher])  # its own cancellation is not ours to raise
         # Only a flusher cancelled before it ran (its loop shutting down) leaves writes here.
+        self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        """Fails every queued write: for when no flush will run them (the loop is ending)."""
         orphans = list(self._pending)
         self._pending.clear()
         _resolve([(job.future, _stopped(None), None) for job in orphans])
@@ -164,9 +168,7 @@ class GroupCommitWriter:
         finally:
             self._flusher = None
             # Only left behind when the flush was cancelled (its loop is shutting down).
-            orphans = list(self._pending)
-            self._pending.clear()
-            _resolve([(job.future, _stopped(None), None) for job in orphans])
+            self._fail_pending()
 
     async def _run_batch(self, jobs: list[_Job], begun: int | None) -> int | None:
         """Runs one batch in the transaction `begun` (or a new one); returns the data_version of
