@@ -30,7 +30,7 @@ from agenttasks.core.agents import AgentCore
 from agenttasks.core.dispatch import Dispatcher
 from agenttasks.core.model import Role, utcnow
 from agenttasks.core.paging import PageTokens
-from agenttasks.core.ports import Store, WriteTx
+from agenttasks.core.ports import Store, WriteTx, in_bounded_writes
 from agenttasks.core.tasks import TaskCore
 from agenttasks.core.validation import Limits
 from agenttasks.core.watch import EventHub
@@ -213,12 +213,9 @@ class Service:
         store = self.store
 
         async def purge() -> None:
-            removed = 0
-            while True:  # in bounded writes, so other writes get their turn in between
-                batch = await store.write(lambda tx: tx.purge_idempotency(utcnow(), PURGE_BATCH))
-                removed += batch
-                if batch < PURGE_BATCH:
-                    break
+            removed = await in_bounded_writes(
+                lambda: store.write(lambda tx: tx.purge_idempotency(utcnow(), PURGE_BATCH)), PURGE_BATCH
+            )
             if removed:
                 log.info("purged %d expired idempotency keys", removed)
 

@@ -17,7 +17,7 @@ from agenttasks.core.errors import AgentNotFound, InvalidArgument
 from agenttasks.core.ids import check_id, new_id
 from agenttasks.core.model import Agent, AgentStatus, JsonObject, Principal, Task, TaskEvent, utcnow
 from agenttasks.core.paging import PageTokens
-from agenttasks.core.ports import ReadTx, Store, WriteTx, save, to_the_end
+from agenttasks.core.ports import ReadTx, Store, WriteTx, in_bounded_writes, save, to_the_end
 from agenttasks.core.watch import EventHub
 
 # Finished tasks deleted per write when an agent is deleted (20,000 with their events took 0.33 s
@@ -201,8 +201,7 @@ class AgentCore:
         def delete_finished(tx: WriteTx) -> int:
             return tx.delete_finished_tasks(tenant, agent_id, DELETE_BATCH)
 
-        while await self._store.write(delete_finished) == DELETE_BATCH:
-            pass
+        await in_bounded_writes(lambda: self._store.write(delete_finished), DELETE_BATCH)
 
         def cancel(tx: WriteTx, limit: int | None) -> list[tuple[Task, list[TaskEvent]]]:
             find_agent(tx, tenant, agent_id)
@@ -222,9 +221,9 @@ class AgentCore:
                 self._hub.publish(task, events)
             return len(changes)
 
-        cancelled = 0
-        while (batch := await to_the_end(write_then_publish(lambda tx: cancel(tx, DELETE_BATCH)))) == DELETE_BATCH:
-            cancelled += batch
-        cancelled += batch + await to_the_end(write_then_publish(cancel_rest_and_delete))
+        cancelled = await in_bounded_writes(
+            lambda: to_the_end(write_then_publish(lambda tx: cancel(tx, DELETE_BATCH))), DELETE_BATCH
+        )
+        cancelled += await to_the_end(write_then_publish(cancel_rest_and_delete))
         self.on_status_change(tenant, agent_id)
         return cancelled

@@ -17,7 +17,7 @@ All lookups take the tenant: rows of another tenant are invisible, never an erro
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -234,6 +234,16 @@ def outbox_row(task: Task, event: TaskEvent) -> WebhookDelivery:
         updated_at=event.time,
         next_attempt_at=event.time,
     )
+
+
+async def in_bounded_writes(step: Callable[[], Awaitable[int]], limit: int) -> int:
+    """Repeat `step` (a write that handles at most `limit` rows and says how many) until it
+    handles fewer; the total. Work that grows with the data is done this way so that no single
+    write holds the writer long, and other writes get their turn in between."""
+    total = 0
+    while (done := await step()) == limit:
+        total += done
+    return total + done
 
 
 async def to_the_end(work: Coroutine[Any, Any, T]) -> T:
