@@ -62,7 +62,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rates", help="comma-separated tasks/s of the latency workload (default 500,100; quick 500)")
     parser.add_argument("--watchers", help="comma-separated watcher counts of the fan-out workload")
     parser.add_argument("--watch", action="store_true", help="also run end to end with one WatchTask per task")
-    parser.add_argument("--profile", type=Path, help="py-spy the server during Submit and end to end, into this dir")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy the server during Submit, end to end and latency, into this dir"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (databases, process logs)")
     return parser.parse_args(argv)
 

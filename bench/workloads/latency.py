@@ -74,7 +74,8 @@ async def _at(ctx: Context, rate: float) -> Outcome:
                 except Exception as error:
                     errors.append(f"{type(error).__name__}: {error}"[:300])
 
-            async with window(ctx, {**server.pids(), "worker": worker.pid}) as usage:
+            pids = {**server.pids(), "worker": worker.pid}
+            async with window(ctx, pids, profile=f"latency_{rate:g}", seconds=plan.latency_seconds) as usage:
                 started = loadgen.now_ns()
                 skipped = await loadgen.paced(rate, count, plan.latency_seconds, fire, MAX_UNANSWERED)
                 offered_seconds = (loadgen.now_ns() - started) / 1e9

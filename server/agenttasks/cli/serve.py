@@ -13,6 +13,7 @@ from typing import Any
 
 from agenttasks.app import Service, StartupError
 from agenttasks.cli.client import CliError
+from agenttasks.cli.heap import freeze_startup_objects
 from agenttasks.gateway import Gateway, GatewayError, check_port, envoy_binary
 from agenttasks.settings import Settings
 
@@ -81,6 +82,7 @@ async def run(settings: Settings) -> int:
         if not settings.public_base_url:  # the real address, even when the port was 0
             service.tasks.base_url = gateway.url
         print(f"agenttasks REST listening on {gateway.url}", flush=True)
+    log.debug("froze %d start-up objects out of garbage collection", freeze_startup_objects())
     waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
     failed: asyncio.Future[Any] = service.supervisor.failed
     watched: list[asyncio.Future[Any]] = [waiter, failed] + ([gateway.exited] if gateway else [])
