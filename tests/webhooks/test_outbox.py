@@ -340,3 +340,10 @@ async def test_tenants_at_their_cap_do_not_starve_the_others(db_path: Path) -> N
         finally:
             for api in [*apis, healthy_api]:
                 await api.channel.close()
+
+
+async def test_an_idle_server_polls_the_outbox_without_writing(hooked: Service) -> None:
+    await asyncio.sleep(0.5)  # past the start-up writes (the first idempotency purge)
+    before = hooked.store.stats().writes
+    await asyncio.sleep(0.5)  # ten polls of the outbox at sweep_seconds 0.05
+    assert hooked.store.stats().writes == before  # nothing due: no write, no fsync

@@ -148,6 +148,10 @@ class Deliverer:
         if free <= 0:
             return
         now = self._clock()
+        # Most rounds find nothing due: a read says so without a write transaction (and its
+        # fsync) every poll interval of an idle server.
+        if not await self._store.read(lambda tx: tx.due_deliveries(now, 1, self._per_tenant)):
+            return
         # Long enough for the attempt (and its bookkeeping) to finish before anyone else may
         # retry it; after a crash, what was in flight is due again this soon.
         claim_until = now + timedelta(seconds=self._timeout + CLAIM_MARGIN_SECONDS)
