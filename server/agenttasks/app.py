@@ -174,6 +174,7 @@ class Service:
         self.agents = AgentCore(store, self.hub, limits=limits, page_tokens=tokens)
         self.dispatcher = Dispatcher(store, self.hub, lease_seconds=s.lease_seconds)
         self.agents.on_status_change = self.dispatcher.poke
+        self.tasks.dispatcher = self.dispatcher
         self._dispatcher_started = True
         self._gate = gate = Gate(Authenticator(store, s, jwt_secret, api_key_cache_ttl=s.api_key_cache_seconds))
 

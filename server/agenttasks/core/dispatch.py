@@ -6,6 +6,15 @@ one write (highest priority first, FIFO within one) and assigns each to exactly 
 most one round per agent runs at a time, and a request for another while one runs sets it to go
 again, so bursts of submits coalesce into few rounds.
 
+A task is started for a worker inside a write function (on the event loop), and the worker's
+place is taken right there, so no two writes of one batch can hand out the same place; the
+assignment is sent only once the write has committed, and the place is given back if it did not
+(`Claim`). Two writes start tasks besides the rounds, each saving a transaction per task and a
+commit's wait before the worker hears: a Submit to an agent whose worker has a free place and
+whose queue holds nothing of the same priority or higher starts the task in its own write
+(`start_new`), and a worker's report that ends a task takes the next queued one for the same
+worker in the same write (`_take_next`).
+
 Changes committed anywhere reach the dispatcher through the event hub: a new or requeued task
 starts a round, a client message is delivered to the holder, and a task that ended while a
 worker held it (cancelled, timed out, lease lost) is stopped there at once. Reports from a worker
@@ -19,7 +28,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from agenttasks.core import lifecycle
@@ -114,7 +123,26 @@ class WorkerSession:
 
     @property
     def free(self) -> int:
-        return 0 if self.closed else self.capacity - len(self.held)
+        # held may exceed capacity by one per report in flight that took the next task while
+        # the task it ended is still counted (until its write commits).
+        return 0 if self.closed else max(0, self.capacity - len(self.held))
+
+
+Started = tuple[Task, list[TaskEvent], WorkerSession, list[TaskMessage]]
+
+
+@dataclass(slots=True)
+class Claim:
+    """The tasks one write function started for workers. Their places were taken when the
+    function ran; `settle` sends the assignments once the write has committed, or gives the
+    places back if it did not. Whoever awaits the write must call it either way."""
+
+    dispatcher: Dispatcher
+    started: list[Started] = field(default_factory=list)
+
+    def settle(self, committed: bool) -> None:
+        self.dispatcher._settle(self.started, committed)
+        self.started = []
 
 
 def _bytes(text: str) -> int:
@@ -211,51 +239,97 @@ class Dispatcher:
         if silent:
             self.poke(session.tenant, session.agent_id)
 
-    async def _round(self, tenant: str, agent_id: str) -> None:
-        now = self._clock()
-        alive = [s for s in self.workers(tenant, agent_id) if now - s.last_seen <= self.lease]
-        sessions = sorted(alive, key=lambda s: s.free, reverse=True)
-        # One slot per free place, spread round-robin so work goes to the least busy first.
+    def _slots(self, tenant: str, agent_id: str, now: datetime) -> list[WorkerSession]:
+        """One entry per free place of the agent's live workers, spread round-robin so that
+        work goes to the least busy first."""
+        alive = [s for s in self.workers(tenant, agent_id) if not s.closed and now - s.last_seen <= self.lease]
+        free = {s.worker_id: s.free for s in alive}
+        sessions = sorted(alive, key=lambda s: free[s.worker_id], reverse=True)
         slots: list[WorkerSession] = []
-        free = {s.worker_id: s.free for s in sessions}
         while any(free.values()):
             for s in sessions:
                 if free[s.worker_id] > 0:
                     slots.append(s)
                     free[s.worker_id] -= 1
-        if not slots:
-            return
-        lease_until = now + self.lease
+        return slots
 
-        def claim(tx: WriteTx) -> list[tuple[Task, list[TaskEvent], WorkerSession, list[TaskMessage]]]:
+    def _start(self, tx: WriteTx, claim: Claim, task: Task, session: WorkerSession, now: datetime) -> Started:
+        """Start `task` (queued, or new) for `session` and take its place (see Claim)."""
+        # A task whose only event is its creation has no messages: skip the query.
+        messages = (
+            [_message(e) for e in tx.events_of_type(task.tenant, task.task_id, EventType.MESSAGE)]
+            if task.last_sequence > 1
+            else []
+        )
+        started, events = lifecycle.start(task, now, worker_id=session.worker_id, lease_until=now + self.lease)
+        session.held[started.task_id] = started.attempt
+        self._holder[started.task_id] = session
+        entry = (started, events, session, messages)
+        claim.started.append(entry)
+        return entry
+
+    def _settle(self, started: list[Started], committed: bool) -> None:
+        for task, _, session, messages in started:
+            if committed and not session.closed:
+                session.outbox.put_nowait(Assign(task, messages))
+            elif self._holder.get(task.task_id) is session:
+                # Not stored, or its worker left meanwhile: that disconnect's take-back write
+                # came after this one, so it finds the task and requeues it.
+                self._release(task.task_id)
+
+    def claim(self) -> Claim:
+        return Claim(self)
+
+    def start_new(self, tx: WriteTx, claim: Claim, task: Task, now: datetime) -> tuple[Task, list[TaskEvent]] | None:
+        """In a Submit's write function: start the new task (not yet inserted) for the agent's
+        least busy live worker, if one has a free place; None if none has. The caller checks
+        that nothing queued for the agent comes before it."""
+        if self._closed:
+            return None
+        slots = self._slots(task.tenant, task.agent_id, now)
+        if not slots:
+            return None
+        started, events, _, _ = self._start(tx, claim, task, slots[0], now)
+        return started, events
+
+    def _take_next(self, tx: WriteTx, claim: Claim, session: WorkerSession, now: datetime) -> Started | None:
+        """In the write of a report that ended a task: the next queued task of the agent, for the
+        same worker, whose place that task frees. None if there is none or it cannot take it."""
+        if self._closed or session.closed:
+            return None
+        agent = tx.get_agent(session.tenant, session.agent_id)
+        if agent is None or agent.status is not AgentStatus.ACTIVE:
+            return None
+        for task in tx.next_queued(session.tenant, session.agent_id, 1):
+            entry = self._start(tx, claim, task, session, now)
+            save(tx, (entry[0], entry[1]))
+            return entry
+        return None
+
+    async def _round(self, tenant: str, agent_id: str) -> None:
+        now = self._clock()
+        if not self._slots(tenant, agent_id, now):
+            return
+        claim = self.claim()
+
+        def run(tx: WriteTx) -> None:
             agent = tx.get_agent(tenant, agent_id)
             if agent is None or agent.status is not AgentStatus.ACTIVE:
-                return []
-            claimed = []
+                return
+            slots = self._slots(tenant, agent_id, now)  # as they are now, with this batch's claims
             for task, session in zip(tx.next_queued(tenant, agent_id, len(slots)), slots, strict=False):
-                # A task whose only event is its creation has no messages: skip the query.
-                messages = (
-                    [_message(e) for e in tx.events_of_type(tenant, task.task_id, EventType.MESSAGE)]
-                    if task.last_sequence > 1
-                    else []
-                )
-                started = lifecycle.start(task, now, worker_id=session.worker_id, lease_until=lease_until)
-                task, events = save(tx, started)
-                claimed.append((task, events, session, messages))
-            return claimed
+                started, events, _, _ = self._start(tx, claim, task, session, now)
+                save(tx, (started, events))
 
-        claimed = await self._store.write(claim)
-        orphaned = set()
-        for task, events, session, messages in claimed:
-            if session.closed:  # it left while we claimed: its disconnect may have missed these
-                orphaned.add(session.worker_id)
-            else:
-                session.held[task.task_id] = task.attempt
-                self._holder[task.task_id] = session
-                session.outbox.put_nowait(Assign(task, messages))
+        try:
+            await self._store.write(run)
+        except BaseException:
+            claim.settle(committed=False)
+            raise
+        started = claim.started
+        claim.settle(committed=True)
+        for task, events, _, _ in started:
             self._hub.publish(task, events)
-        for worker_id in orphaned:
-            await self._take_back(lambda tx, now, w=worker_id: tx.worker_tasks(w))  # type: ignore[misc]
 
     # --- what committed changes mean for workers ---
 
@@ -296,7 +370,9 @@ class Dispatcher:
         if renew_all:
             session.leases_renewed = now
 
-        def op(tx: WriteTx) -> tuple[Task, list[TaskEvent]]:
+        claim = self.claim()
+
+        def op(tx: WriteTx) -> tuple[Task, list[TaskEvent], Started | None]:
             if renew_all:
                 tx.renew_leases(session.worker_id, now + self.lease)
             task = tx.get_task(session.tenant, ref.task_id)
@@ -313,22 +389,32 @@ class Dispatcher:
             task, events = change(tx, task, now)
             if task.worker_id:  # any report from the holder keeps its lease alive
                 task = replace(task, lease_expires_at=now + self.lease)
-            return save(tx, (task, events))
+            task, events = save(tx, (task, events))
+            # The holder ended it: its place goes to the next queued task in this same write.
+            following = None if task.worker_id else self._take_next(tx, claim, session, now)
+            return task, events, following
 
         async def write_then_publish() -> None:
             try:
-                task, events = await self._store.write(op)
-            except LeaseLost:
+                task, events, following = await self._store.write(op)
+            except BaseException as error:
+                claim.settle(committed=False)
                 # The store says this attempt is not the worker's: if our map still thought it
-                # was, free the slot, or the worker's capacity would shrink for good.
-                if self._holder.get(ref.task_id) is session and session.held.get(ref.task_id) == ref.attempt:
+                # was, free the place, or the worker's capacity would shrink for good.
+                ours = self._holder.get(ref.task_id) is session and session.held.get(ref.task_id) == ref.attempt
+                if isinstance(error, LeaseLost) and ours:
                     self._release(ref.task_id)
                     self.poke(session.tenant, session.agent_id)
                 raise
-            if not task.worker_id:  # the holder finished it itself: no stop to send
+            if not task.worker_id:
+                # The holder finished it itself: no stop to send. Its place went to the next
+                # queued task if there was one; a task queued since then was published after
+                # this release and pokes a round itself, so no round is needed here.
                 self._release(task.task_id)
-                self.poke(session.tenant, session.agent_id)
+            claim.settle(committed=True)
             self._hub.publish(task, events)
+            if following is not None:
+                self._hub.publish(following[0], following[1])
 
         await to_the_end(write_then_publish())
 

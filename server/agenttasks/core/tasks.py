@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agenttasks.core import idempotency, lifecycle, validation
 from agenttasks.core.errors import AgentNotFound, AgentUnavailable, InvalidArgument, TaskNotFound
@@ -32,6 +32,9 @@ from agenttasks.core.model import (
 from agenttasks.core.paging import PageTokens
 from agenttasks.core.ports import ReadTx, Store, WriteTx, save, to_the_end
 from agenttasks.core.watch import EventHub, WatchItem, follow
+
+if TYPE_CHECKING:
+    from agenttasks.core.dispatch import Dispatcher
 
 # Without run history, assume a task takes this long when estimating start times.
 DEFAULT_RUN_SECONDS = 60.0
@@ -131,6 +134,9 @@ class TaskCore:
         # Why a webhook_url must be refused at once (a literal private address...), or None.
         self._check_webhook_url = check_webhook_url
         self._run_estimates: dict[tuple[str, str], tuple[float, float]] = {}
+        # Set once the dispatcher exists: a Submit then starts its task at once for a worker
+        # with a free place, in the same write (see Dispatcher.start_new).
+        self.dispatcher: Dispatcher | None = None
 
     @property
     def base_url(self) -> str:
@@ -208,6 +214,8 @@ class TaskCore:
         )
         now = self._clock()
         task_id = new_id()
+        dispatcher = self.dispatcher
+        claim = dispatcher.claim() if dispatcher is not None else None
 
         def op(tx: WriteTx) -> tuple[SubmitResult, Task | None, list[TaskEvent]]:
             if (stored := idempotency.replay(tx, tenant, "submit", spec.request_id, digest)) is not None:
@@ -231,24 +239,47 @@ class TaskCore:
                 updated_at=now,
             )
             task, events = lifecycle.created(task)
+            ahead = tx.queued_at_or_above(tenant, agent_id, task.priority)
+            estimated_start = now
+            started = None
+            if ahead == 0 and dispatcher is not None and claim is not None:
+                started = dispatcher.start_new(tx, claim, task, now)
+            if started is not None:
+                task, events = started[0], events + started[1]
+            else:
+                estimated_start = now + timedelta(seconds=ahead * self._run_seconds(tx, tenant, agent_id))
             task = tx.insert_task(task)
             for event in events:
                 tx.append_event(event)
-            ahead = tx.queued_at_or_above(tenant, agent_id, task.priority) - 1  # all but itself
-            run_seconds = self._run_seconds(tx, tenant, agent_id)
             poll_url, cancel_url = self._urls(agent_id, task_id)
             result = SubmitResult(
                 task_id=task_id,
                 agent_id=agent_id,
-                status=task.status,
+                # As accepted (the contract's answer), even if it started in this same write.
+                status=TaskStatus.QUEUED,
                 created_at=now,
-                estimated_start=now + timedelta(seconds=ahead * run_seconds),
+                estimated_start=estimated_start,
                 poll_url=poll_url,
                 cancel_url=cancel_url,
             )
             if spec.request_id:
                 idempotency.remember(tx, tenant, "submit", spec.request_id, digest, result.to_json(), now, self._ttl)
             return result, task, events
+
+        async def write_then_publish() -> SubmitResult:
+            try:
+                result, task, events = await self._store.write(op)
+            except BaseException:
+                if claim is not None:
+                    claim.settle(committed=False)
+                raise
+            if claim is not None:
+                claim.settle(committed=True)  # the worker hears before any later change is published
+            if task is not None:
+                self._hub.publish(task, events)
+            return result
+
+        return await to_the_end(write_then_publish())
 
         result: SubmitResult = await self._commit(op)
         return result

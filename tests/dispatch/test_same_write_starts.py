@@ -1,0 +1,143 @@
+"""Tasks started in the write that frees or brings them: a Submit to a worker with a free
+place, and a report that ends a task taking the next one. Each saves a transaction, and the
+worker hears a commit sooner; neither may break the queue's order or a worker's capacity."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from agenttasks.app import Service
+from agenttasks.core import lifecycle
+from agenttasks.core.ids import new_id
+from agenttasks.core.model import Principal, Role, Task, utcnow
+from agenttasks.core.ports import WriteTx
+from agenttasks.v1 import worker_service_pb2 as wpb
+from tests.dispatch.raw_worker import RawWorker, ref
+from tests.dispatch.test_dispatch import complete, status
+from tests.support import Api
+
+pytestmark = pytest.mark.asyncio
+
+StartWorker = Callable[..., Awaitable[RawWorker]]
+
+
+async def settled_writes(service: Service) -> int:
+    """The writer's count once nothing has been written for a while (a connect's round)."""
+    last = service.store.stats().writes
+    for _ in range(100):
+        await asyncio.sleep(0.2)
+        if (count := service.store.stats().writes) == last:
+            return count
+        last = count
+    raise AssertionError("the store kept writing with nothing to do")
+
+
+async def test_a_submit_to_an_idle_worker_starts_in_its_own_write(
+    service: Service, client: Api, agent_id: str, workers: StartWorker
+) -> None:
+    worker = await workers(agent_id, capacity=2, heartbeat=False)
+    before = await settled_writes(service)
+    answer = await client.submit(agent_id, "hello")
+    assert answer.status == "queued"  # the contract's answer: accepted
+    task = (await status(client, answer.task_id)).task
+    assert (task.status, task.attempt) == ("running", 1)  # already started when Submit answered
+    assignment = await worker.next_assignment()
+    assert assignment.task.task_id == answer.task_id
+    assert service.store.stats().writes - before == 1  # no second write to claim it
+    await complete(worker, assignment)
+
+
+async def test_a_submit_never_starts_ahead_of_queued_work_of_its_priority(
+    service: Service, client: Api, agent_id: str, workers: StartWorker
+) -> None:
+    worker = await workers(agent_id, capacity=5)
+    await settled_writes(service)
+    now = utcnow()
+    waiting, _ = lifecycle.created(
+        Task(tenant="default", task_id=new_id(), agent_id=agent_id, message="queued", created_at=now, updated_at=now)
+    )
+
+    def queued_unseen(tx: WriteTx) -> None:
+        # As another replica's lease expiry would: queued in the store, never published here.
+        tx.insert_task(waiting)
+
+    await service.store.write(queued_unseen)
+    same = (await client.submit(agent_id, "same priority", priority=5)).task_id
+    order = [(await worker.next_assignment()).task.task_id for _ in range(2)]
+    assert order == [waiting.task_id, same]  # FIFO within the priority, as a round hands them out
+    higher = (await client.submit(agent_id, "higher", priority=9)).task_id
+    assert (await status(client, higher)).task.status == "running"  # nothing of its priority waits
+    assert (await worker.next_assignment()).task.task_id == higher
+
+
+async def test_an_ended_task_hands_its_place_to_the_next_in_the_same_write(
+    service: Service, client: Api, agent_id: str, workers: StartWorker
+) -> None:
+    ids = [(await client.submit(agent_id, f"job {i}", priority=p)).task_id for i, p in enumerate([5, 9, 5])]
+    worker = await workers(agent_id, capacity=1, heartbeat=False)
+    first = await worker.next_assignment()
+    assert first.task.task_id == ids[1]  # the highest priority first
+    before = await settled_writes(service)
+    await complete(worker, first)
+    second = await worker.next_assignment()
+    assert second.task.task_id == ids[0]
+    assert service.store.stats().writes - before == 1  # the completion's own write took it
+    ack = await worker.send(fail=wpb.FailTask(task=ref(second), code="BROKEN", message="no"))
+    assert ack.code == 0
+    assert (await worker.next_assignment()).task.task_id == ids[2]  # a failure frees the place too
+    await asyncio.sleep(0.3)  # a chance for a (wrong) extra assignment beyond capacity 1
+    assert worker.assignments.empty()
+    assert [(await status(client, i)).task.status for i in ids] == ["failed", "completed", "running"]
+
+
+async def test_a_start_whose_write_fails_gives_the_place_back(service: Service, agent_id: str) -> None:
+    dispatcher = service.dispatcher
+    principal = Principal(tenant="default", role=Role.WORKER, subject="test")
+    session = await dispatcher.connect(principal, agent_id, capacity=1)
+    try:
+        now = utcnow()
+        task, _ = lifecycle.created(
+            Task(tenant="default", task_id=new_id(), agent_id=agent_id, message="x", created_at=now, updated_at=now)
+        )
+        claim = dispatcher.claim()
+
+        def start_then_fail(tx: WriteTx) -> None:
+            assert dispatcher.start_new(tx, claim, task, now) is not None
+            assert session.free == 0  # taken at once: no other write of the batch can have it
+            raise RuntimeError("the rest of the write failed")
+
+        with pytest.raises(RuntimeError, match="the rest of the write failed"):
+            await service.store.write(start_then_fail)
+        claim.settle(committed=False)
+        assert session.free == 1
+        assert session.outbox.empty()  # nothing was assigned
+        assert await service.store.read(lambda tx: tx.get_task("default", task.task_id)) is None
+    finally:
+        await dispatcher.disconnect(session)
+
+
+async def test_concurrent_submits_and_completions_never_exceed_capacity(
+    client: Api, agent_id: str, workers: StartWorker
+) -> None:
+    worker = await workers(agent_id, capacity=3)
+    total = 60
+    submits = asyncio.gather(*(client.submit(agent_id, f"job {i}") for i in range(total)))
+    held: dict[str, wpb.Assignment] = {}
+    most = 0
+    finished = 0
+    while finished < total:
+        while not worker.assignments.empty() or not held:
+            assignment = await asyncio.wait_for(worker.assignments.get(), 20)
+            held[assignment.task.task_id] = assignment
+        most = max(most, len(held))
+        assert len(held) <= 3, sorted(held)
+        task_id = next(iter(held))
+        await complete(worker, held.pop(task_id))
+        finished += 1
+    answers = await submits
+    assert most == 3
+    assert worker.assignments.empty()
+    assert {(await status(client, a.task_id)).task.status for a in answers} == {"completed"}
