@@ -68,9 +68,11 @@ def _compact(data: dict[str, Any]) -> JsonObject:
     return {k: v for k, v in data.items() if v not in (None, "", {})}
 
 
-def _emit(task: Task, etype: EventType, now: datetime, data: JsonObject) -> Transition:
+def _emit(task: Task, etype: EventType, now: datetime, data: JsonObject, **changes: Any) -> Transition:
+    """The task with `changes` and its next event. One `replace` per transition: it is the
+    dearest step of one (~12 us for a Task), and every task makes several."""
     seq = task.last_sequence + 1
-    new = replace(task, last_sequence=seq, updated_at=now)
+    new = replace(task, last_sequence=seq, updated_at=now, **changes)
     event = TaskEvent(
         tenant=task.tenant, task_id=task.task_id, sequence=seq, type=etype, status=new.status, time=now, data=data
     )
@@ -80,14 +82,13 @@ def _emit(task: Task, etype: EventType, now: datetime, data: JsonObject) -> Tran
 def _move(task: Task, dst: TaskStatus, now: datetime, *, data: JsonObject | None = None, **changes: Any) -> Transition:
     if not can_move(task.status, dst):  # a bug in the caller, never client input
         raise AssertionError(f"illegal transition {task.status} -> {dst} for task {task.task_id}")
-    moved = replace(task, status=dst, **changes)
-    return _emit(moved, EventType.STATUS, now, _compact({"reason": moved.status_reason, **(data or {})}))
+    reason = changes.get("status_reason", task.status_reason)
+    return _emit(task, EventType.STATUS, now, _compact({"reason": reason, **(data or {})}), status=dst, **changes)
 
 
 def created(task: Task) -> Transition:
     """The first event of a new task, which waits for its first attempt."""
-    task = replace(task, attempt=1)
-    return _emit(task, EventType.CREATED, task.created_at, _compact({"priority": task.priority}))
+    return _emit(task, EventType.CREATED, task.created_at, _compact({"priority": task.priority}), attempt=1)
 
 
 def cancel(task: Task, now: datetime, reason: str = CANCELLED_BY_CLIENT) -> Transition:
@@ -140,11 +141,11 @@ def start(task: Task, now: datetime, *, worker_id: str, lease_until: datetime) -
 
 
 def progress(task: Task, value: Progress, now: datetime) -> Transition:
-    return _emit(replace(task, progress=value), EventType.PROGRESS, now, {"progress": asdict(value)})
+    return _emit(task, EventType.PROGRESS, now, {"progress": asdict(value)}, progress=value)
 
 
 def output(task: Task, chunk: str, now: datetime) -> Transition:
-    return _emit(replace(task, output=task.output + chunk), EventType.OUTPUT, now, {"output": chunk})
+    return _emit(task, EventType.OUTPUT, now, {"output": chunk}, output=task.output + chunk)
 
 
 def ask_input(task: Task, prompt: str, now: datetime, input_timeout_seconds: int) -> Transition:
