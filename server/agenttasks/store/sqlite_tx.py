@@ -68,8 +68,12 @@ def _opt_datetime(value: int | None) -> datetime | None:
     return None if value is None else from_micros(value)
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def dump_json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    # One encoder for all: json.dumps builds a new one per call when given separators.
+    return _COMPACT.encode(value)
 
 
 def _load_object(text: str) -> JsonObject:
