@@ -11,12 +11,14 @@ import pytest
 
 from agenttasks.app import Service
 from agenttasks.core import lifecycle
+from agenttasks.core.dispatch import Assign, TaskRef
 from agenttasks.core.ids import new_id
-from agenttasks.core.model import Principal, Role, Task, utcnow
+from agenttasks.core.model import Principal, Role, Task, TaskStatus, utcnow
 from agenttasks.core.ports import WriteTx
 from agenttasks.v1 import worker_service_pb2 as wpb
 from tests.dispatch.raw_worker import RawWorker, ref
 from tests.dispatch.test_dispatch import complete, status
+from tests.store.test_sqlite_specific import commit_thread_held, turns
 from tests.support import Api
 
 pytestmark = pytest.mark.asyncio
@@ -141,3 +143,31 @@ async def test_concurrent_submits_and_completions_never_exceed_capacity(
     assert most == 3
     assert worker.assignments.empty()
     assert {(await status(client, a.task_id)).task.status for a in answers} == {"completed"}
+
+
+async def test_a_start_is_not_undone_by_the_earlier_news_of_its_task(service: Service, agent_id: str) -> None:
+    """A report that ends A takes Q, which a Submit queued just before (the worker was full):
+    the Submit's publish of Q as queued comes after the start was decided but before it
+    committed, and must not read as 'someone else requeued it' (a Stop before the Assign)."""
+    dispatcher, tasks = service.dispatcher, service.tasks
+    owner = Principal(tenant="default", role=Role.CLIENT, subject="test")
+    session = await dispatcher.connect(Principal(tenant="default", role=Role.WORKER, subject="w"), agent_id, 1)
+    try:
+        first = await tasks.submit(owner, agent_id, message="A")
+        assigned = session.outbox.get_nowait()
+        assert isinstance(assigned, Assign) and assigned.task.task_id == first.task_id
+        async with commit_thread_held(service.store):  # both writes wait for the same commit
+            queued = asyncio.ensure_future(tasks.submit(owner, agent_id, message="Q"))
+            await turns(5)
+            ended = asyncio.ensure_future(dispatcher.complete(session, TaskRef(first.task_id, 1), "done", None))
+            await turns(5)
+        q = (await queued).task_id
+        await ended
+        await turns(5)
+        pushed = [session.outbox.get_nowait() for _ in range(session.outbox.qsize())]
+        assert [(type(p).__name__, p.task.task_id if isinstance(p, Assign) else p) for p in pushed] == [("Assign", q)]
+        assert session.held == {q: 1}
+        stored = await service.store.read(lambda tx: tx.get_task("default", q))
+        assert stored is not None and (stored.status, stored.worker_id) == (TaskStatus.RUNNING, session.worker_id)
+    finally:
+        await dispatcher.disconnect(session)

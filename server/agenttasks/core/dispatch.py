@@ -7,13 +7,13 @@ most one round per agent runs at a time, and a request for another while one run
 again, so bursts of submits coalesce into few rounds.
 
 A task is started for a worker inside a write function (on the event loop), and the worker's
-place is taken right there, so no two writes of one batch can hand out the same place; the
-assignment is sent only once the write has committed, and the place is given back if it did not
-(`Claim`). Two writes start tasks besides the rounds, each saving a transaction per task and a
-commit's wait before the worker hears: a Submit to an agent whose worker has a free place and
-whose queue holds nothing of the same priority or higher starts the task in its own write
-(`start_new`), and a worker's report that ends a task takes the next queued one for the same
-worker in the same write (`_take_next`).
+place is reserved right there, so no two writes of one batch can hand out the same place; the
+worker becomes the holder and gets the assignment only once the write has committed, and the
+place is given back if it did not (`Claim`). Two writes start tasks besides the rounds, each
+saving a transaction per task and a commit's wait before the worker hears: a Submit to an agent
+whose worker has a free place and whose queue holds nothing of the same priority or higher
+starts the task in its own write (`start_new`), and a worker's report that ends a task takes the
+next queued one for the same worker in the same write (`_take_next`).
 
 Changes committed anywhere reach the dispatcher through the event hub: a new or requeued task
 starts a round, a client message is delivered to the holder, and a task that ended while a
@@ -112,6 +112,10 @@ class WorkerSession:
         self.capacity = capacity
         self.name = name
         self.held: dict[str, int] = {}  # task_id -> attempt
+        # Places taken by write functions that started tasks for this worker and have not yet
+        # committed. Not in `held` until they do: news of those tasks committed before the
+        # start (a Submit that queued one) may still be on its way, and must not find a holder.
+        self.reserved = 0
         # What to send the worker; None ends its stream (on drain).
         self.outbox: asyncio.Queue[Push | None] = asyncio.Queue()
         self.closed = False
@@ -123,9 +127,9 @@ class WorkerSession:
 
     @property
     def free(self) -> int:
-        # held may exceed capacity by one per report in flight that took the next task while
-        # the task it ended is still counted (until its write commits).
-        return 0 if self.closed else max(0, self.capacity - len(self.held))
+        # held and reserved together may exceed capacity by one per report in flight that took
+        # the next task while the task it ended is still held (until its write commits).
+        return 0 if self.closed else max(0, self.capacity - len(self.held) - self.reserved)
 
 
 Started = tuple[Task, list[TaskEvent], WorkerSession, list[TaskMessage]]
@@ -133,9 +137,10 @@ Started = tuple[Task, list[TaskEvent], WorkerSession, list[TaskMessage]]
 
 @dataclass(slots=True)
 class Claim:
-    """The tasks one write function started for workers. Their places were taken when the
-    function ran; `settle` sends the assignments once the write has committed, or gives the
-    places back if it did not. Whoever awaits the write must call it either way."""
+    """The tasks one write function started for workers. Their places were reserved when the
+    function ran; `settle` makes each worker the holder and sends the assignment once the write
+    has committed, or gives the places back if it did not. Whoever awaits the write must call
+    it either way, before publishing the write's events."""
 
     dispatcher: Dispatcher
     started: list[Started] = field(default_factory=list)
@@ -254,7 +259,7 @@ class Dispatcher:
         return slots
 
     def _start(self, tx: WriteTx, claim: Claim, task: Task, session: WorkerSession, now: datetime) -> Started:
-        """Start `task` (queued, or new) for `session` and take its place (see Claim)."""
+        """Start `task` (queued, or new) for `session`, reserving its place (see Claim)."""
         # A task whose only event is its creation has no messages: skip the query.
         messages = (
             [_message(e) for e in tx.events_of_type(task.tenant, task.task_id, EventType.MESSAGE)]
@@ -262,20 +267,23 @@ class Dispatcher:
             else []
         )
         started, events = lifecycle.start(task, now, worker_id=session.worker_id, lease_until=now + self.lease)
-        session.held[started.task_id] = started.attempt
-        self._holder[started.task_id] = session
+        session.reserved += 1
         entry = (started, events, session, messages)
         claim.started.append(entry)
         return entry
 
     def _settle(self, started: list[Started], committed: bool) -> None:
         for task, _, session, messages in started:
-            if committed and not session.closed:
+            session.reserved -= 1
+            if not committed:
+                # Still queued in the store: a round may have passed it over for this place.
+                self.poke(session.tenant, session.agent_id)
+            elif not session.closed:
+                session.held[task.task_id] = task.attempt
+                self._holder[task.task_id] = session
                 session.outbox.put_nowait(Assign(task, messages))
-            elif self._holder.get(task.task_id) is session:
-                # Not stored, or its worker left meanwhile: that disconnect's take-back write
-                # came after this one, so it finds the task and requeues it.
-                self._release(task.task_id)
+            # Else its worker left meanwhile: that disconnect's take-back write came after this
+            # one, so it finds the task and requeues it.
 
     def claim(self) -> Claim:
         return Claim(self)

@@ -281,9 +281,6 @@ class TaskCore:
 
         return await to_the_end(write_then_publish())
 
-        result: SubmitResult = await self._commit(op)
-        return result
-
     async def get(self, principal: Principal, agent_id: str, task_id: str) -> Task:
         agent_id, task_id = check_parent(agent_id), check_id(task_id, "task_id")
         return await self._store.read(lambda tx: find_task(tx, principal.tenant, agent_id, task_id))
