@@ -4,6 +4,7 @@ answers, failures, cancellation, refusal at connect, and tasks handed back when 
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -422,3 +423,22 @@ async def test_an_oversized_result_fails_only_its_own_task(start_worker: StartWo
     failed = await tasks.wait(huge, "failed")
     assert failed.error.code == "WORKER_ERROR" and failed.attempt == 1  # not requeued: the stream held
     assert (await tasks.wait(small, "completed")).result.text == "small"
+
+
+async def test_a_worker_exempts_what_its_process_holds_from_full_collections(
+    service: Service, worker_key: str, tasks: Tasks
+) -> None:
+    async def handle(ctx: TaskContext) -> str:
+        return "ok"
+
+    for freeze, frozen in ((False, False), (True, True)):
+        gc.unfreeze()
+        try:
+            worker = Worker(service.address, worker_key, tasks.agent_id, handle, freeze_gc=freeze)
+            async with worker:
+                async with asyncio.timeout(WAIT_SECONDS):
+                    await worker.wait_connected()
+                assert (gc.get_freeze_count() > 0) is frozen
+                assert (await tasks.wait(await tasks.submit(), "completed")).result.text == "ok"
+        finally:
+            gc.unfreeze()  # give this test process's objects back to the collector

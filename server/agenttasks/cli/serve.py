@@ -13,8 +13,8 @@ from typing import Any
 
 from agenttasks.app import Service, StartupError
 from agenttasks.cli.client import CliError
-from agenttasks.cli.heap import freeze_startup_objects
 from agenttasks.gateway import Gateway, GatewayError, check_port, envoy_binary
+from agenttasks.heap import freeze_startup_objects
 from agenttasks.settings import Settings
 
 log = logging.getLogger("agenttasks")

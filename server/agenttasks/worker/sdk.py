@@ -19,6 +19,7 @@ from types import TracebackType
 import grpc
 
 from agenttasks.core.dispatch import MAX_CAPACITY
+from agenttasks.heap import freeze_startup_objects
 from agenttasks.v1 import worker_service_pb2
 from agenttasks.worker.connection import ConnectRefused, Session, StreamEnded, describe
 from agenttasks.worker.context import Handler
@@ -66,7 +67,12 @@ class Worker:
         name: str | None = None,
         *,
         max_backoff: float = 10.0,
+        freeze_gc: bool = True,
     ) -> None:
+        """`freeze_gc`: when `run()` starts, exempt the objects the process holds by then from
+        the garbage collector's full passes (`gc.freeze()`, after one collection), so that none
+        of them stalls the tasks in flight for tens of milliseconds. Pass False when the worker
+        shares its process with code that tunes the collector itself."""
         if not 1 <= capacity <= MAX_CAPACITY:
             raise ValueError(f"capacity must be between 1 and {MAX_CAPACITY}, got {capacity}")
         if not agent_id:
@@ -77,6 +83,7 @@ class Worker:
         self.name = name or default_name()
         self.handler = handler
         self.max_backoff = max_backoff
+        self.freeze_gc = freeze_gc
         self.connected = asyncio.Event()
         """Set while the worker holds a welcomed stream."""
         self.worker_id: str | None = None
@@ -96,6 +103,8 @@ class Worker:
         if self._running:
             raise RuntimeError("this worker is already running")
         self._running = True
+        if self.freeze_gc:
+            freeze_startup_objects()
         try:
             await self._serve()
         except BaseException as error:

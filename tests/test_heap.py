@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agenttasks.cli.heap import freeze_startup_objects
+from agenttasks.heap import freeze_startup_objects
 
 
 @pytest.fixture
