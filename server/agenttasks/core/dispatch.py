@@ -321,6 +321,8 @@ class Dispatcher:
         claim = self.claim()
 
         def run(tx: WriteTx) -> None:
+            if self._closed:  # the drain began after this round queued its write
+                return
             agent = tx.get_agent(tenant, agent_id)
             if agent is None or agent.status is not AgentStatus.ACTIVE:
                 return
