@@ -34,8 +34,10 @@ async def worker_key(service: Service) -> str:
 async def workers(service: Service, worker_key: str) -> AsyncIterator[Callable[..., Awaitable[RawWorker]]]:
     started: list[RawWorker] = []
 
-    async def start(agent_id: str, capacity: int = 1, heartbeat: bool = True, key: str | None = None) -> RawWorker:
-        worker = RawWorker(service.address, key or worker_key, agent_id, capacity, heartbeat)
+    async def start(
+        agent_id: str, capacity: int = 1, heartbeat: bool = True, key: str | None = None, batches: bool = False
+    ) -> RawWorker:
+        worker = RawWorker(service.address, key or worker_key, agent_id, capacity, heartbeat, batches)
         started.append(worker)
         return await worker.start()
 

@@ -25,8 +25,19 @@ def reason_of(status: status_pb2.Status) -> str:
 
 
 class RawWorker:
-    def __init__(self, address: str, key: str, agent_id: str, capacity: int = 1, heartbeat: bool = True) -> None:
+    def __init__(
+        self,
+        address: str,
+        key: str,
+        agent_id: str,
+        capacity: int = 1,
+        heartbeat: bool = True,
+        accepts_batches: bool = False,
+    ) -> None:
         self.channel = grpc.aio.insecure_channel(address)
+        self.accepts_batches = accepts_batches
+        # Sizes of the server's messages as they came: 1 for a single push, N for a batch of N.
+        self.message_sizes: list[int] = []
         self.key = key
         self.agent_id = agent_id
         self.capacity = capacity
@@ -49,7 +60,12 @@ class RawWorker:
     async def start(self) -> RawWorker:
         stub = worker_service_pb2_grpc.WorkerServiceStub(self.channel)
         self.call = stub.Connect(self._requests(), metadata=(("authorization", f"Bearer {self.key}"),))
-        hello = wpb.Hello(agent_id=self.agent_id, capacity=self.capacity, worker_name="raw-test-worker")
+        hello = wpb.Hello(
+            agent_id=self.agent_id,
+            capacity=self.capacity,
+            worker_name="raw-test-worker",
+            accepts_batches=self.accepts_batches,
+        )
         self._out.put_nowait(wpb.ConnectRequest(request_id=next(self._ids), hello=hello))
         first = await self.call.read()
         if first is grpc.aio.EOF:
@@ -62,22 +78,28 @@ class RawWorker:
 
     async def _read(self) -> None:
         try:
-            while (response := await self.call.read()) is not grpc.aio.EOF:
-                kind = response.WhichOneof("kind")
-                if kind == "assign":
-                    self.assignments.put_nowait(response.assign)
-                elif kind == "deliver":
-                    self.deliveries.put_nowait(response.deliver)
-                elif kind == "cancel":
-                    self.cancels.put_nowait(response.cancel)
-                elif kind == "ack":
-                    future = self._acks.pop(response.ack.request_id, None)
-                    if future is not None and not future.done():
-                        future.set_result(response.ack.status)
+            while (message := await self.call.read()) is not grpc.aio.EOF:
+                pushes = list(message.batch.pushes) if message.WhichOneof("kind") == "batch" else [message]
+                self.message_sizes.append(len(pushes))
+                for response in pushes:
+                    self._on_push(response)
         except grpc.aio.AioRpcError as error:
             self.error = error
         finally:
             self.ended.set()
+
+    def _on_push(self, response: wpb.ConnectResponse) -> None:
+        kind = response.WhichOneof("kind")
+        if kind == "assign":
+            self.assignments.put_nowait(response.assign)
+        elif kind == "deliver":
+            self.deliveries.put_nowait(response.deliver)
+        elif kind == "cancel":
+            self.cancels.put_nowait(response.cancel)
+        elif kind == "ack":
+            future = self._acks.pop(response.ack.request_id, None)
+            if future is not None and not future.done():
+                future.set_result(response.ack.status)
 
     async def _beat(self) -> None:
         assert self.welcome is not None
@@ -96,6 +118,17 @@ class RawWorker:
         self._acks[request_id] = future
         self._out.put_nowait(wpb.ConnectRequest(request_id=request_id, **kind))
         return await asyncio.wait_for(future, 30)
+
+    async def send_batch(self, reports: list[wpb.ConnectRequest]) -> list[status_pb2.Status]:
+        """Send reports in one ReportBatch (request ids given here) and wait for every ack."""
+        futures = []
+        for report in reports:
+            report.request_id = next(self._ids)
+            future: asyncio.Future[status_pb2.Status] = asyncio.get_running_loop().create_future()
+            self._acks[report.request_id] = future
+            futures.append(future)
+        self._out.put_nowait(wpb.ConnectRequest(batch=wpb.ReportBatch(reports=reports)))
+        return list(await asyncio.wait_for(asyncio.gather(*futures), 30))
 
     async def next_assignment(self) -> wpb.Assignment:
         return await asyncio.wait_for(self.assignments.get(), 30)

@@ -36,6 +36,7 @@ class ConnectRequest(_message.Message):
     REQUEST_INPUT_FIELD_NUMBER: _builtins.int
     COMPLETE_FIELD_NUMBER: _builtins.int
     FAIL_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     """Echoed in the `ack` for this message; unique per stream (a counter is fine). 0 for
     messages that want no ack (heartbeats).
@@ -54,6 +55,10 @@ class ConnectRequest(_message.Message):
     def complete(self) -> Global___CompleteTask: ...
     @_builtins.property
     def fail(self) -> Global___FailTask: ...
+    @_builtins.property
+    def batch(self) -> Global___ReportBatch:
+        """Several reports at once: only to a server whose welcome set `accepts_batches`."""
+
     def __init__(
         self,
         *,
@@ -65,16 +70,42 @@ class ConnectRequest(_message.Message):
         request_input: Global___RequestInput | None = ...,
         complete: Global___CompleteTask | None = ...,
         fail: Global___FailTask | None = ...,
+        batch: Global___ReportBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "fail", b"fail", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "output", b"output", "progress", b"progress", "request_input", b"request_input"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "complete", b"complete", "fail", b"fail", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "output", b"output", "progress", b"progress", "request_input", b"request_input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "fail", b"fail", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "output", b"output", "progress", b"progress", "request_id", b"request_id", "request_input", b"request_input"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "complete", b"complete", "fail", b"fail", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "output", b"output", "progress", b"progress", "request_id", b"request_id", "request_input", b"request_input"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "heartbeat", "progress", "output", "request_input", "complete", "fail"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "heartbeat", "progress", "output", "request_input", "complete", "fail", "batch"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
+
+@_typing.final
+class ReportBatch(_message.Message):
+    """Reports sent together, handled exactly as if they came one by one in this order: each is
+    acked on its own (by its request_id). A batch may not hold a hello or another batch. The
+    batch's own request_id is not used.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reports(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConnectRequest]: ...
+    def __init__(
+        self,
+        *,
+        reports: _abc.Iterable[Global___ConnectRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reports", b"reports"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportBatch: _TypeAlias = ReportBatch  # noqa: Y015
 
 @_typing.final
 class ConnectResponse(_message.Message):
@@ -87,6 +118,7 @@ class ConnectResponse(_message.Message):
     DELIVER_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -97,6 +129,10 @@ class ConnectResponse(_message.Message):
     def cancel(self) -> Global___CancelTask: ...
     @_builtins.property
     def ack(self) -> Global___Ack: ...
+    @_builtins.property
+    def batch(self) -> Global___PushBatch:
+        """Several pushes at once: only to a worker whose hello set `accepts_batches`."""
+
     def __init__(
         self,
         *,
@@ -105,16 +141,41 @@ class ConnectResponse(_message.Message):
         deliver: Global___MessageDelivery | None = ...,
         cancel: Global___CancelTask | None = ...,
         ack: Global___Ack | None = ...,
+        batch: Global___PushBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assign", b"assign", "cancel", b"cancel", "deliver", b"deliver", "kind", b"kind", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assign", b"assign", "batch", b"batch", "cancel", b"cancel", "deliver", b"deliver", "kind", b"kind", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assign", b"assign", "cancel", b"cancel", "deliver", b"deliver", "kind", b"kind", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assign", b"assign", "batch", b"batch", "cancel", b"cancel", "deliver", b"deliver", "kind", b"kind", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "assign", "deliver", "cancel", "ack"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "assign", "deliver", "cancel", "ack", "batch"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
+
+@_typing.final
+class PushBatch(_message.Message):
+    """Pushes sent together, to be read exactly as if they came one by one in this order. Never
+    holds a welcome or another batch.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUSHES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pushes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConnectResponse]: ...
+    def __init__(
+        self,
+        *,
+        pushes: _abc.Iterable[Global___ConnectResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pushes", b"pushes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushBatch: _TypeAlias = PushBatch  # noqa: Y015
 
 @_typing.final
 class Hello(_message.Message):
@@ -125,21 +186,28 @@ class Hello(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     CAPACITY_FIELD_NUMBER: _builtins.int
     WORKER_NAME_FIELD_NUMBER: _builtins.int
+    ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     capacity: _builtins.int
     """How many tasks the worker runs at once (1 to 1000)."""
     worker_name: _builtins.str
     """A name for logs and listings, e.g. hostname:pid."""
+    accepts_batches: _builtins.bool
+    """The worker reads `batch` pushes. The server then packs the pushes that are ready together
+    into one message (each gRPC message costs far more than its content); without this flag
+    it sends them one by one.
+    """
     def __init__(
         self,
         *,
         agent_id: _builtins.str = ...,
         capacity: _builtins.int = ...,
         worker_name: _builtins.str = ...,
+        accepts_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capacity", b"capacity", "worker_name", b"worker_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "agent_id", b"agent_id", "capacity", b"capacity", "worker_name", b"worker_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -152,21 +220,25 @@ class Welcome(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_SECONDS_FIELD_NUMBER: _builtins.int
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     heartbeat_seconds: _builtins.float
     """Send a heartbeat at least this often..."""
     lease_seconds: _builtins.float
     """...because leases are lost after this long without one."""
+    accepts_batches: _builtins.bool
+    """The server reads `batch` reports; a worker may send them from now on."""
     def __init__(
         self,
         *,
         worker_id: _builtins.str = ...,
         heartbeat_seconds: _builtins.float = ...,
         lease_seconds: _builtins.float = ...,
+        accepts_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_seconds", b"heartbeat_seconds", "lease_seconds", b"lease_seconds", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "heartbeat_seconds", b"heartbeat_seconds", "lease_seconds", b"lease_seconds", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

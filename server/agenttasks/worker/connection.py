@@ -116,10 +116,37 @@ def describe(error: grpc.aio.AioRpcError) -> tuple[str, str, str]:
     return error.code().name, _error_reason(status.details), status.message
 
 
-async def _requests(outbox: asyncio.Queue[worker_service_pb2.ConnectRequest | None]) -> AsyncIterator[Any]:
-    """The request stream: whatever is queued, until a None half-closes it."""
+# At most this many reports in one batch message.
+MAX_REPORTS_PER_MESSAGE = 64
+
+
+@dataclass(slots=True)
+class _Wire:
+    """What the server's welcome said it reads: batches only once it said so."""
+
+    batches: bool = False
+
+
+async def _requests(outbox: asyncio.Queue[worker_service_pb2.ConnectRequest | None], wire: _Wire) -> AsyncIterator[Any]:
+    """The request stream: whatever is queued, until a None half-closes it. Reports queued
+    together go out in one `ReportBatch` when the server reads them (each gRPC message costs
+    far more than its content)."""
     while (request := await outbox.get()) is not None:
-        yield request
+        if not wire.batches or outbox.empty():
+            yield request
+            continue
+        reports, end = [request], False
+        while len(reports) < MAX_REPORTS_PER_MESSAGE and not outbox.empty():
+            if (more := outbox.get_nowait()) is None:
+                end = True
+                break
+            reports.append(more)
+        if len(reports) == 1:
+            yield request
+        else:
+            yield worker_service_pb2.ConnectRequest(batch=worker_service_pb2.ReportBatch(reports=reports))
+        if end:
+            return
 
 
 @dataclass(slots=True)
@@ -170,12 +197,17 @@ class Session:
         cls,
         channel: grpc.aio.Channel,
         metadata: Sequence[tuple[str, str]],
-        hello: worker_service_pb2.Hello,
+        given_hello: worker_service_pb2.Hello,
         handler: Handler,
     ) -> Session:
         outbox: asyncio.Queue[worker_service_pb2.ConnectRequest | None] = asyncio.Queue()
+        hello = worker_service_pb2.Hello()
+        hello.CopyFrom(given_hello)
+        hello.accepts_batches = True
         outbox.put_nowait(worker_service_pb2.ConnectRequest(request_id=HELLO_REQUEST_ID, hello=hello))
-        call: Any = worker_service_pb2_grpc.WorkerServiceStub(channel).Connect(_requests(outbox), metadata=metadata)
+        wire = _Wire()
+        stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
+        call: Any = stub.Connect(_requests(outbox, wire), metadata=metadata)
         try:
             async with asyncio.timeout(WELCOME_TIMEOUT_SECONDS):
                 first = await call.read()
@@ -193,6 +225,7 @@ class Session:
             call.cancel()
             raise StreamEnded("the server did not answer the hello with a welcome")
         w = first.welcome
+        wire.batches = w.accepts_batches  # an older server would not know a batch from a report
         heartbeat = w.heartbeat_seconds if w.heartbeat_seconds > 0 else DEFAULT_HEARTBEAT_SECONDS
         return cls(call, outbox, Welcome(w.worker_id, heartbeat, w.lease_seconds), handler)
 
@@ -274,17 +307,24 @@ class Session:
             message = await self._call.read()
             if not isinstance(message, worker_service_pb2.ConnectResponse):  # EOF: the server ended it
                 return
-            kind = message.WhichOneof("kind")
-            if kind == "ack":
-                self._on_ack(message.ack)
-            elif kind == "assign":
-                self._on_assign(message.assign)
-            elif kind == "deliver":
-                await self._on_deliver(message.deliver)
-            elif kind == "cancel":
-                self._on_cancel(message.cancel)
-            else:  # a newer server's push this worker does not know: nothing to do
-                log.debug("ignoring server message of kind %s", kind)
+            if message.WhichOneof("kind") == "batch":
+                for push in message.batch.pushes:
+                    await self._on_push(push)
+            else:
+                await self._on_push(message)
+
+    async def _on_push(self, message: worker_service_pb2.ConnectResponse) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "ack":
+            self._on_ack(message.ack)
+        elif kind == "assign":
+            self._on_assign(message.assign)
+        elif kind == "deliver":
+            await self._on_deliver(message.deliver)
+        elif kind == "cancel":
+            self._on_cancel(message.cancel)
+        else:  # a newer server's push this worker does not know: nothing to do
+            log.debug("ignoring server message of kind %s", kind)
 
     def _on_ack(self, ack: worker_service_pb2.Ack) -> None:
         future = self._pending.get(ack.request_id)
