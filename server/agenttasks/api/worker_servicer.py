@@ -36,8 +36,11 @@ log = logging.getLogger(__name__)
 
 Ctx = grpc.aio.ServicerContext[object, object]
 CONNECT = "/agenttasks.v1.WorkerService/Connect"
-# At most this many pushes in one batch message (a batch of assignments carries whole tasks).
+# At most this many pushes, and this many bytes, in one batch message: gRPC's default receive
+# limit is 4 MiB, and an assignment carries its task's output (up to 1 MiB). A single push is
+# sent whatever its size, as it always was.
 MAX_PUSHES_PER_MESSAGE = 64
+MAX_BATCH_BYTES = 4 * 1024 * 1024 - 64 * 1024
 
 
 def _ref(message: pb.TaskRef) -> TaskRef:
@@ -65,6 +68,35 @@ def _push(item: Push) -> pb.ConnectResponse:
         return pb.ConnectResponse(cancel=pb.CancelTask(task_id=item.task_id, attempt=item.attempt, reason=item.reason))
     status = rich_status(item.error) if item.error is not None else None
     return pb.ConnectResponse(ack=pb.Ack(request_id=item.request_id, status=status))
+
+
+async def outgoing(outbox: asyncio.Queue[Push | None], batches: bool) -> AsyncIterator[pb.ConnectResponse]:
+    """The stream's messages: each push in turn until None; for a worker that reads batches,
+    the pushes already waiting packed with the first (within the bounds above)."""
+    carried: pb.ConnectResponse | None = None  # drawn for a batch it did not fit in
+    while True:
+        if carried is None:
+            if (item := await outbox.get()) is None:
+                return
+            carried = _push(item)
+        first, carried = carried, None
+        if not batches or outbox.empty():
+            yield first
+            continue
+        pushes, size, end = [first], first.ByteSize(), False
+        while len(pushes) < MAX_PUSHES_PER_MESSAGE and not outbox.empty():
+            if (more := outbox.get_nowait()) is None:
+                end = True
+                break
+            push = _push(more)
+            if size + push.ByteSize() > MAX_BATCH_BYTES:
+                carried = push
+                break
+            pushes.append(push)
+            size += push.ByteSize()
+        yield first if len(pushes) == 1 else pb.ConnectResponse(batch=pb.PushBatch(pushes=pushes))
+        if end:
+            return
 
 
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
@@ -98,20 +130,8 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                         accepts_batches=True,
                     )
                 )
-                outbox = session.outbox
-                while (item := await outbox.get()) is not None:
-                    if not hello.accepts_batches or outbox.empty():
-                        yield _push(item)
-                        continue
-                    pushes, end = [_push(item)], False
-                    while len(pushes) < MAX_PUSHES_PER_MESSAGE and not outbox.empty():
-                        if (more := outbox.get_nowait()) is None:
-                            end = True
-                            break
-                        pushes.append(_push(more))
-                    yield pushes[0] if len(pushes) == 1 else pb.ConnectResponse(batch=pb.PushBatch(pushes=pushes))
-                    if end:
-                        break
+                async for message in outgoing(session.outbox, hello.accepts_batches):
+                    yield message
             finally:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)

@@ -116,8 +116,10 @@ def describe(error: grpc.aio.AioRpcError) -> tuple[str, str, str]:
     return error.code().name, _error_reason(status.details), status.message
 
 
-# At most this many reports in one batch message.
+# At most this many reports, and this many bytes, in one batch message: the server takes
+# messages of up to 8 MiB, and one report may be 2 MiB. A single report goes alone, as ever.
 MAX_REPORTS_PER_MESSAGE = 64
+MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -131,16 +133,24 @@ async def _requests(outbox: asyncio.Queue[worker_service_pb2.ConnectRequest | No
     """The request stream: whatever is queued, until a None half-closes it. Reports queued
     together go out in one `ReportBatch` when the server reads them (each gRPC message costs
     far more than its content)."""
-    while (request := await outbox.get()) is not None:
+    carried: worker_service_pb2.ConnectRequest | None = None  # drawn for a batch it did not fit in
+    while True:
+        if carried is None and (carried := await outbox.get()) is None:
+            return
+        request, carried = carried, None
         if not wire.batches or outbox.empty():
             yield request
             continue
-        reports, end = [request], False
+        reports, size, end = [request], request.ByteSize(), False
         while len(reports) < MAX_REPORTS_PER_MESSAGE and not outbox.empty():
             if (more := outbox.get_nowait()) is None:
                 end = True
                 break
+            if size + more.ByteSize() > MAX_BATCH_BYTES:
+                carried = more
+                break
             reports.append(more)
+            size += more.ByteSize()
         if len(reports) == 1:
             yield request
         else:
