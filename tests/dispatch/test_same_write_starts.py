@@ -112,8 +112,7 @@ async def test_a_start_whose_write_fails_gives_the_place_back(service: Service, 
             raise RuntimeError("the rest of the write failed")
 
         with pytest.raises(RuntimeError, match="the rest of the write failed"):
-            await service.store.write(start_then_fail)
-        claim.settle(committed=False)
+            await claim.write(service.store, start_then_fail)
         assert session.free == 1
         assert session.outbox.empty()  # nothing was assigned
         assert await service.store.read(lambda tx: tx.get_task("default", task.task_id)) is None

@@ -30,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from agenttasks.core import lifecycle
 from agenttasks.core.agents import find_agent
@@ -53,6 +54,8 @@ from agenttasks.core.ports import Store, WriteTx, save, to_the_end
 from agenttasks.core.watch import EventHub
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MAX_CAPACITY = 1000
 MAX_TEXT_BYTES = 64 * 1024
@@ -138,16 +141,22 @@ Started = tuple[Task, list[TaskEvent], WorkerSession, list[TaskMessage]]
 @dataclass(slots=True)
 class Claim:
     """The tasks one write function started for workers. Their places were reserved when the
-    function ran; `settle` makes each worker the holder and sends the assignment once the write
-    has committed, or gives the places back if it did not. Whoever awaits the write must call
-    it either way, before publishing the write's events."""
+    function ran; once the write has committed each worker becomes the holder and gets the
+    assignment, and if it did not the places are given back. Run the write through `write`,
+    which does both, and publish its events after it."""
 
     dispatcher: Dispatcher
     started: list[Started] = field(default_factory=list)
 
-    def settle(self, committed: bool) -> None:
-        self.dispatcher._settle(self.started, committed)
-        self.started = []
+    async def write(self, store: Store, fn: Callable[[WriteTx], T]) -> T:
+        """`store.write(fn)`, then settle what `fn` started as the write went."""
+        try:
+            value = await store.write(fn)
+        except BaseException:
+            self.dispatcher._settle(self.started, committed=False)
+            raise
+        self.dispatcher._settle(self.started, committed=True)
+        return value
 
 
 def _bytes(text: str) -> int:
@@ -331,14 +340,8 @@ class Dispatcher:
                 started, events, _, _ = self._start(tx, claim, task, session, now)
                 save(tx, (started, events))
 
-        try:
-            await self._store.write(run)
-        except BaseException:
-            claim.settle(committed=False)
-            raise
-        started = claim.started
-        claim.settle(committed=True)
-        for task, events, _, _ in started:
+        await claim.write(self._store, run)
+        for task, events, _, _ in claim.started:
             self._hub.publish(task, events)
 
     # --- what committed changes mean for workers ---
@@ -406,13 +409,11 @@ class Dispatcher:
 
         async def write_then_publish() -> None:
             try:
-                task, events, following = await self._store.write(op)
-            except BaseException as error:
-                claim.settle(committed=False)
+                task, events, following = await claim.write(self._store, op)
+            except LeaseLost:
                 # The store says this attempt is not the worker's: if our map still thought it
                 # was, free the place, or the worker's capacity would shrink for good.
-                ours = self._holder.get(ref.task_id) is session and session.held.get(ref.task_id) == ref.attempt
-                if isinstance(error, LeaseLost) and ours:
+                if self._holder.get(ref.task_id) is session and session.held.get(ref.task_id) == ref.attempt:
                     self._release(ref.task_id)
                     self.poke(session.tenant, session.agent_id)
                 raise
@@ -421,7 +422,6 @@ class Dispatcher:
                 # queued task if there was one; a task queued since then was published after
                 # this release and pokes a round itself, so no round is needed here.
                 self._release(task.task_id)
-            claim.settle(committed=True)
             self._hub.publish(task, events)
             if following is not None:
                 self._hub.publish(following[0], following[1])

@@ -34,7 +34,7 @@ from agenttasks.core.ports import ReadTx, Store, WriteTx, save, to_the_end
 from agenttasks.core.watch import EventHub, WatchItem, follow
 
 if TYPE_CHECKING:
-    from agenttasks.core.dispatch import Dispatcher
+    from agenttasks.core.dispatch import Claim, Dispatcher
 
 # Without run history, assume a task takes this long when estimating start times.
 DEFAULT_RUN_SECONDS = 60.0
@@ -165,9 +165,15 @@ class TaskCore:
         base = f"{self._base_url}/agent/{agent_id}/task/{task_id}"
         return base, f"{base}/cancel"
 
-    async def _commit(self, fn: Callable[[WriteTx], tuple[Any, Task | None, list[TaskEvent]]]) -> Any:
+    async def _commit(
+        self, fn: Callable[[WriteTx], tuple[Any, Task | None, list[TaskEvent]]], claim: Claim | None = None
+    ) -> Any:
+        """Write, then publish; with a `claim`, the tasks `fn` started are assigned in between,
+        so a worker hears of its task before any later change to it is published."""
+
         async def write_then_publish() -> Any:
-            result, task, events = await self._store.write(fn)
+            write = self._store.write(fn) if claim is None else claim.write(self._store, fn)
+            result, task, events = await write
             if task is not None:
                 self._hub.publish(task, events)
             return result
@@ -214,8 +220,7 @@ class TaskCore:
         )
         now = self._clock()
         task_id = new_id()
-        dispatcher = self.dispatcher
-        claim = dispatcher.claim() if dispatcher is not None else None
+        claim = self.dispatcher.claim() if self.dispatcher is not None else None
 
         def op(tx: WriteTx) -> tuple[SubmitResult, Task | None, list[TaskEvent]]:
             if (stored := idempotency.replay(tx, tenant, "submit", spec.request_id, digest)) is not None:
@@ -242,8 +247,8 @@ class TaskCore:
             ahead = tx.queued_at_or_above(tenant, agent_id, task.priority)
             estimated_start = now
             started = None
-            if ahead == 0 and dispatcher is not None and claim is not None:
-                started = dispatcher.start_new(tx, claim, task, now)
+            if ahead == 0 and claim is not None:
+                started = claim.dispatcher.start_new(tx, claim, task, now)
             if started is not None:
                 task, events = started[0], events + started[1]
             else:
@@ -266,20 +271,8 @@ class TaskCore:
                 idempotency.remember(tx, tenant, "submit", spec.request_id, digest, result.to_json(), now, self._ttl)
             return result, task, events
 
-        async def write_then_publish() -> SubmitResult:
-            try:
-                result, task, events = await self._store.write(op)
-            except BaseException:
-                if claim is not None:
-                    claim.settle(committed=False)
-                raise
-            if claim is not None:
-                claim.settle(committed=True)  # the worker hears before any later change is published
-            if task is not None:
-                self._hub.publish(task, events)
-            return result
-
-        return await to_the_end(write_then_publish())
+        result: SubmitResult = await self._commit(op, claim)
+        return result
 
     async def get(self, principal: Principal, agent_id: str, task_id: str) -> Task:
         agent_id, task_id = check_parent(agent_id), check_id(task_id, "task_id")
