@@ -8,11 +8,10 @@ Reports run concurrently so that one worker's many tasks do not wait on each oth
 Their order still holds: each report reaches the store's single writer queue in arrival order,
 because a report's first step enqueues its write before anything can suspend it.
 
-Batches: every gRPC message costs ~90 us of CPU between the two ends whatever it holds, and a
-busy worker's stream carries three per task (assignment, completion, ack). A worker whose hello
-says `accepts_batches` gets the pushes that are ready at once packed into one `PushBatch`, and
-the welcome tells every worker that it may pack its reports into a `ReportBatch`; both are read
-exactly as if their items came one by one.
+Batches (see `agenttasks.stream_batches` for why): a worker whose hello says `accepts_batches`
+gets the pushes that are ready at once packed into one `PushBatch`, and the welcome tells every
+worker that it may pack its reports into a `ReportBatch`; both are read exactly as if their
+items came one by one.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from agenttasks.api.gate import Gate
 from agenttasks.core.dispatch import Ack, Assign, Deliver, Dispatcher, Push, Stop, TaskRef, WorkerSession
 from agenttasks.core.errors import DomainError, InvalidArgument
 from agenttasks.core.model import Principal, TaskMessage
+from agenttasks.stream_batches import packed
 from agenttasks.v1 import task_pb2, worker_service_pb2_grpc
 from agenttasks.v1 import worker_service_pb2 as pb
 
@@ -70,33 +70,17 @@ def _push(item: Push) -> pb.ConnectResponse:
     return pb.ConnectResponse(ack=pb.Ack(request_id=item.request_id, status=status))
 
 
-async def outgoing(outbox: asyncio.Queue[Push | None], batches: bool) -> AsyncIterator[pb.ConnectResponse]:
+def outgoing(outbox: asyncio.Queue[Push | None], batches: bool) -> AsyncIterator[pb.ConnectResponse]:
     """The stream's messages: each push in turn until None; for a worker that reads batches,
     the pushes already waiting packed with the first (within the bounds above)."""
-    carried: pb.ConnectResponse | None = None  # drawn for a batch it did not fit in
-    while True:
-        if carried is None:
-            if (item := await outbox.get()) is None:
-                return
-            carried = _push(item)
-        first, carried = carried, None
-        if not batches or outbox.empty():
-            yield first
-            continue
-        pushes, size, end = [first], first.ByteSize(), False
-        while len(pushes) < MAX_PUSHES_PER_MESSAGE and not outbox.empty():
-            if (more := outbox.get_nowait()) is None:
-                end = True
-                break
-            push = _push(more)
-            if size + push.ByteSize() > MAX_BATCH_BYTES:
-                carried = push
-                break
-            pushes.append(push)
-            size += push.ByteSize()
-        yield first if len(pushes) == 1 else pb.ConnectResponse(batch=pb.PushBatch(pushes=pushes))
-        if end:
-            return
+    return packed(
+        outbox,
+        _push,
+        lambda pushes: pb.ConnectResponse(batch=pb.PushBatch(pushes=pushes)),
+        enabled=lambda: batches,
+        max_items=MAX_PUSHES_PER_MESSAGE,
+        max_bytes=MAX_BATCH_BYTES,
+    )
 
 
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):

@@ -20,6 +20,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from agenttasks.stream_batches import packed
 from agenttasks.v1 import worker_service_pb2, worker_service_pb2_grpc
 from agenttasks.worker.context import (
     DISCONNECTED,
@@ -129,34 +130,17 @@ class _Wire:
     batches: bool = False
 
 
-async def _requests(outbox: asyncio.Queue[worker_service_pb2.ConnectRequest | None], wire: _Wire) -> AsyncIterator[Any]:
+def _requests(outbox: asyncio.Queue[worker_service_pb2.ConnectRequest | None], wire: _Wire) -> AsyncIterator[Any]:
     """The request stream: whatever is queued, until a None half-closes it. Reports queued
-    together go out in one `ReportBatch` when the server reads them (each gRPC message costs
-    far more than its content)."""
-    carried: worker_service_pb2.ConnectRequest | None = None  # drawn for a batch it did not fit in
-    while True:
-        if carried is None and (carried := await outbox.get()) is None:
-            return
-        request, carried = carried, None
-        if not wire.batches or outbox.empty():
-            yield request
-            continue
-        reports, size, end = [request], request.ByteSize(), False
-        while len(reports) < MAX_REPORTS_PER_MESSAGE and not outbox.empty():
-            if (more := outbox.get_nowait()) is None:
-                end = True
-                break
-            if size + more.ByteSize() > MAX_BATCH_BYTES:
-                carried = more
-                break
-            reports.append(more)
-            size += more.ByteSize()
-        if len(reports) == 1:
-            yield request
-        else:
-            yield worker_service_pb2.ConnectRequest(batch=worker_service_pb2.ReportBatch(reports=reports))
-        if end:
-            return
+    together go out in one `ReportBatch` once the server said it reads them."""
+    return packed(
+        outbox,
+        lambda request: request,
+        lambda reports: worker_service_pb2.ConnectRequest(batch=worker_service_pb2.ReportBatch(reports=reports)),
+        enabled=lambda: wire.batches,
+        max_items=MAX_REPORTS_PER_MESSAGE,
+        max_bytes=MAX_BATCH_BYTES,
+    )
 
 
 @dataclass(slots=True)
