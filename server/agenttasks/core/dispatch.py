@@ -253,10 +253,13 @@ class Dispatcher:
         if silent:
             self.poke(session.tenant, session.agent_id)
 
+    def _alive(self, tenant: str, agent_id: str, now: datetime) -> list[WorkerSession]:
+        return [s for s in self.workers(tenant, agent_id) if not s.closed and now - s.last_seen <= self.lease]
+
     def _slots(self, tenant: str, agent_id: str, now: datetime) -> list[WorkerSession]:
         """One entry per free place of the agent's live workers, spread round-robin so that
         work goes to the least busy first."""
-        alive = [s for s in self.workers(tenant, agent_id) if not s.closed and now - s.last_seen <= self.lease]
+        alive = self._alive(tenant, agent_id, now)
         free = {s.worker_id: s.free for s in alive}
         sessions = sorted(alive, key=lambda s: free[s.worker_id], reverse=True)
         slots: list[WorkerSession] = []
@@ -303,10 +306,11 @@ class Dispatcher:
         that nothing queued for the agent comes before it."""
         if self._closed:
             return None
-        slots = self._slots(task.tenant, task.agent_id, now)
-        if not slots:
+        # The first of the round's slots, without listing them all on every Submit.
+        least_busy = max(self._alive(task.tenant, task.agent_id, now), key=lambda s: s.free, default=None)
+        if least_busy is None or least_busy.free == 0:
             return None
-        started, events, _, _ = self._start(tx, claim, task, slots[0], now)
+        started, events, _, _ = self._start(tx, claim, task, least_busy, now)
         return started, events
 
     def _take_next(self, tx: WriteTx, claim: Claim, session: WorkerSession, now: datetime) -> Started | None:
