@@ -15,6 +15,8 @@ from agenttasks.core.dispatch import Assign, TaskRef
 from agenttasks.core.ids import new_id
 from agenttasks.core.model import Principal, Role, Task, TaskStatus, utcnow
 from agenttasks.core.ports import WriteTx
+from agenttasks.core.tasks import SubmitInput
+from agenttasks.v1 import task_service_pb2 as tpb
 from agenttasks.v1 import worker_service_pb2 as wpb
 from tests.dispatch.raw_worker import RawWorker, ref
 from tests.dispatch.test_dispatch import complete, status
@@ -73,6 +75,28 @@ async def test_a_submit_never_starts_ahead_of_queued_work_of_its_priority(
     higher = (await client.submit(agent_id, "higher", priority=9)).task_id
     assert (await status(client, higher)).task.status == "running"  # nothing of its priority waits
     assert (await worker.next_assignment()).task.task_id == higher
+
+
+async def test_a_batch_starts_what_free_places_allow_and_queues_the_rest_by_priority(
+    service: Service, client: Api, agent_id: str, workers: StartWorker
+) -> None:
+    worker = await workers(agent_id, capacity=2, heartbeat=False)
+    before = await settled_writes(service)
+    request = tpb.BatchSubmitRequest(
+        agent_id=agent_id,
+        requests=[tpb.SubmitRequest(message=f"job {i}", priority=p) for i, p in enumerate([5, 9, 5, 9])],
+    )
+    ids = [a.task_id for a in (await client.tasks.BatchSubmit(request, metadata=client.metadata)).responses]
+    assert service.store.stats().writes - before == 1  # queued and started in one write
+    assert [(await status(client, i)).task.status for i in ids] == ["running", "running", "queued", "queued"]
+    first, second = [await worker.next_assignment() for _ in range(2)]
+    assert [first.task.task_id, second.task.task_id] == ids[:2]
+    await complete(worker, first)
+    assert (await worker.next_assignment()).task.task_id == ids[3]  # the queued 9 before the queued 5
+    await complete(worker, second)
+    assert (await worker.next_assignment()).task.task_id == ids[2]
+    await asyncio.sleep(0.3)  # a chance for a (wrong) assignment beyond capacity 2
+    assert worker.assignments.empty()
 
 
 async def test_an_ended_task_hands_its_place_to_the_next_in_the_same_write(
@@ -152,11 +176,11 @@ async def test_a_start_is_not_undone_by_the_earlier_news_of_its_task(service: Se
     owner = Principal(tenant="default", role=Role.CLIENT, subject="test")
     session = await dispatcher.connect(Principal(tenant="default", role=Role.WORKER, subject="w"), agent_id, 1)
     try:
-        first = await tasks.submit(owner, agent_id, message="A")
+        first = await tasks.submit(owner, agent_id, SubmitInput("A"))
         assigned = session.outbox.get_nowait()
         assert isinstance(assigned, Assign) and assigned.task.task_id == first.task_id
         async with commit_thread_held(service.store):  # both writes wait for the same commit
-            queued = asyncio.ensure_future(tasks.submit(owner, agent_id, message="Q"))
+            queued = asyncio.ensure_future(tasks.submit(owner, agent_id, SubmitInput("Q")))
             await turns(5)
             ended = asyncio.ensure_future(dispatcher.complete(session, TaskRef(first.task_id, 1), "done", None))
             await turns(5)

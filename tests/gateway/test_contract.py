@@ -49,6 +49,24 @@ async def test_submit_keeps_every_optional_field(rest: httpx.AsyncClient, prefix
     assert task["metadata"] == {"team": "finance", "n": 3, "tags": ["a"]}
 
 
+async def test_batch_submit_answers_202_with_one_answer_per_request(
+    rest: httpx.AsyncClient, prefix: str, agent: str
+) -> None:
+    body = {"requests": [{"message": "first"}, {"message": "second", "priority": 9, "metadata": {"n": 1}}]}
+    response = await rest.post(f"{prefix}/agent/{agent}/tasks:batchSubmit", json=body)
+    assert response.status_code == 202, response.text
+    answers = response.json()["responses"]
+    assert [a.keys() >= SUBMIT_FIELDS and a["status"] == "queued" for a in answers] == [True, True], answers
+    second = (await rest.get(f"{prefix}/agent/{agent}/task/{answers[1]['task_id']}")).json()
+    assert (second["message"], second["priority"], second["metadata"]) == ("second", 9, {"n": 1})
+
+    bad = {"requests": [{"message": "fine"}, {"message": "bad", "priority": 11}]}
+    response = await rest.post(f"{prefix}/agent/{agent}/tasks:batchSubmit", json=bad)
+    assert_error(response, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", field="requests[1].priority")
+    listed = (await rest.get(f"{prefix}/agent/{agent}/tasks")).json()["tasks"]
+    assert len(listed) == 2  # the refused batch left nothing
+
+
 async def test_get_status_answers_the_task_itself(rest: httpx.AsyncClient, prefix: str, agent: str) -> None:
     task_id = (await submit(rest, prefix, agent))["task_id"]
     response = await rest.get(f"{prefix}/agent/{agent}/task/{task_id}")

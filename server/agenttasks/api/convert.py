@@ -11,7 +11,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from agenttasks.core.errors import InvalidArgument
 from agenttasks.core.model import Agent, JsonObject, Task, TaskEvent, WebhookDelivery, utcnow
-from agenttasks.core.tasks import MessageResult, SubmitResult
+from agenttasks.core.tasks import MessageResult, SubmitInput, SubmitResult
 from agenttasks.core.watch import Snapshot, StreamEnd, WatchItem
 from agenttasks.v1 import agent_pb2, task_pb2, task_service_pb2
 
@@ -111,6 +111,19 @@ def agent(a: Agent) -> agent_pb2.Agent:
         metadata=struct(a.metadata),
         created_at=timestamp(a.created_at),
         updated_at=timestamp(a.updated_at),
+    )
+
+
+def submit_input(request: task_service_pb2.SubmitRequest, request_id: str) -> SubmitInput:
+    """A Submit request as the core takes it; unset optional fields stay None."""
+    return SubmitInput(
+        message=request.message,
+        priority=optional(request, "priority"),
+        timeout_override=optional(request, "timeout_override"),
+        metadata=struct_to_dict(request, "metadata"),
+        callback_mode=request.callback_mode,
+        webhook_url=request.webhook_url,
+        request_id=request_id,
     )
 
 

@@ -35,20 +35,29 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
 
     async def Submit(self, request: pb.SubmitRequest, context: Ctx) -> pb.SubmitResponse:
         async def run(p: Principal) -> pb.SubmitResponse:
-            result = await self._core.submit(
-                p,
-                request.agent_id,
-                message=request.message,
-                priority=convert.optional(request, "priority"),
-                timeout_override=convert.optional(request, "timeout_override"),
-                metadata=convert.struct_to_dict(request, "metadata"),
-                callback_mode=request.callback_mode,
-                webhook_url=request.webhook_url,
-                request_id=idempotency_key(request.request_id, context),
-            )
-            return convert.submit_response(result)
+            item = convert.submit_input(request, idempotency_key(request.request_id, context))
+            return convert.submit_response(await self._core.submit(p, request.agent_id, item))
 
         return await self._gate.unary(context, _SERVICE + "Submit", run)
+
+    async def BatchSubmit(self, request: pb.BatchSubmitRequest, context: Ctx) -> pb.BatchSubmitResponse:
+        async def run(p: Principal) -> pb.BatchSubmitResponse:
+            if call_metadata(context).get(IDEMPOTENCY_HEADER):
+                raise InvalidArgument.field(
+                    IDEMPOTENCY_HEADER, "not taken by BatchSubmit; give each request its own request_id"
+                )
+            items = []
+            for i, each in enumerate(request.requests):
+                if each.agent_id not in ("", request.agent_id):
+                    raise InvalidArgument.field(f"requests[{i}].agent_id", "must be empty or equal to agent_id")
+                try:
+                    items.append(convert.submit_input(each, each.request_id))
+                except InvalidArgument as error:
+                    raise error.within(f"requests[{i}].") from None
+            results = await self._core.submit_batch(p, request.agent_id, items)
+            return pb.BatchSubmitResponse(responses=[convert.submit_response(r) for r in results])
+
+        return await self._gate.unary(context, _SERVICE + "BatchSubmit", run)
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Ctx) -> pb.GetStatusResponse:
         async def run(p: Principal) -> pb.GetStatusResponse:

@@ -39,6 +39,10 @@ class InvalidArgument(DomainError):
     def field(cls, name: str, description: str) -> InvalidArgument:
         return cls([FieldViolation(name, description)])
 
+    def within(self, prefix: str) -> InvalidArgument:
+        """The same violations, named inside an enclosing field (`requests[3].` + `priority`)."""
+        return InvalidArgument([FieldViolation(prefix + v.field, v.description) for v in self.violations])
+
 
 class Unauthenticated(DomainError):
     """No credential, or one that is malformed, expired, revoked or unknown."""

@@ -9,7 +9,7 @@ sees anything the store could still lose.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -18,6 +18,7 @@ from agenttasks.core import idempotency, lifecycle, validation
 from agenttasks.core.errors import AgentNotFound, AgentUnavailable, InvalidArgument, TaskNotFound
 from agenttasks.core.ids import check_id, new_id
 from agenttasks.core.model import (
+    Agent,
     AgentStatus,
     CallbackMode,
     JsonObject,
@@ -44,6 +45,32 @@ RUN_ESTIMATE_TTL_SECONDS = 5.0
 EVENT_PAGE = 500
 # AIP-159 wildcard: a task can be addressed without knowing its agent.
 ANY_AGENT = "-"
+# Requests in one BatchSubmit: one write holds them all, and other writes wait behind it.
+MAX_BATCH = 500
+# A task a write changed and the events it stored for it, to publish once committed.
+Change = tuple[Task, list[TaskEvent]]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitInput:
+    """One Submit request as the client sent it, before validation."""
+
+    message: str
+    priority: int | None = None
+    timeout_override: int | None = None
+    metadata: JsonObject | None = None
+    callback_mode: str = ""
+    webhook_url: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _NewTask:
+    """A validated Submit and the id its task gets if it is not a replay."""
+
+    spec: validation.SubmitSpec
+    digest: str
+    task_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,48 +192,34 @@ class TaskCore:
         base = f"{self._base_url}/agent/{agent_id}/task/{task_id}"
         return base, f"{base}/cancel"
 
-    async def _commit(
-        self, fn: Callable[[WriteTx], tuple[Any, Task | None, list[TaskEvent]]], claim: Claim | None = None
-    ) -> Any:
-        """Write, then publish; with a `claim`, the tasks `fn` started are assigned in between,
-        so a worker hears of its task before any later change to it is published."""
+    async def _commit(self, fn: Callable[[WriteTx], tuple[Any, list[Change]]], claim: Claim | None = None) -> Any:
+        """Write, then publish each changed task's events; with a `claim`, the tasks `fn` started
+        are assigned in between, so a worker hears of its task before any later change to it is
+        published."""
 
         async def write_then_publish() -> Any:
             write = self._store.write(fn) if claim is None else claim.write(self._store, fn)
-            result, task, events = await write
-            if task is not None:
+            result, changes = await write
+            for task, events in changes:
                 self._hub.publish(task, events)
             return result
 
         return await to_the_end(write_then_publish())
 
-    async def submit(
-        self,
-        principal: Principal,
-        agent_id: str,
-        *,
-        message: str,
-        priority: int | None = None,
-        timeout_override: int | None = None,
-        metadata: JsonObject | None = None,
-        callback_mode: str = "",
-        webhook_url: str = "",
-        request_id: str = "",
-    ) -> SubmitResult:
-        agent_id = check_id(agent_id, "agent_id")
+    def _prepare(self, agent_id: str, item: SubmitInput) -> _NewTask:
+        """Validate one Submit outside the write; raises InvalidArgument naming every bad field."""
         spec = validation.validate_submit(
-            message=message,
-            priority=priority,
-            timeout_override=timeout_override,
-            metadata=metadata,
-            callback_mode=callback_mode,
-            webhook_url=webhook_url,
-            request_id=request_id,
+            message=item.message,
+            priority=item.priority,
+            timeout_override=item.timeout_override,
+            metadata=item.metadata,
+            callback_mode=item.callback_mode,
+            webhook_url=item.webhook_url,
+            request_id=item.request_id,
             limits=self._limits,
         )
         if spec.webhook_url and (refused := self._check_webhook_url(spec.webhook_url)) is not None:
             raise InvalidArgument.field("webhook_url", refused)
-        tenant = principal.tenant
         digest = spec.request_id and idempotency.request_hash(  # only keyed requests need one
             {
                 "agent_id": agent_id,
@@ -218,61 +231,127 @@ class TaskCore:
                 "webhook_url": spec.webhook_url,
             }
         )
+        return _NewTask(spec, digest, new_id())
+
+    def _create(
+        self,
+        tx: WriteTx,
+        tenant: str,
+        agent_id: str,
+        new: _NewTask,
+        agent: Callable[[], Agent],
+        claim: Claim | None,
+        now: datetime,
+    ) -> tuple[SubmitResult, list[Change]]:
+        """In a write: the stored answer of a replayed key, or the new task inserted, started at
+        once for a worker with a free place when nothing queued comes before it."""
+        spec = new.spec
+        if (stored := idempotency.replay(tx, tenant, "submit", spec.request_id, new.digest)) is not None:
+            return SubmitResult.from_json(stored), []
+        default_timeout = agent().default_timeout_seconds  # also: the agent takes new tasks
+        task = Task(
+            tenant=tenant,
+            task_id=new.task_id,
+            agent_id=agent_id,
+            message=spec.message,
+            priority=spec.priority,
+            metadata=spec.metadata,
+            callback_mode=spec.callback_mode,
+            webhook_url=spec.webhook_url,
+            timeout_seconds=spec.timeout_override or default_timeout,
+            created_at=now,
+            updated_at=now,
+        )
+        task, events = lifecycle.created(task)
+        ahead = tx.queued_at_or_above(tenant, agent_id, task.priority)
+        estimated_start = now
+        started = None
+        if ahead == 0 and claim is not None:
+            started = claim.dispatcher.start_new(tx, claim, task, now)
+        if started is not None:
+            task, events = started[0], events + started[1]
+        else:
+            estimated_start = now + timedelta(seconds=ahead * self._run_seconds(tx, tenant, agent_id))
+        task = tx.insert_task(task)
+        for event in events:
+            tx.append_event(event)
+        poll_url, cancel_url = self._urls(agent_id, task.task_id)
+        result = SubmitResult(
+            task_id=task.task_id,
+            agent_id=agent_id,
+            # As accepted (the contract's answer), even if it started in this same write.
+            status=TaskStatus.QUEUED,
+            created_at=now,
+            estimated_start=estimated_start,
+            poll_url=poll_url,
+            cancel_url=cancel_url,
+        )
+        if spec.request_id:
+            idempotency.remember(tx, tenant, "submit", spec.request_id, new.digest, result.to_json(), now, self._ttl)
+        return result, [(task, events)]
+
+    def _agent_once(self, tx: WriteTx, tenant: str, agent_id: str) -> Callable[[], Agent]:
+        """The agent that takes new tasks, looked up on first need (a batch of replays needs
+        none, and a replay is answered even if the agent has since been paused)."""
+        found: list[Agent] = []
+
+        def agent() -> Agent:
+            if not found:
+                current = tx.get_agent(tenant, agent_id)
+                if current is None:
+                    raise AgentNotFound(agent_id)
+                if current.status is not AgentStatus.ACTIVE:
+                    raise AgentUnavailable(agent_id, current.status.value)
+                found.append(current)
+            return found[0]
+
+        return agent
+
+    async def submit(self, principal: Principal, agent_id: str, item: SubmitInput) -> SubmitResult:
+        agent_id = check_id(agent_id, "agent_id")
+        new = self._prepare(agent_id, item)
+        tenant = principal.tenant
         now = self._clock()
-        task_id = new_id()
         claim = self.dispatcher.claim() if self.dispatcher is not None else None
 
-        def op(tx: WriteTx) -> tuple[SubmitResult, Task | None, list[TaskEvent]]:
-            if (stored := idempotency.replay(tx, tenant, "submit", spec.request_id, digest)) is not None:
-                return SubmitResult.from_json(stored), None, []
-            agent = tx.get_agent(tenant, agent_id)
-            if agent is None:
-                raise AgentNotFound(agent_id)
-            if agent.status is not AgentStatus.ACTIVE:
-                raise AgentUnavailable(agent_id, agent.status.value)
-            task = Task(
-                tenant=tenant,
-                task_id=task_id,
-                agent_id=agent_id,
-                message=spec.message,
-                priority=spec.priority,
-                metadata=spec.metadata,
-                callback_mode=spec.callback_mode,
-                webhook_url=spec.webhook_url,
-                timeout_seconds=spec.timeout_override or agent.default_timeout_seconds,
-                created_at=now,
-                updated_at=now,
-            )
-            task, events = lifecycle.created(task)
-            ahead = tx.queued_at_or_above(tenant, agent_id, task.priority)
-            estimated_start = now
-            started = None
-            if ahead == 0 and claim is not None:
-                started = claim.dispatcher.start_new(tx, claim, task, now)
-            if started is not None:
-                task, events = started[0], events + started[1]
-            else:
-                estimated_start = now + timedelta(seconds=ahead * self._run_seconds(tx, tenant, agent_id))
-            task = tx.insert_task(task)
-            for event in events:
-                tx.append_event(event)
-            poll_url, cancel_url = self._urls(agent_id, task_id)
-            result = SubmitResult(
-                task_id=task_id,
-                agent_id=agent_id,
-                # As accepted (the contract's answer), even if it started in this same write.
-                status=TaskStatus.QUEUED,
-                created_at=now,
-                estimated_start=estimated_start,
-                poll_url=poll_url,
-                cancel_url=cancel_url,
-            )
-            if spec.request_id:
-                idempotency.remember(tx, tenant, "submit", spec.request_id, digest, result.to_json(), now, self._ttl)
-            return result, task, events
+        def op(tx: WriteTx) -> tuple[SubmitResult, list[Change]]:
+            return self._create(tx, tenant, agent_id, new, self._agent_once(tx, tenant, agent_id), claim, now)
 
         result: SubmitResult = await self._commit(op, claim)
         return result
+
+    async def submit_batch(
+        self, principal: Principal, agent_id: str, items: Sequence[SubmitInput]
+    ) -> list[SubmitResult]:
+        """Submit each item, all in one write: all are queued or none is. A bad item fails the
+        batch with its fields named `requests[i].field`."""
+        agent_id = check_id(agent_id, "agent_id")
+        if not items:
+            raise InvalidArgument.field("requests", "must hold at least one request")
+        if len(items) > MAX_BATCH:
+            raise InvalidArgument.field("requests", f"must hold at most {MAX_BATCH} requests, got {len(items)}")
+        news = []
+        for i, item in enumerate(items):
+            try:
+                news.append(self._prepare(agent_id, item))
+            except InvalidArgument as error:
+                raise error.within(f"requests[{i}].") from None
+        tenant = principal.tenant
+        now = self._clock()
+        claim = self.dispatcher.claim() if self.dispatcher is not None else None
+
+        def op(tx: WriteTx) -> tuple[list[SubmitResult], list[Change]]:
+            agent = self._agent_once(tx, tenant, agent_id)
+            results: list[SubmitResult] = []
+            changes: list[Change] = []
+            for new in news:
+                result, changed = self._create(tx, tenant, agent_id, new, agent, claim, now)
+                results.append(result)
+                changes += changed
+            return results, changes
+
+        results: list[SubmitResult] = await self._commit(op, claim)
+        return results
 
     async def get(self, principal: Principal, agent_id: str, task_id: str) -> Task:
         agent_id, task_id = check_parent(agent_id), check_id(task_id, "task_id")
@@ -300,15 +379,15 @@ class TaskCore:
         now = self._clock()
         msg = TaskMessage(message_id=new_id(), text=message, created_at=now)
 
-        def op(tx: WriteTx) -> tuple[MessageResult, Task | None, list[TaskEvent]]:
+        def op(tx: WriteTx) -> tuple[MessageResult, list[Change]]:
             if (stored := idempotency.replay(tx, tenant, "message", request_id, digest)) is not None:
-                return MessageResult.from_json(stored), None, []
+                return MessageResult.from_json(stored), []
             task = find_task(tx, tenant, agent_id, task_id)
             task, events = save(tx, lifecycle.add_message(task, msg, now))
             result = MessageResult(task_id=task_id, message_id=msg.message_id, status=task.status, created_at=now)
             if request_id:
                 idempotency.remember(tx, tenant, "message", request_id, digest, result.to_json(), now, self._ttl)
-            return result, task, events
+            return result, [(task, events)]
 
         result: MessageResult = await self._commit(op)
         return result
@@ -318,9 +397,9 @@ class TaskCore:
         tenant = principal.tenant
         now = self._clock()
 
-        def op(tx: WriteTx) -> tuple[Task, Task, list[TaskEvent]]:
+        def op(tx: WriteTx) -> tuple[Task, list[Change]]:
             task, events = save(tx, lifecycle.cancel(find_task(tx, tenant, agent_id, task_id), now))
-            return task, task, events
+            return task, [(task, events)]
 
         task: Task = await self._commit(op)
         return task

@@ -29,7 +29,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agenttasks/v1/task_service.proto\x12\ragenttasks.v1\x1a\x18\x61genttasks/v1/task.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x02\n\rSubmitRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07message\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x08priority\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x1d\n\x10timeout_override\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rcallback_mode\x18\x06 \x01(\t\x12\x13\n\x0bwebhook_url\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\tB\x0b\n\t_priorityB\x13\n\x11_timeout_override\"\xce\x01\n\x0eSubmitResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x65stimated_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08poll_url\x18\x05 \x01(\t\x12\x12\n\ncancel_url\x18\x06 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x07 \x01(\t\"A\n\x10GetStatusRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07task_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"6\n\x11GetStatusResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.agenttasks.v1.Task\"n\n\x12SendMessageRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07task_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07message\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"z\n\x13SendMessageResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\rCancelRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07task_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"3\n\x0e\x43\x61ncelResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.agenttasks.v1.Task\"Y\n\x10WatchTaskRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07task_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x03\"\xb8\x03\n\x11WatchTaskResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x04task\x18\x06 \x01(\x0b\x32\x13.agenttasks.v1.Task\x12)\n\x08progress\x18\x07 \x01(\x0b\x32\x17.agenttasks.v1.Progress\x12\x0e\n\x06output\x18\x08 \x01(\t\x12+\n\x07message\x18\t \x01(\x0b\x32\x1a.agenttasks.v1.TaskMessage\x12\x0e\n\x06prompt\x18\n \x01(\t\x12)\n\x06result\x18\x0b \x01(\x0b\x32\x19.agenttasks.v1.TaskResult\x12\'\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x18.agenttasks.v1.TaskError\x12\x0e\n\x06reason\x18\r \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0e \x01(\x05\x12(\n\x07\x64\x65tails\x18\x0f \x01(\x0b\x32\x17.google.protobuf.Struct\"a\n\x10ListTasksRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"P\n\x11ListTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.agenttasks.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x83\x08\n\x0bTaskService\x12\x8e\x01\n\x06Submit\x12\x1c.agenttasks.v1.SubmitRequest\x1a\x1d.agenttasks.v1.SubmitResponse\"G\x82\xd3\xe4\x93\x02\x41\"\x19/agent/request/{agent_id}:\x01*Z!\"\x1c/v1/agent/request/{agent_id}:\x01*\x12\xab\x01\n\tGetStatus\x12\x1f.agenttasks.v1.GetStatusRequest\x1a .agenttasks.v1.GetStatusResponse\"[\x82\xd3\xe4\x93\x02U\x12 /agent/{agent_id}/task/{task_id}Z+\x12#/v1/agent/{agent_id}/task/{task_id}b\x04taskb\x04task\x12\xbb\x01\n\x0bSendMessage\x12!.agenttasks.v1.SendMessageRequest\x1a\".agenttasks.v1.SendMessageResponse\"e\x82\xd3\xe4\x93\x02_\"(/agent/{agent_id}/task/{task_id}/message:\x01*Z0\"+/v1/agent/{agent_id}/task/{task_id}/message:\x01*\x12\xb6\x01\n\x06\x43\x61ncel\x12\x1c.agenttasks.v1.CancelRequest\x1a\x1d.agenttasks.v1.CancelResponse\"o\x82\xd3\xe4\x93\x02i\"\'/agent/{agent_id}/task/{task_id}/cancel:\x01*Z5\"*/v1/agent/{agent_id}/task/{task_id}/cancel:\x01*b\x04taskb\x04task\x12\xad\x01\n\tWatchTask\x12\x1f.agenttasks.v1.WatchTaskRequest\x1a .agenttasks.v1.WatchTaskResponse\"[\x82\xd3\xe4\x93\x02U\x12&/agent/{agent_id}/task/{task_id}/watchZ+\x12)/v1/agent/{agent_id}/task/{task_id}/watch0\x01\x12\x8d\x01\n\tListTasks\x12\x1f.agenttasks.v1.ListTasksRequest\x1a .agenttasks.v1.ListTasksResponse\"=\x82\xd3\xe4\x93\x02\x37\x12\x17/agent/{agent_id}/tasksZ\x1c\x12\x1a/v1/agent/{agent_id}/tasksb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agenttasks/v1/task_service.proto\x12\ragenttasks.v1\x1a\x18\x61genttasks/v1/task.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x02\n\rSubmitRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07message\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x08priority\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x1d\n\x10timeout_override\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rcallback_mode\x18\x06 \x01(\t\x12\x13\n\x0bwebhook_url\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\tB\x0b\n\t_priorityB\x13\n\x11_timeout_override\"\xce\x01\n\x0eSubmitResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x65stimated_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08poll_url\x18\x05 \x01(\t\x12\x12\n\ncancel_url\x18\x06 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x07 \x01(\t\"b\n\x12\x42\x61tchSubmitRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\x08requests\x18\x02 \x03(\x0b\x32\x1c.agenttasks.v1.SubmitRequestB\x04\xe2\x41\x01\x02\"G\n\x13\x42\x61tchSubmitResponse\x12\x30\n\tresponses\x18\x01 \x03(\x0b\x32\x1d.agenttasks.v1.SubmitResponse\"A\n\x10GetStatusRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07task_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"6\n\x11GetStatusResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.agenttasks.v1.Task\"n\n\x12SendMessageRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07task_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07message\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"z\n\x13SendMessageResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\rCancelRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07task_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"3\n\x0e\x43\x61ncelResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.agenttasks.v1.Task\"Y\n\x10WatchTaskRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07task_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x03\"\xb8\x03\n\x11WatchTaskResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x04task\x18\x06 \x01(\x0b\x32\x13.agenttasks.v1.Task\x12)\n\x08progress\x18\x07 \x01(\x0b\x32\x17.agenttasks.v1.Progress\x12\x0e\n\x06output\x18\x08 \x01(\t\x12+\n\x07message\x18\t \x01(\x0b\x32\x1a.agenttasks.v1.TaskMessage\x12\x0e\n\x06prompt\x18\n \x01(\t\x12)\n\x06result\x18\x0b \x01(\x0b\x32\x19.agenttasks.v1.TaskResult\x12\'\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x18.agenttasks.v1.TaskError\x12\x0e\n\x06reason\x18\r \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0e \x01(\x05\x12(\n\x07\x64\x65tails\x18\x0f \x01(\x0b\x32\x17.google.protobuf.Struct\"a\n\x10ListTasksRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"P\n\x11ListTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.agenttasks.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb7\t\n\x0bTaskService\x12\x8e\x01\n\x06Submit\x12\x1c.agenttasks.v1.SubmitRequest\x1a\x1d.agenttasks.v1.SubmitResponse\"G\x82\xd3\xe4\x93\x02\x41\"\x19/agent/request/{agent_id}:\x01*Z!\"\x1c/v1/agent/request/{agent_id}:\x01*\x12\xb1\x01\n\x0b\x42\x61tchSubmit\x12!.agenttasks.v1.BatchSubmitRequest\x1a\".agenttasks.v1.BatchSubmitResponse\"[\x82\xd3\xe4\x93\x02U\"#/agent/{agent_id}/tasks:batchSubmit:\x01*Z+\"&/v1/agent/{agent_id}/tasks:batchSubmit:\x01*\x12\xab\x01\n\tGetStatus\x12\x1f.agenttasks.v1.GetStatusRequest\x1a .agenttasks.v1.GetStatusResponse\"[\x82\xd3\xe4\x93\x02U\x12 /agent/{agent_id}/task/{task_id}Z+\x12#/v1/agent/{agent_id}/task/{task_id}b\x04taskb\x04task\x12\xbb\x01\n\x0bSendMessage\x12!.agenttasks.v1.SendMessageRequest\x1a\".agenttasks.v1.SendMessageResponse\"e\x82\xd3\xe4\x93\x02_\"(/agent/{agent_id}/task/{task_id}/message:\x01*Z0\"+/v1/agent/{agent_id}/task/{task_id}/message:\x01*\x12\xb6\x01\n\x06\x43\x61ncel\x12\x1c.agenttasks.v1.CancelRequest\x1a\x1d.agenttasks.v1.CancelResponse\"o\x82\xd3\xe4\x93\x02i\"\'/agent/{agent_id}/task/{task_id}/cancel:\x01*Z5\"*/v1/agent/{agent_id}/task/{task_id}/cancel:\x01*b\x04taskb\x04task\x12\xad\x01\n\tWatchTask\x12\x1f.agenttasks.v1.WatchTaskRequest\x1a .agenttasks.v1.WatchTaskResponse\"[\x82\xd3\xe4\x93\x02U\x12&/agent/{agent_id}/task/{task_id}/watchZ+\x12)/v1/agent/{agent_id}/task/{task_id}/watch0\x01\x12\x8d\x01\n\tListTasks\x12\x1f.agenttasks.v1.ListTasksRequest\x1a .agenttasks.v1.ListTasksResponse\"=\x82\xd3\xe4\x93\x02\x37\x12\x17/agent/{agent_id}/tasksZ\x1c\x12\x1a/v1/agent/{agent_id}/tasksb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +40,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITREQUEST'].fields_by_name['agent_id']._serialized_options = b'\342A\001\002'
   _globals['_SUBMITREQUEST'].fields_by_name['message']._loaded_options = None
   _globals['_SUBMITREQUEST'].fields_by_name['message']._serialized_options = b'\342A\001\002'
+  _globals['_BATCHSUBMITREQUEST'].fields_by_name['agent_id']._loaded_options = None
+  _globals['_BATCHSUBMITREQUEST'].fields_by_name['agent_id']._serialized_options = b'\342A\001\002'
+  _globals['_BATCHSUBMITREQUEST'].fields_by_name['requests']._loaded_options = None
+  _globals['_BATCHSUBMITREQUEST'].fields_by_name['requests']._serialized_options = b'\342A\001\002'
   _globals['_GETSTATUSREQUEST'].fields_by_name['agent_id']._loaded_options = None
   _globals['_GETSTATUSREQUEST'].fields_by_name['agent_id']._serialized_options = b'\342A\001\002'
   _globals['_GETSTATUSREQUEST'].fields_by_name['task_id']._loaded_options = None
@@ -62,6 +66,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTTASKSREQUEST'].fields_by_name['agent_id']._serialized_options = b'\342A\001\002'
   _globals['_TASKSERVICE'].methods_by_name['Submit']._loaded_options = None
   _globals['_TASKSERVICE'].methods_by_name['Submit']._serialized_options = b'\202\323\344\223\002A\"\031/agent/request/{agent_id}:\001*Z!\"\034/v1/agent/request/{agent_id}:\001*'
+  _globals['_TASKSERVICE'].methods_by_name['BatchSubmit']._loaded_options = None
+  _globals['_TASKSERVICE'].methods_by_name['BatchSubmit']._serialized_options = b'\202\323\344\223\002U\"#/agent/{agent_id}/tasks:batchSubmit:\001*Z+\"&/v1/agent/{agent_id}/tasks:batchSubmit:\001*'
   _globals['_TASKSERVICE'].methods_by_name['GetStatus']._loaded_options = None
   _globals['_TASKSERVICE'].methods_by_name['GetStatus']._serialized_options = b'\202\323\344\223\002U\022 /agent/{agent_id}/task/{task_id}Z+\022#/v1/agent/{agent_id}/task/{task_id}b\004taskb\004task'
   _globals['_TASKSERVICE'].methods_by_name['SendMessage']._loaded_options = None
@@ -76,26 +82,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITREQUEST']._serialized_end=461
   _globals['_SUBMITRESPONSE']._serialized_start=464
   _globals['_SUBMITRESPONSE']._serialized_end=670
-  _globals['_GETSTATUSREQUEST']._serialized_start=672
-  _globals['_GETSTATUSREQUEST']._serialized_end=737
-  _globals['_GETSTATUSRESPONSE']._serialized_start=739
-  _globals['_GETSTATUSRESPONSE']._serialized_end=793
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=795
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=905
-  _globals['_SENDMESSAGERESPONSE']._serialized_start=907
-  _globals['_SENDMESSAGERESPONSE']._serialized_end=1029
-  _globals['_CANCELREQUEST']._serialized_start=1031
-  _globals['_CANCELREQUEST']._serialized_end=1093
-  _globals['_CANCELRESPONSE']._serialized_start=1095
-  _globals['_CANCELRESPONSE']._serialized_end=1146
-  _globals['_WATCHTASKREQUEST']._serialized_start=1148
-  _globals['_WATCHTASKREQUEST']._serialized_end=1237
-  _globals['_WATCHTASKRESPONSE']._serialized_start=1240
-  _globals['_WATCHTASKRESPONSE']._serialized_end=1680
-  _globals['_LISTTASKSREQUEST']._serialized_start=1682
-  _globals['_LISTTASKSREQUEST']._serialized_end=1779
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1781
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1861
-  _globals['_TASKSERVICE']._serialized_start=1864
-  _globals['_TASKSERVICE']._serialized_end=2891
+  _globals['_BATCHSUBMITREQUEST']._serialized_start=672
+  _globals['_BATCHSUBMITREQUEST']._serialized_end=770
+  _globals['_BATCHSUBMITRESPONSE']._serialized_start=772
+  _globals['_BATCHSUBMITRESPONSE']._serialized_end=843
+  _globals['_GETSTATUSREQUEST']._serialized_start=845
+  _globals['_GETSTATUSREQUEST']._serialized_end=910
+  _globals['_GETSTATUSRESPONSE']._serialized_start=912
+  _globals['_GETSTATUSRESPONSE']._serialized_end=966
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=968
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=1078
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=1080
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=1202
+  _globals['_CANCELREQUEST']._serialized_start=1204
+  _globals['_CANCELREQUEST']._serialized_end=1266
+  _globals['_CANCELRESPONSE']._serialized_start=1268
+  _globals['_CANCELRESPONSE']._serialized_end=1319
+  _globals['_WATCHTASKREQUEST']._serialized_start=1321
+  _globals['_WATCHTASKREQUEST']._serialized_end=1410
+  _globals['_WATCHTASKRESPONSE']._serialized_start=1413
+  _globals['_WATCHTASKRESPONSE']._serialized_end=1853
+  _globals['_LISTTASKSREQUEST']._serialized_start=1855
+  _globals['_LISTTASKSREQUEST']._serialized_end=1952
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1954
+  _globals['_LISTTASKSRESPONSE']._serialized_end=2034
+  _globals['_TASKSERVICE']._serialized_start=2037
+  _globals['_TASKSERVICE']._serialized_end=3244
 # @@protoc_insertion_point(module_scope)

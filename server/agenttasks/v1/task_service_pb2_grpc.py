@@ -43,6 +43,11 @@ class TaskServiceStub:
                 request_serializer=agenttasks_dot_v1_dot_task__service__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=agenttasks_dot_v1_dot_task__service__pb2.SubmitResponse.FromString,
                 _registered_method=True)
+        self.BatchSubmit = channel.unary_unary(
+                '/agenttasks.v1.TaskService/BatchSubmit',
+                request_serializer=agenttasks_dot_v1_dot_task__service__pb2.BatchSubmitRequest.SerializeToString,
+                response_deserializer=agenttasks_dot_v1_dot_task__service__pb2.BatchSubmitResponse.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/agenttasks.v1.TaskService/GetStatus',
                 request_serializer=agenttasks_dot_v1_dot_task__service__pb2.GetStatusRequest.SerializeToString,
@@ -79,6 +84,15 @@ class TaskServiceServicer:
 
     def Submit(self, request, context):
         """Queues a task for an agent. Answers 202 over REST.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchSubmit(self, request, context):
+        """Queues up to 500 tasks for one agent in one call, all or none (AIP-233): a bad request
+        anywhere fails the whole batch, naming it as `requests[i].field`. Answers come in request
+        order, each as Submit would answer it; idempotency keys work per request. Answers 202 over REST.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,6 +142,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.Submit,
                     request_deserializer=agenttasks_dot_v1_dot_task__service__pb2.SubmitRequest.FromString,
                     response_serializer=agenttasks_dot_v1_dot_task__service__pb2.SubmitResponse.SerializeToString,
+            ),
+            'BatchSubmit': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchSubmit,
+                    request_deserializer=agenttasks_dot_v1_dot_task__service__pb2.BatchSubmitRequest.FromString,
+                    response_serializer=agenttasks_dot_v1_dot_task__service__pb2.BatchSubmitResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -186,6 +205,33 @@ class TaskService:
             '/agenttasks.v1.TaskService/Submit',
             agenttasks_dot_v1_dot_task__service__pb2.SubmitRequest.SerializeToString,
             agenttasks_dot_v1_dot_task__service__pb2.SubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchSubmit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agenttasks.v1.TaskService/BatchSubmit',
+            agenttasks_dot_v1_dot_task__service__pb2.BatchSubmitRequest.SerializeToString,
+            agenttasks_dot_v1_dot_task__service__pb2.BatchSubmitResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,11 @@ class TaskServiceStub:
     def __new__(cls, channel: _aio.Channel) -> TaskServiceAsyncStub: ...
     Submit: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.SubmitRequest, _task_service_pb2.SubmitResponse]
     """Queues a task for an agent. Answers 202 over REST."""
+    BatchSubmit: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.BatchSubmitRequest, _task_service_pb2.BatchSubmitResponse]
+    """Queues up to 500 tasks for one agent in one call, all or none (AIP-233): a bad request
+    anywhere fails the whole batch, naming it as `requests[i].field`. Answers come in request
+    order, each as Submit would answer it; idempotency keys work per request. Answers 202 over REST.
+    """
     GetStatus: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.GetStatusRequest, _task_service_pb2.GetStatusResponse]
     """The task's current status, progress and result."""
     SendMessage: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.SendMessageRequest, _task_service_pb2.SendMessageResponse]
@@ -65,6 +70,11 @@ class TaskServiceAsyncStub(TaskServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Submit: _aio.UnaryUnaryMultiCallable[_task_service_pb2.SubmitRequest, _task_service_pb2.SubmitResponse]  # type: ignore[assignment]
     """Queues a task for an agent. Answers 202 over REST."""
+    BatchSubmit: _aio.UnaryUnaryMultiCallable[_task_service_pb2.BatchSubmitRequest, _task_service_pb2.BatchSubmitResponse]  # type: ignore[assignment]
+    """Queues up to 500 tasks for one agent in one call, all or none (AIP-233): a bad request
+    anywhere fails the whole batch, naming it as `requests[i].field`. Answers come in request
+    order, each as Submit would answer it; idempotency keys work per request. Answers 202 over REST.
+    """
     GetStatus: _aio.UnaryUnaryMultiCallable[_task_service_pb2.GetStatusRequest, _task_service_pb2.GetStatusResponse]  # type: ignore[assignment]
     """The task's current status, progress and result."""
     SendMessage: _aio.UnaryUnaryMultiCallable[_task_service_pb2.SendMessageRequest, _task_service_pb2.SendMessageResponse]  # type: ignore[assignment]
@@ -94,6 +104,17 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_task_service_pb2.SubmitResponse, _abc.Awaitable[_task_service_pb2.SubmitResponse]]:
         """Queues a task for an agent. Answers 202 over REST."""
+
+    @_abc_1.abstractmethod
+    def BatchSubmit(
+        self,
+        request: _task_service_pb2.BatchSubmitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.BatchSubmitResponse, _abc.Awaitable[_task_service_pb2.BatchSubmitResponse]]:
+        """Queues up to 500 tasks for one agent in one call, all or none (AIP-233): a bad request
+        anywhere fails the whole batch, naming it as `requests[i].field`. Answers come in request
+        order, each as Submit would answer it; idempotency keys work per request. Answers 202 over REST.
+        """
 
     @_abc_1.abstractmethod
     def GetStatus(
