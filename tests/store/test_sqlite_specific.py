@@ -423,6 +423,20 @@ def test_the_claim_query_uses_the_partial_queue_index(tmp_path: Path) -> None:
     assert "tasks_queued" in plan
 
 
+def test_unfinished_tasks_are_found_through_their_partial_index(tmp_path: Path) -> None:
+    """The index predicate and the query's status test must stay word for word the same, or
+    SQLite silently scans every task of the agent (finished ones too) instead."""
+    conn = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    try:
+        migrate(conn)
+        sql = load_queries("sqlite")["unfinished_tasks"]
+        params = dict.fromkeys(re.findall(r":([a-z_]+)", sql), 1)
+        plan = " / ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+    finally:
+        conn.close()
+    assert "USING INDEX tasks_unfinished" in plan, plan
+
+
 @pytest.mark.asyncio
 async def test_the_claim_query_takes_the_highest_priority_oldest_task(
     sqlite_store: SqliteStore, make_agent: MakeAgent, make_task: MakeTask

@@ -74,11 +74,11 @@ ORDER BY seq DESC
 LIMIT :limit;
 
 -- name: unfinished_tasks
--- The IN list must match the tasks_unfinished index predicate word for word for SQLite to use it.
--- A negative :limit means no limit.
+-- The status test must match the tasks_unfinished index predicate word for word for SQLite to
+-- use it. A negative :limit means no limit.
 SELECT * FROM tasks
 WHERE tenant = :tenant AND agent_id = :agent_id
-    AND status IN ('queued', 'running', 'awaiting_input')
+    AND (status = 'queued' OR status = 'running' OR status = 'awaiting_input')
 ORDER BY seq
 LIMIT :limit;
 
