@@ -26,7 +26,7 @@ from bench.peers.huey_peer import huey_peer
 from bench.plan import FULL, QUICK, Context, Plan
 from bench.profiling import summarise
 from bench.workloads.ceiling import echo
-from bench.workloads.e2e import end_to_end, end_to_end_watched
+from bench.workloads.e2e import end_to_end, end_to_end_batched, end_to_end_watched
 from bench.workloads.fanout import fan_out
 from bench.workloads.latency import latency
 from bench.workloads.submit import submit_grpc, submit_rest
@@ -39,6 +39,7 @@ WORKLOADS: dict[str, tuple[Workload, str]] = {
     "submit_grpc": (submit_grpc, "Submit over gRPC, durable, 64 in flight"),
     "submit_rest": (submit_rest, "Submit over REST through Envoy"),
     "e2e": (end_to_end, "N tasks submitted while one worker process completes them"),
+    "e2e_batch": (end_to_end_batched, "end to end, tasks submitted 100 at a time with BatchSubmit"),
     "e2e_watch": (end_to_end_watched, "end to end with one WatchTask per task (--watch)"),
     "huey": (huey_peer, "peer: huey with SqliteHuey, same N tasks"),
     "a2a": (a2a_peer, "peer: A2A Python SDK with its SQLite task store, same N tasks"),

@@ -38,6 +38,9 @@ TARGETS = [
     Target("REST Submit vs gRPC Submit", "submit_rest", "rate", ">=", 0.85, "submit_grpc"),
     Target("end to end vs huey", "e2e", "rate", ">=", 2.0, "huey"),
     Target("end to end vs A2A", "e2e", "rate", ">=", 50.0, "a2a"),
+    # The same goals with the tasks submitted through BatchSubmit, reported as their own rows.
+    Target("end to end, BatchSubmit, vs huey", "e2e_batch", "rate", ">=", 2.0, "huey"),
+    Target("end to end, BatchSubmit, vs A2A", "e2e_batch", "rate", ">=", 50.0, "a2a"),
     Target("dispatch p99 at 500 tasks/s (ms)", "latency_500", "dispatch_p99_ms", "<=", 10.0),
     Target("cancel p99 at 500 tasks/s (ms)", "latency_500", "cancel_p99_ms", "<=", 20.0),
     Target(
@@ -124,6 +127,10 @@ def rows(outcomes: dict[str, Outcome]) -> list[list[str]]:
     if o := ok("e2e"):
         for peer, label in (("huey", "huey"), ("a2a", "A2A")):
             cells = _target_cells(outcomes, "e2e", "rate", peer)
+            table.append([o.title, _rate(o, "tasks/s"), rate_of(peer, label), *cells])
+    if o := ok("e2e_batch"):
+        for peer, label in (("huey", "huey"), ("a2a", "A2A")):
+            cells = _target_cells(outcomes, "e2e_batch", "rate", peer)
             table.append([o.title, _rate(o, "tasks/s"), rate_of(peer, label), *cells])
     if o := ok("e2e_watch"):
         table.append([o.title, _rate(o, "tasks/s"), rate_of("e2e", "end to end"), ratio("e2e_watch", "e2e"), "", ""])

@@ -21,6 +21,10 @@ from bench.workloads.common import submit_request, window
 
 POLL_SECONDS = 0.05
 PAGE = 500
+# e2e_batch: tasks go in BatchSubmit calls of this many, this many calls in flight (64 tasks
+# in flight at most would starve the worker between answers; 4 x 100 keeps it fed).
+BATCH = 100
+BATCHES_IN_FLIGHT = 4
 
 
 async def _unfinished(api: Api, agent_id: str) -> bool:
@@ -58,9 +62,10 @@ async def _watch(api: Api, agent_id: str, task_id: str, ends: list[int]) -> None
             return
 
 
-async def end_to_end(ctx: Context, *, watch: bool = False) -> list[Outcome]:
+async def end_to_end(ctx: Context, *, watch: bool = False, batch: int = 0) -> list[Outcome]:
+    """With `batch`, tasks are submitted `batch` at a time with BatchSubmit (never watched)."""
     plan = ctx.plan
-    name = "e2e_watch" if watch else "e2e"
+    name = "e2e_watch" if watch else "e2e_batch" if batch else "e2e"
     workdir = ctx.scratch(name)
     n = plan.tasks
     async with Server(workdir) as server, Worker(server, capacity=plan.capacity) as worker:
@@ -68,6 +73,15 @@ async def end_to_end(ctx: Context, *, watch: bool = False) -> list[Outcome]:
         request = submit_request(server.agent_id)
         watchers: set[asyncio.Task[None]] = set()
         ends: list[int] = []
+
+        unsent = n
+
+        async def submit_batch(_: int) -> None:
+            nonlocal unsent
+            size = min(batch, unsent)
+            unsent -= size
+            many = pb.BatchSubmitRequest(agent_id=server.agent_id, requests=[request] * size)
+            await api.tasks.BatchSubmit(many, metadata=api.metadata, timeout=60)
 
         async def submit(_: int) -> None:
             answer = await api.tasks.Submit(request, metadata=api.metadata, timeout=60)
@@ -79,9 +93,14 @@ async def end_to_end(ctx: Context, *, watch: bool = False) -> list[Outcome]:
         pids = {**server.pids(), "worker": worker.pid}
         async with window(ctx, pids, profile=name, seconds=plan.limit_seconds) as usage:
             started_wall, started = time.time(), loadgen.now_ns()
-            submitted = await loadgen.closed_loop(
-                submit, concurrency=plan.concurrency, seconds=plan.limit_seconds, max_calls=n
-            )
+            if batch:
+                submitted = await loadgen.closed_loop(
+                    submit_batch, concurrency=BATCHES_IN_FLIGHT, seconds=plan.limit_seconds, max_calls=-(-n // batch)
+                )
+            else:
+                submitted = await loadgen.closed_loop(
+                    submit, concurrency=plan.concurrency, seconds=plan.limit_seconds, max_calls=n
+                )
             if watch:
                 async with asyncio.timeout(plan.limit_seconds):
                     while watchers:
@@ -96,10 +115,15 @@ async def end_to_end(ctx: Context, *, watch: bool = False) -> list[Outcome]:
     else:
         seconds = last_completed - started_wall
     ctx.discard(workdir)
+    submitting = (
+        f"BatchSubmit calls of {batch}, {BATCHES_IN_FLIGHT} in flight"
+        if batch
+        else f"{plan.concurrency} Submits in flight"
+    )
     outcome = Outcome(
         name,
-        "End to end, one WatchTask per task" if watch else "End to end",
-        load=f"{n} tasks, {plan.concurrency} Submits in flight, one SDK worker process (capacity {plan.capacity})",
+        "End to end, one WatchTask per task" if watch else "End to end, BatchSubmit" if batch else "End to end",
+        load=f"{n} tasks, {submitting}, one SDK worker process (capacity {plan.capacity})",
         metrics={
             "rate": round(completed / seconds, 1),
             "tasks": n,
@@ -119,3 +143,7 @@ async def end_to_end(ctx: Context, *, watch: bool = False) -> list[Outcome]:
 
 async def end_to_end_watched(ctx: Context) -> list[Outcome]:
     return await end_to_end(ctx, watch=True)
+
+
+async def end_to_end_batched(ctx: Context) -> list[Outcome]:
+    return await end_to_end(ctx, batch=BATCH)

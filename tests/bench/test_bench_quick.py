@@ -14,13 +14,25 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # What `python -m bench --quick` runs, by outcome name; the peers may be skipped, with a reason.
-EXPECTED = ["echo", "submit_grpc", "submit_rest", "e2e", "huey", "a2a", "latency_500", "broadcast_1000", "fanout_1000"]
+EXPECTED = [
+    "echo",
+    "submit_grpc",
+    "submit_rest",
+    "e2e",
+    "e2e_batch",
+    "huey",
+    "a2a",
+    "latency_500",
+    "broadcast_1000",
+    "fanout_1000",
+]
 PEERS = {"huey", "a2a"}
 HEADLINE = {
     "echo": "rate",
     "submit_grpc": "rate",
     "submit_rest": "rate",
     "e2e": "rate",
+    "e2e_batch": "rate",
     "huey": "rate",
     "a2a": "rate",
     "latency_500": "dispatch_p99_ms",
