@@ -11,7 +11,7 @@ import pytest
 
 from agenttasks.app import Service
 from agenttasks.core import lifecycle
-from agenttasks.core.dispatch import Assign, TaskRef
+from agenttasks.core.dispatch import Assign, TaskRef, complete_change
 from agenttasks.core.ids import new_id
 from agenttasks.core.model import Principal, Role, Task, TaskStatus, utcnow
 from agenttasks.core.ports import WriteTx
@@ -182,7 +182,9 @@ async def test_a_start_is_not_undone_by_the_earlier_news_of_its_task(service: Se
         async with commit_thread_held(service.store):  # both writes wait for the same commit
             queued = asyncio.ensure_future(tasks.submit(owner, agent_id, SubmitInput("Q")))
             await turns(5)
-            ended = asyncio.ensure_future(dispatcher.complete(session, TaskRef(first.task_id, 1), "done", None))
+            ended = asyncio.ensure_future(
+                dispatcher.report_one(session, TaskRef(first.task_id, 1), complete_change("done", None))
+            )
             await turns(5)
         q = (await queued).task_id
         await ended

@@ -10,22 +10,26 @@ because a report's first step enqueues its write before anything can suspend it.
 
 Batches (see `agenttasks.stream_batches` for why): a worker whose hello says `accepts_batches`
 gets the pushes that are ready at once packed into one `PushBatch`, and the welcome tells every
-worker that it may pack its reports into a `ReportBatch`; both are read exactly as if their
-items came one by one.
+worker that it may pack its reports into a `ReportBatch`. The reports of a batch are applied in
+one write function, in order, each acked with its own outcome, as if they had come one by one:
+one write instead of one per report saves each report's own task, future, savepoint and
+publish round (end to end with BatchSubmit went from ~2,600 to ~3,000 tasks/s).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
+from typing import Any
 
 import grpc
 
 from agenttasks.api import convert
 from agenttasks.api.errors import rich_status
 from agenttasks.api.gate import Gate
-from agenttasks.core.dispatch import Ack, Assign, Deliver, Dispatcher, Push, Stop, TaskRef, WorkerSession
+from agenttasks.core import dispatch
+from agenttasks.core.dispatch import Ack, Assign, Deliver, Dispatcher, Push, Report, Stop, TaskRef, WorkerSession
 from agenttasks.core.errors import DomainError, InvalidArgument
 from agenttasks.core.model import Principal, TaskMessage
 from agenttasks.stream_batches import packed
@@ -130,14 +134,26 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         requests: AsyncIterator[pb.ConnectRequest],
     ) -> None:
         pending: set[asyncio.Task[None]] = set()
+
+        def start(handling: Coroutine[Any, Any, None]) -> None:
+            task = asyncio.create_task(handling)
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
         try:
             async for message in requests:
-                # A batch's reports start in order, as if each had come in a message of its own.
-                batch = message.batch.reports if message.WhichOneof("kind") == "batch" else (message,)
-                for request in batch:
-                    task = asyncio.create_task(self._handle(session, request))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
+                if message.WhichOneof("kind") != "batch":
+                    start(self._handle(session, message))
+                    continue
+                # A batch's reports are applied in one write, in order, as if each had come in a
+                # message of its own; anything else in it is handled on its own.
+                items = message.batch.reports
+                reports = [r for r in items if r.WhichOneof("kind") in REPORT_KINDS]
+                if reports:
+                    start(self._handle_reports(session, reports))
+                for request in items:
+                    if request.WhichOneof("kind") not in REPORT_KINDS:
+                        start(self._handle(session, request))
         except grpc.aio.AioRpcError:
             pass  # the worker went away; what it reported so far still completes below
         finally:
@@ -158,22 +174,57 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         if request.request_id:
             session.outbox.put_nowait(Ack(request.request_id, error))
 
+    async def _handle_reports(self, session: WorkerSession, requests: list[pb.ConnectRequest]) -> None:
+        """Reports of one batch in one write; each is acked with its own outcome, in order."""
+        errors: list[BaseException | None] = [None] * len(requests)
+        valid: list[tuple[int, Report]] = []
+        for index, request in enumerate(requests):
+            try:
+                valid.append((index, _report(request)))
+            except DomainError as refused:
+                errors[index] = refused
+        if valid:
+            outcomes: Sequence[BaseException | None]
+            try:
+                outcomes = await self._dispatcher.report(session, [report for _, report in valid])
+            except DomainError as refused:  # e.g. the server is draining: all refused alike
+                outcomes = [refused] * len(valid)
+            except Exception as failure:  # answered as INTERNAL; the worker's stream stays up
+                log.exception("worker reports failed")
+                outcomes = [failure] * len(valid)
+            for (index, _), outcome in zip(valid, outcomes, strict=True):
+                errors[index] = outcome
+        for request, error in zip(requests, errors, strict=True):
+            if request.request_id:
+                session.outbox.put_nowait(Ack(request.request_id, error))
+
     def _dispatch(self, session: WorkerSession, request: pb.ConnectRequest) -> Awaitable[None]:
-        d, kind = self._dispatcher, request.WhichOneof("kind")
+        kind = request.WhichOneof("kind")
         if kind == "heartbeat":
-            return d.heartbeat(session)
-        if kind == "progress":
-            p = request.progress
-            return d.progress(session, _ref(p.task), p.percent, p.text)
-        if kind == "output":
-            return d.output(session, _ref(request.output.task), request.output.chunk)
-        if kind == "request_input":
-            return d.ask(session, _ref(request.request_input.task), request.request_input.prompt)
-        if kind == "complete":
-            c = request.complete
-            return d.complete(session, _ref(c.task), c.text, convert.struct_to_dict(c, "data"))
-        if kind == "fail":
-            return d.fail(session, _ref(request.fail.task), request.fail.code, request.fail.message)
+            return self._dispatcher.heartbeat(session)
+        if kind in REPORT_KINDS:
+            return self._dispatcher.report_one(session, *_report(request))
         if kind == "batch":
             raise InvalidArgument.field("batch", "a batch may not hold another batch")
         raise InvalidArgument.field(kind or "kind", "not allowed here: hello comes once, first")
+
+
+REPORT_KINDS = frozenset({"progress", "output", "request_input", "complete", "fail"})
+
+
+def _report(request: pb.ConnectRequest) -> Report:
+    """The task a report is about and the change it makes; InvalidArgument if its fields are bad."""
+    kind = request.WhichOneof("kind")
+    if kind == "progress":
+        p = request.progress
+        return _ref(p.task), dispatch.progress_change(p.percent, p.text)
+    if kind == "output":
+        return _ref(request.output.task), dispatch.output_change(request.output.chunk)
+    if kind == "request_input":
+        return _ref(request.request_input.task), dispatch.ask_change(request.request_input.prompt)
+    if kind == "complete":
+        c = request.complete
+        return _ref(c.task), dispatch.complete_change(c.text, convert.struct_to_dict(c, "data"))
+    if kind == "fail":
+        return _ref(request.fail.task), dispatch.fail_change(request.fail.code, request.fail.message)
+    raise InvalidArgument.field(kind or "kind", "not a report")

@@ -27,14 +27,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TypeVar
 
 from agenttasks.core import lifecycle
 from agenttasks.core.agents import find_agent
-from agenttasks.core.errors import InvalidArgument, LeaseLost, ShuttingDown
+from agenttasks.core.errors import DomainError, InvalidArgument, LeaseLost, ShuttingDown
 from agenttasks.core.ids import check_id, new_id
 from agenttasks.core.model import (
     AgentStatus,
@@ -136,6 +136,12 @@ class WorkerSession:
 
 
 Started = tuple[Task, list[TaskEvent], WorkerSession, list[TaskMessage]]
+# What a worker's report does to the task it holds: a pure transition, which may read but must
+# raise (a DomainError) before anything is written, so a refused report leaves nothing behind.
+Change = Callable[[WriteTx, Task, datetime], lifecycle.Transition]
+Report = tuple[TaskRef, Change]
+# A report applied: the task and its events, and the task it handed its place to, if any.
+Applied = tuple[Task, list[TaskEvent], Started | None]
 
 
 @dataclass(slots=True)
@@ -166,6 +172,59 @@ def _bytes(text: str) -> int:
 def _message(event: TaskEvent) -> TaskMessage:
     payload = event.data["message"]
     return TaskMessage(message_id=payload["message_id"], text=payload["text"], created_at=event.time)
+
+
+def progress_change(percent: float, text: str) -> Change:
+    """The change a progress report makes, once its fields are checked."""
+    if not 0 <= percent <= 100:
+        raise InvalidArgument.field("progress.percent", "must be between 0 and 100")
+    if _bytes(text) > MAX_TEXT_BYTES:
+        raise InvalidArgument.field("progress.text", f"must be at most {MAX_TEXT_BYTES} bytes")
+    return lambda tx, task, now: lifecycle.progress(task, Progress(percent, text), now)
+
+
+def output_change(chunk: str) -> Change:
+    size = _bytes(chunk)
+    if size > MAX_CHUNK_BYTES:
+        raise InvalidArgument.field("output.chunk", f"must be at most {MAX_CHUNK_BYTES} bytes")
+
+    def append(tx: WriteTx, task: Task, now: datetime) -> lifecycle.Transition:
+        # Every GetStatus and assignment carries the output: it must stay a sane size.
+        if _bytes(task.output) + size > MAX_OUTPUT_BYTES:
+            raise InvalidArgument.field("output.chunk", f"a task keeps at most {MAX_OUTPUT_BYTES} bytes of output")
+        return lifecycle.output(task, chunk, now)
+
+    return append
+
+
+def ask_change(prompt: str) -> Change:
+    if not prompt.strip() or _bytes(prompt) > MAX_TEXT_BYTES:
+        raise InvalidArgument.field("request_input.prompt", f"required, at most {MAX_TEXT_BYTES} bytes")
+
+    def change(tx: WriteTx, task: Task, now: datetime) -> lifecycle.Transition:
+        if task.status is not TaskStatus.RUNNING:
+            raise InvalidArgument.field("request_input", "the task is already awaiting input")
+        agent = find_agent(tx, task.tenant, task.agent_id)
+        return lifecycle.ask_input(task, prompt, now, agent.input_timeout_seconds)
+
+    return change
+
+
+def complete_change(text: str, data: JsonObject | None) -> Change:
+    if _bytes(text) > MAX_RESULT_BYTES:
+        raise InvalidArgument.field("complete.text", f"must be at most {MAX_RESULT_BYTES} bytes")
+    result = TaskResult(text=text, data=data)
+    return lambda tx, task, now: lifecycle.complete(task, result, now)
+
+
+def fail_change(code: str, message: str) -> Change:
+    code = code or lifecycle.WORKER_ERROR
+    if not (code.replace("_", "").isalnum() and code.isupper() and len(code) <= 64):
+        raise InvalidArgument.field("fail.code", "must be UPPER_SNAKE_CASE, at most 64 characters")
+    if _bytes(message) > MAX_TEXT_BYTES:
+        raise InvalidArgument.field("fail.message", f"must be at most {MAX_TEXT_BYTES} bytes")
+    error = TaskError(code=code, message=message)
+    return lambda tx, task, now: lifecycle.fail(task, error, now)
 
 
 class Dispatcher:
@@ -376,9 +435,11 @@ class Dispatcher:
 
     # --- reports from the holder ---
 
-    async def _report(
-        self, session: WorkerSession, ref: TaskRef, change: Callable[[WriteTx, Task, datetime], lifecycle.Transition]
-    ) -> None:
+    async def report(self, session: WorkerSession, reports: Sequence[Report]) -> list[DomainError | None]:
+        """Apply a worker's reports in one write, in order, each with its own outcome: None, or
+        the DomainError that refused it and left it unwritten (LeaseLost for a task the worker
+        no longer holds). Any other error fails them all. A report that ends a task hands its
+        place to the next queued task in the same write."""
         now = self._clock()
         self._heard_from(session, now)
         # Any report keeps all the worker's leases alive, as a heartbeat does; renewing them on
@@ -389,9 +450,7 @@ class Dispatcher:
 
         claim = self.claim()
 
-        def op(tx: WriteTx) -> tuple[Task, list[TaskEvent], Started | None]:
-            if renew_all:
-                tx.renew_leases(session.worker_id, now + self.lease)
+        def apply(tx: WriteTx, ref: TaskRef, change: Change) -> tuple[Task, list[TaskEvent], Started | None]:
             task = tx.get_task(session.tenant, ref.task_id)
             if (
                 task is None
@@ -403,7 +462,7 @@ class Dispatcher:
                     f"task {ref.task_id} attempt {ref.attempt} is not leased to this worker; the report was ignored",
                     metadata={"task_id": ref.task_id},
                 )
-            task, events = change(tx, task, now)
+            task, events = change(tx, task, now)  # raises before it writes anything
             if task.worker_id:  # any report from the holder keeps its lease alive
                 task = replace(task, lease_expires_at=now + self.lease)
             task, events = save(tx, (task, events))
@@ -411,73 +470,52 @@ class Dispatcher:
             following = None if task.worker_id else self._take_next(tx, claim, session, now)
             return task, events, following
 
-        async def write_then_publish() -> None:
-            try:
-                task, events, following = await claim.write(self._store, op)
-            except LeaseLost:
-                # The store says this attempt is not the worker's: if our map still thought it
-                # was, free the place, or the worker's capacity would shrink for good.
-                if self._holder.get(ref.task_id) is session and session.held.get(ref.task_id) == ref.attempt:
-                    self._release(ref.task_id)
-                    self.poke(session.tenant, session.agent_id)
-                raise
-            if not task.worker_id:
-                # The holder finished it itself: no stop to send. Its place went to the next
-                # queued task if there was one; a task queued since then was published after
-                # this release and pokes a round itself, so no round is needed here.
-                self._release(task.task_id)
-            self._hub.publish(task, events)
-            if following is not None:
-                self._hub.publish(following[0], following[1])
+        def op(tx: WriteTx) -> list[Applied | DomainError]:
+            if renew_all:
+                tx.renew_leases(session.worker_id, now + self.lease)
+            outcomes: list[Applied | DomainError] = []
+            for ref, change in reports:
+                try:
+                    outcomes.append(apply(tx, ref, change))
+                except DomainError as refused:
+                    outcomes.append(refused)
+            return outcomes
 
-        await to_the_end(write_then_publish())
+        async def write_then_publish() -> list[DomainError | None]:
+            outcomes = await claim.write(self._store, op)
+            errors: list[DomainError | None] = []
+            for (ref, _), outcome in zip(reports, outcomes, strict=True):
+                if isinstance(outcome, DomainError):
+                    errors.append(outcome)
+                    # The store says this attempt is not the worker's: if our map still thought
+                    # it was, free the place, or the worker's capacity would shrink for good.
+                    if (
+                        isinstance(outcome, LeaseLost)
+                        and self._holder.get(ref.task_id) is session
+                        and session.held.get(ref.task_id) == ref.attempt
+                    ):
+                        self._release(ref.task_id)
+                        self.poke(session.tenant, session.agent_id)
+                    continue
+                errors.append(None)
+                task, events, following = outcome
+                if not task.worker_id:
+                    # The holder finished it itself: no stop to send. Its place went to the next
+                    # queued task if there was one; a task queued since then was published after
+                    # this release and pokes a round itself, so no round is needed here.
+                    self._release(task.task_id)
+                self._hub.publish(task, events)
+                if following is not None:
+                    self._hub.publish(following[0], following[1])
+            return errors
 
-    async def progress(self, session: WorkerSession, ref: TaskRef, percent: float, text: str) -> None:
-        if not 0 <= percent <= 100:
-            raise InvalidArgument.field("progress.percent", "must be between 0 and 100")
-        if _bytes(text) > MAX_TEXT_BYTES:
-            raise InvalidArgument.field("progress.text", f"must be at most {MAX_TEXT_BYTES} bytes")
-        await self._report(session, ref, lambda tx, t, now: lifecycle.progress(t, Progress(percent, text), now))
+        return await to_the_end(write_then_publish())
 
-    async def output(self, session: WorkerSession, ref: TaskRef, chunk: str) -> None:
-        size = _bytes(chunk)
-        if size > MAX_CHUNK_BYTES:
-            raise InvalidArgument.field("output.chunk", f"must be at most {MAX_CHUNK_BYTES} bytes")
-
-        def append(tx: WriteTx, task: Task, now: datetime) -> lifecycle.Transition:
-            # Every GetStatus and assignment carries the output: it must stay a sane size.
-            if _bytes(task.output) + size > MAX_OUTPUT_BYTES:
-                raise InvalidArgument.field("output.chunk", f"a task keeps at most {MAX_OUTPUT_BYTES} bytes of output")
-            return lifecycle.output(task, chunk, now)
-
-        await self._report(session, ref, append)
-
-    async def ask(self, session: WorkerSession, ref: TaskRef, prompt: str) -> None:
-        if not prompt.strip() or _bytes(prompt) > MAX_TEXT_BYTES:
-            raise InvalidArgument.field("request_input.prompt", f"required, at most {MAX_TEXT_BYTES} bytes")
-
-        def change(tx: WriteTx, task: Task, now: datetime) -> lifecycle.Transition:
-            if task.status is not TaskStatus.RUNNING:
-                raise InvalidArgument.field("request_input", "the task is already awaiting input")
-            agent = find_agent(tx, task.tenant, task.agent_id)
-            return lifecycle.ask_input(task, prompt, now, agent.input_timeout_seconds)
-
-        await self._report(session, ref, change)
-
-    async def complete(self, session: WorkerSession, ref: TaskRef, text: str, data: JsonObject | None) -> None:
-        if _bytes(text) > MAX_RESULT_BYTES:
-            raise InvalidArgument.field("complete.text", f"must be at most {MAX_RESULT_BYTES} bytes")
-        result = TaskResult(text=text, data=data)
-        await self._report(session, ref, lambda tx, t, now: lifecycle.complete(t, result, now))
-
-    async def fail(self, session: WorkerSession, ref: TaskRef, code: str, message: str) -> None:
-        code = code or lifecycle.WORKER_ERROR
-        if not (code.replace("_", "").isalnum() and code.isupper() and len(code) <= 64):
-            raise InvalidArgument.field("fail.code", "must be UPPER_SNAKE_CASE, at most 64 characters")
-        if _bytes(message) > MAX_TEXT_BYTES:
-            raise InvalidArgument.field("fail.message", f"must be at most {MAX_TEXT_BYTES} bytes")
-        error = TaskError(code=code, message=message)
-        await self._report(session, ref, lambda tx, t, now: lifecycle.fail(t, error, now))
+    async def report_one(self, session: WorkerSession, ref: TaskRef, change: Change) -> None:
+        """`report` of one report; raises its error."""
+        (error,) = await self.report(session, [(ref, change)])
+        if error is not None:
+            raise error
 
     async def heartbeat(self, session: WorkerSession) -> None:
         now = self._clock()
