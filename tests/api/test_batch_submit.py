@@ -71,8 +71,8 @@ async def test_estimates_count_the_requests_ahead_in_the_same_batch(client: Api,
     answers = await batch(client, agent_id, [item(), item(), item(priority=9)])
     starts = [a.estimated_start.ToDatetime(tzinfo=UTC) - a.created_at.ToDatetime(tzinfo=UTC) for a in answers]
     run = timedelta(seconds=DEFAULT_RUN_SECONDS)
-    # No worker, no history: one default run time per queued task of the same or higher priority.
-    assert starts == [timedelta(0), run, timedelta(0)]
+    # No worker, no history: one default run time per task queued ahead, the 9 ahead of both 5s.
+    assert starts == [run, 2 * run, timedelta(0)]
 
 
 async def test_one_bad_request_refuses_the_whole_batch_naming_it(client: Api, agent_id: str) -> None:

@@ -77,26 +77,29 @@ async def test_a_submit_never_starts_ahead_of_queued_work_of_its_priority(
     assert (await worker.next_assignment()).task.task_id == higher
 
 
-async def test_a_batch_starts_what_free_places_allow_and_queues_the_rest_by_priority(
+async def test_a_batch_gives_free_places_to_its_highest_priorities_and_queues_the_rest(
     service: Service, client: Api, agent_id: str, workers: StartWorker
 ) -> None:
     worker = await workers(agent_id, capacity=2, heartbeat=False)
     before = await settled_writes(service)
+    priorities = [5, 9, 1, 9, 5]
     request = tpb.BatchSubmitRequest(
         agent_id=agent_id,
-        requests=[tpb.SubmitRequest(message=f"job {i}", priority=p) for i, p in enumerate([5, 9, 5, 9])],
+        requests=[tpb.SubmitRequest(message=f"job {i}", priority=p) for i, p in enumerate(priorities)],
     )
     ids = [a.task_id for a in (await client.tasks.BatchSubmit(request, metadata=client.metadata)).responses]
     assert service.store.stats().writes - before == 1  # queued and started in one write
-    assert [(await status(client, i)).task.status for i in ids] == ["running", "running", "queued", "queued"]
+    statuses = [(await status(client, i)).task.status for i in ids]
+    assert statuses == ["queued", "running", "queued", "running", "queued"]  # the two 9s, whatever the order
     first, second = [await worker.next_assignment() for _ in range(2)]
-    assert [first.task.task_id, second.task.task_id] == ids[:2]
+    assert [first.task.task_id, second.task.task_id] == [ids[1], ids[3]]
     await complete(worker, first)
-    assert (await worker.next_assignment()).task.task_id == ids[3]  # the queued 9 before the queued 5
+    assert (await worker.next_assignment()).task.task_id == ids[0]  # then the 5s, in request order
     await complete(worker, second)
-    assert (await worker.next_assignment()).task.task_id == ids[2]
+    assert (await worker.next_assignment()).task.task_id == ids[4]
     await asyncio.sleep(0.3)  # a chance for a (wrong) assignment beyond capacity 2
     assert worker.assignments.empty()
+    assert (await status(client, ids[2])).task.status == "queued"  # the 1 waits for a place
 
 
 async def test_an_ended_task_hands_its_place_to_the_next_in_the_same_write(

@@ -324,7 +324,8 @@ class TaskCore:
         self, principal: Principal, agent_id: str, items: Sequence[SubmitInput]
     ) -> list[SubmitResult]:
         """Submit each item, all in one write: all are queued or none is. A bad item fails the
-        batch with its fields named `requests[i].field`."""
+        batch with its fields named `requests[i].field`. Items start, and queue, as if submitted
+        one by one from the highest priority down."""
         agent_id = check_id(agent_id, "agent_id")
         if not items:
             raise InvalidArgument.field("requests", "must hold at least one request")
@@ -340,15 +341,19 @@ class TaskCore:
         now = self._clock()
         claim = self.dispatcher.claim() if self.dispatcher is not None else None
 
+        # Created in dispatch order (highest priority first, request order within one), so free
+        # places go to the highest priorities and each estimate counts the tasks queued ahead;
+        # the answers stay in request order.
+        order = sorted(range(len(news)), key=lambda i: -news[i].spec.priority)
+
         def op(tx: WriteTx) -> tuple[list[SubmitResult], list[Change]]:
             agent = self._agent_once(tx, tenant, agent_id)
-            results: list[SubmitResult] = []
+            results: dict[int, SubmitResult] = {}
             changes: list[Change] = []
-            for new in news:
-                result, changed = self._create(tx, tenant, agent_id, new, agent, claim, now)
-                results.append(result)
+            for i in order:
+                results[i], changed = self._create(tx, tenant, agent_id, news[i], agent, claim, now)
                 changes += changed
-            return results, changes
+            return [results[i] for i in range(len(news))], changes
 
         results: list[SubmitResult] = await self._commit(op, claim)
         return results
