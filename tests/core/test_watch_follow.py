@@ -1,4 +1,5 @@
-"""The watch protocol on its own: a watcher that fell behind still ends on shutdown."""
+"""The watch protocol on its own: a watcher that fell behind still ends on shutdown, and a
+failing listener does not keep a change from the others."""
 
 from __future__ import annotations
 
@@ -37,3 +38,23 @@ async def test_a_lagging_watcher_ends_with_server_shutdown(monkeypatch: pytest.M
     end = items[-1]
     assert isinstance(end, watch.StreamEnd) and end.reason == watch.END_SERVER_SHUTDOWN
     assert reads <= 3
+
+
+@pytest.mark.asyncio
+async def test_a_failing_listener_does_not_keep_the_change_from_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    task = Task(tenant="t", task_id="x", agent_id="a", message="m", last_sequence=2, created_at=now)
+    hub = watch.EventHub()
+    sub = hub.subscribe("x")
+    heard: list[int] = []
+
+    def broken(task: Task, events: list[TaskEvent]) -> None:
+        raise RuntimeError("listener bug")
+
+    hub.listen(broken)
+    hub.listen(lambda task, events: heard.extend(e.sequence for e in events))
+    hub.publish(task, [TaskEvent("t", "x", 2, EventType.OUTPUT, TaskStatus.RUNNING, now)])  # does not raise
+    assert heard == [2]
+    event = await asyncio.wait_for(sub.next(), 5)  # the watcher has it too
+    assert event is not None and event.sequence == 2
+    assert "listener failed on task x" in caplog.text

@@ -183,11 +183,14 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                 valid.append((index, _report(request)))
             except DomainError as refused:
                 errors[index] = refused
+            except Exception as failure:  # answered as INTERNAL, as _handle does
+                log.exception("worker report failed")
+                errors[index] = failure
         if valid:
             outcomes: Sequence[BaseException | None]
             try:
                 outcomes = await self._dispatcher.report(session, [report for _, report in valid])
-            except DomainError as refused:  # e.g. the server is draining: all refused alike
+            except DomainError as refused:  # none is raised today; all would be refused alike
                 outcomes = [refused] * len(valid)
             except Exception as failure:  # answered as INTERNAL; the worker's stream stays up
                 log.exception("worker reports failed")

@@ -10,11 +10,14 @@ of order) are filled from the store the same way, so every watcher sees every ev
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from agenttasks.core.model import Task, TaskEvent, TaskStatus
+
+log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 1024
 
@@ -105,7 +108,12 @@ class EventHub:
             for event in events:
                 sub._offer(event)
         for listener in self._listeners:
-            listener(task, events)
+            # The change is committed whatever a listener does: one that fails must not keep
+            # the others (workers, webhooks) or the rest of the publisher's changes from it.
+            try:
+                listener(task, events)
+            except Exception:
+                log.exception("a listener failed on task %s; the change itself is stored", task.task_id)
 
     def close(self) -> None:
         """End every watch with a shutdown signal (on server drain)."""
