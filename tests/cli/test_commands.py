@@ -152,6 +152,62 @@ def test_submit_with_a_request_id_is_idempotent(cli: Cli) -> None:
     assert "IDEMPOTENCY_KEY_REUSED" in failed(cli("submit", agent, "other", "--request-id", "req-1"))
 
 
+def lines_file(tmp_path: Path, rows: list[object], name: str = "tasks.jsonl") -> str:
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_submit_batch_queues_every_line_in_order_in_calls_of_500(cli: Cli, tmp_path: Path) -> None:
+    agent = new_agent(cli, "batch")
+    rows: list[object] = [{"message": f"task {i}", "priority": 1 + i % 10} for i in range(1203)]
+    result = cli("submit-batch", agent, lines_file(tmp_path, rows))
+    ids = ok(result).split()
+    assert len(ids) == len(set(ids)) == 1203 and all(UUID.match(i) for i in ids)
+    assert "queued 500 of 1203" in result.stderr and "queued 1203 of 1203" in result.stderr  # progress
+    shown = ok(cli("status", ids[1202]))
+    assert (field(shown, "message"), field(shown, "priority")) == ("task 1202", "3")
+
+
+def test_submit_batch_json_lines_and_idempotent_retry(cli: Cli, tmp_path: Path) -> None:
+    agent = new_agent(cli, "batch-json")
+    file = lines_file(tmp_path, [{"message": "a", "request_id": "r-a"}, {"message": "b", "request_id": "r-b"}])
+    answers = [json.loads(line) for line in ok(cli("submit-batch", agent, file, "--json")).splitlines()]
+    assert [a["status"] for a in answers] == ["queued", "queued"]
+    again = [json.loads(line) for line in ok(cli("submit-batch", agent, file, "--json")).splitlines()]
+    assert [a["task_id"] for a in again] == [a["task_id"] for a in answers]  # the keys made the retry safe
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ('{"message": "ok"}\n{message: oops}\n', "line 2: not valid JSON"),
+        ('{"message": "ok"}\n\n["a list"]\n', "line 3: must be a JSON object"),
+        ('{"message": "ok", "colour": "red"}\n', "line 1: unknown field 'colour' (fields: agent_id, message,"),
+        ('{"message": "ok", "priority": "high"}\n', "line 1: Failed to parse priority field"),
+        ("\n\n", "no tasks in"),
+    ],
+)
+def test_submit_batch_checks_every_line_before_sending(cli: Cli, tmp_path: Path, content: str, says: str) -> None:
+    agent = new_agent(cli, "batch-bad")
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content, encoding="utf-8")
+    assert says in failed(cli("submit-batch", agent, str(path)))
+    assert ok(cli("tasks", "list", agent)).strip() == ""  # nothing was queued
+
+
+def test_submit_batch_names_the_line_the_server_refused(cli: Cli, tmp_path: Path) -> None:
+    agent = new_agent(cli, "batch-refused")
+    rows: list[object] = [{"message": f"task {i}"} for i in range(600)]
+    rows[550] = {"message": "too high", "priority": 11}
+    result = cli("submit-batch", agent, lines_file(tmp_path, rows))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stdout.split()) == 500  # the first call's ids, printed as it was queued
+    said = result.stderr.splitlines()[-1]  # after the progress line
+    assert "line 551 priority" in said, said
+    assert "the 500 tasks before line 501 were queued" in said, said
+
+
 @pytest.mark.parametrize(
     ("command", "metadata", "says"),
     [

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from agenttasks.cli import render
 from agenttasks.cli.client import Client, CliError
@@ -103,6 +105,65 @@ def submit(client: Client, args: argparse.Namespace) -> int:
     _show(args, answer, answer.task_id)
     if args.watch:
         return _watch(client, args.agent_id, answer.task_id, 0, args.json, args.until)
+    return 0
+
+
+# BatchSubmit takes at most this many requests (MAX_BATCH in agenttasks.core.tasks).
+BATCH_LIMIT = 500
+
+
+def _read_submissions(source: str) -> list[tuple[int, tpb.SubmitRequest]]:
+    """The Submit bodies of a JSON Lines file (or stdin for "-"), each with its line number.
+    Every line is checked before anything is sent, so a typo on line 900 queues nothing."""
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CliError(f"cannot read {source}: {error}") from None
+    found: list[tuple[int, tpb.SubmitRequest]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise CliError(f"line {number}: not valid JSON: {error.msg} at column {error.colno}") from None
+        if not isinstance(value, dict):
+            raise CliError(f'line {number}: must be a JSON object like {{"message": "..."}}')
+        fields = tpb.SubmitRequest.DESCRIPTOR.fields_by_name
+        if unknown := sorted(set(value) - set(fields) - {f.json_name for f in fields.values()}):
+            raise CliError(f"line {number}: unknown field {unknown[0]!r} (fields: {', '.join(fields)})")
+        try:
+            found.append((number, json_format.ParseDict(value, tpb.SubmitRequest())))
+        except json_format.ParseError as error:  # a wrong type: say it on one line
+            raise CliError(f"line {number}: {str(error).splitlines()[0]}") from None
+    if not found:
+        raise CliError(f"no tasks in {source}: expected one JSON object per line")
+    return found
+
+
+def _with_line_numbers(text: str, lines: list[int]) -> str:
+    """`requests[3].priority` in a server error, as `line 12 priority` of the file."""
+    return re.sub(r"requests\[(\d+)\]\.?", lambda m: f"line {lines[int(m[1])]} ", text)
+
+
+def submit_batch(client: Client, args: argparse.Namespace) -> int:
+    submissions = _read_submissions(args.file)
+    queued = 0
+    for start in range(0, len(submissions), BATCH_LIMIT):
+        chunk = submissions[start : start + BATCH_LIMIT]
+        request = tpb.BatchSubmitRequest(agent_id=args.agent_id, requests=[r for _, r in chunk])
+        try:
+            answer = client.call(client.tasks.BatchSubmit, request, timeout=120)
+        except CliError as error:
+            # Name the file's lines, not the positions in this call; say what is already queued.
+            said = _with_line_numbers(str(error), [number for number, _ in chunk])
+            before = f"the {queued} tasks before line {chunk[0][0]} were queued" if queued else "nothing was queued"
+            raise CliError(f"{said} ({before})") from None
+        for response in answer.responses:
+            print(render.as_json_line(response) if args.json else response.task_id)
+        queued += len(chunk)
+        if len(submissions) > BATCH_LIMIT:
+            print(f"queued {queued} of {len(submissions)}", file=sys.stderr, flush=True)
     return 0
 
 

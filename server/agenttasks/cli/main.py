@@ -222,6 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="then follow the task until it ends")
     _until_option(p)
 
+    p = _add(
+        sub,
+        "submit-batch",
+        "Submit many tasks to an agent from a JSON Lines file and print their ids, in order.",
+        client=commands.submit_batch,
+    )
+    p.add_argument("agent_id", help="the agent's id")
+    p.add_argument(
+        "file",
+        help='one Submit body per line, e.g. {"message": "...", "priority": 8, "request_id": "..."}; '
+        "- reads standard input. Every line is checked first; then up to 500 go in each call, all or none.",
+    )
+
     p = _add(sub, "status", "Show a task's status, progress and result.", client=commands.status)
     p.add_argument("task_id", help="the task's id")
     p = _add(sub, "watch", "Follow a task live until it ends (exit 0 if it completed).", client=commands.watch)

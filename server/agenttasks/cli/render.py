@@ -15,6 +15,11 @@ def as_json(message: Message) -> str:
     return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2)
 
 
+def as_json_line(message: Message) -> str:
+    """One message as one line of JSON, for output of many (JSON Lines)."""
+    return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True))
+
+
 def _time(message: Any, field: str) -> str:
     return message.__getattribute__(field).ToDatetime().isoformat() + "Z" if message.HasField(field) else "-"
 
