@@ -10,7 +10,9 @@ import grpc
 import pytest
 
 from agenttasks.app import Service
-from agenttasks.core.model import TaskStatus, utcnow
+from agenttasks.core.dispatch import MAX_OUTPUT_BYTES
+from agenttasks.core.model import TaskResult, TaskStatus, utcnow
+from agenttasks.core.tasks import MAX_PAGE_BYTES
 from agenttasks.v1 import agent_service_pb2 as apb
 from agenttasks.v1 import task_service_pb2 as tpb
 from tests.support import Api, error_info
@@ -141,6 +143,32 @@ async def test_list_newest_first_with_status_filter_and_paging(client: Api, agen
         tpb.ListTasksRequest(agent_id=agent_id, status="queued"), metadata=client.metadata
     )
     assert len(queued.tasks) == 5
+
+
+async def test_a_page_of_big_tasks_stays_under_the_message_limit(service: Service, client: Api, agent_id: str) -> None:
+    """A task may hold 1 MiB of output and 1 MiB of result; fifty of them would be a 100 MiB
+    message, far past what a gRPC client (4 MiB) or Envoy accepts. A page stops short instead."""
+    ids = [(await client.submit(agent_id, f"task {i}")).task_id for i in range(9)]
+
+    def fill(tx):  # type: ignore[no-untyped-def]
+        for task_id in ids:
+            task = tx.get_task("default", task_id)
+            tx.update_task(replace(task, output="o" * MAX_OUTPUT_BYTES, result=TaskResult("r" * 500_000)))
+
+    await service.store.write(fill)
+    seen, token, pages = [], "", 0
+    while True:
+        page = await client.tasks.ListTasks(
+            tpb.ListTasksRequest(agent_id=agent_id, page_size=50, page_token=token), metadata=client.metadata
+        )
+        assert page.ByteSize() <= MAX_PAGE_BYTES
+        assert all(len(t.output) == MAX_OUTPUT_BYTES for t in page.tasks)  # whole tasks, never cut
+        seen += [t.task_id for t in page.tasks]
+        pages += 1
+        if not (token := page.next_page_token):
+            break
+    assert seen == ids[::-1]  # nothing skipped, nothing twice
+    assert pages >= 4
 
 
 async def test_page_tokens_are_opaque_and_bound_to_the_query(client: Api, agent_id: str) -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import httpx
 import pytest
 
+from agenttasks.app import Service
+from agenttasks.core.dispatch import MAX_OUTPUT_BYTES
+from agenttasks.core.model import TaskResult
 from tests.gateway.support import UUID, assert_error, is_time
 
 pytestmark = pytest.mark.asyncio
@@ -178,3 +183,28 @@ async def test_agent_pause_resume_stop_and_delete(rest: httpx.AsyncClient, prefi
     assert deleted.json() == {"agent_id": agent, "cancelled_tasks": 1}
     assert_error(await rest.get(f"{prefix}/agent/{agent}"), 404, "AGENT_NOT_FOUND", "NOT_FOUND")
     assert_error(await rest.get(f"{prefix}/agent/{agent}/task/{task_id}"), 404, "TASK_NOT_FOUND", "NOT_FOUND")
+
+
+async def test_big_tasks_come_through_the_gateway_whole(service: Service, rest: httpx.AsyncClient, agent: str) -> None:
+    """Tasks of 1.5 MB each: GetStatus answers one whole, ListTasks pages them (Envoy buffers
+    a transcoded response until its trailers)."""
+    ids = [(await submit(rest, "", agent))["task_id"] for _ in range(3)]
+
+    def fill(tx):  # type: ignore[no-untyped-def]
+        for task_id in ids:
+            task = tx.get_task("default", task_id)
+            tx.update_task(replace(task, output="o" * MAX_OUTPUT_BYTES, result=TaskResult("r" * 500_000)))
+
+    await service.store.write(fill)
+    one = await rest.get(f"/agent/{agent}/task/{ids[0]}")
+    assert one.status_code == 200, one.text[:300]
+    assert len(one.json()["output"]) == MAX_OUTPUT_BYTES
+    seen, token = [], ""
+    while True:
+        page = await rest.get(f"/agent/{agent}/tasks", params={"page_token": token} if token else {})
+        assert page.status_code == 200, page.text[:300]
+        body = page.json()
+        seen += [t["task_id"] for t in body.get("tasks", [])]
+        if not (token := body.get("next_page_token", "")):
+            break
+    assert seen == ids[::-1]

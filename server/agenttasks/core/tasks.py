@@ -8,6 +8,7 @@ sees anything the store could still lose.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -47,6 +48,10 @@ EVENT_PAGE = 500
 ANY_AGENT = "-"
 # Requests in one BatchSubmit: one write holds them all, and other writes wait behind it.
 MAX_BATCH = 500
+# A page of ListTasks holds tasks of at most about this many bytes, whatever its page_size: a
+# task may carry 1 MiB of output and 1 MiB of result, and gRPC clients refuse messages over
+# 4 MiB by default. A page that stops short has a next_page_token, as AIP-158 allows.
+MAX_PAGE_BYTES = 3 * 1024 * 1024
 # A task a write changed and the events it stored for it, to publish once committed.
 Change = tuple[Task, list[TaskEvent]]
 
@@ -129,6 +134,25 @@ def find_task(tx: ReadTx, tenant: str, agent_id: str, task_id: str) -> Task:
     if task is None or agent_id not in (task.agent_id, ANY_AGENT):
         raise TaskNotFound(task_id)
     return task
+
+
+def _utf8(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _encoded_size(task: Task) -> int:
+    """An upper bound of the task's size as a message: its texts, its JSON objects twice over
+    (a Struct can take more bytes than the JSON), and a kilobyte for the rest."""
+    texts = [task.message, task.output, task.input_prompt, task.webhook_url]
+    if task.progress is not None:
+        texts.append(task.progress.text)
+    if task.error is not None:
+        texts += [task.error.code, task.error.message]
+    objects: list[Any] = [task.metadata]
+    if task.result is not None:
+        texts.append(task.result.text)
+        objects.append(task.result.data)
+    return sum(map(_utf8, texts)) + sum(2 * _utf8(json.dumps(o)) for o in objects if o) + 1024
 
 
 def check_parent(agent_id: str) -> str:
@@ -426,10 +450,16 @@ class TaskCore:
             return tx.list_tasks(tenant, agent_id, status=wanted, before_seq=before, limit=limit + 1)
 
         tasks = await self._store.read(op)
-        if len(tasks) <= limit:
-            return tasks, ""
-        tasks = tasks[:limit]
-        return tasks, self._tokens.encode(query, [tasks[-1].seq])
+        page: list[Task] = []
+        size = 0
+        for task in tasks[:limit]:
+            size += _encoded_size(task)
+            if page and size > MAX_PAGE_BYTES:
+                break
+            page.append(task)
+        if len(page) == len(tasks):
+            return page, ""
+        return page, self._tokens.encode(query, [page[-1].seq])
 
     async def watch(
         self, principal: Principal, agent_id: str, task_id: str, after_sequence: int = 0

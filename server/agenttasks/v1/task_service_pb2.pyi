@@ -432,7 +432,9 @@ class ListTasksRequest(_message.Message):
     status: _builtins.str
     """Only tasks in this status (queued, running, ...); all when empty."""
     page_size: _builtins.int
-    """At most this many (default 50, at most 500)."""
+    """At most this many (default 50, at most 500). A page of big tasks holds fewer, about 3 MB of
+    tasks at most, and says where to go on with next_page_token.
+    """
     page_token: _builtins.str
     """From a previous response's next_page_token."""
     def __init__(
