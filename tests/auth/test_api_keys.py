@@ -157,6 +157,18 @@ async def test_create_stores_only_the_hash(store: Store) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_worker_key_may_be_scoped_to_one_agent(store: Store) -> None:
+    key = await create_api_key(store, "acme", Role.WORKER, agent_id="agent-7")
+    record = await _stored(store, key.split("_", 2)[1])
+    assert record is not None and record.agent_id == "agent-7"
+    unscoped = await _stored(store, (await create_api_key(store, "acme", Role.WORKER)).split("_", 2)[1])
+    assert unscoped is not None and unscoped.agent_id == ""  # any agent of the tenant
+    for role in (Role.CLIENT, Role.ADMIN):
+        with pytest.raises(ValueError, match="only a worker key"):
+            await create_api_key(store, "acme", role, agent_id="agent-7")
+
+
+@pytest.mark.asyncio
 async def test_revoke(store: Store) -> None:
     key = await create_api_key(store, "acme", Role.CLIENT)
     key_id = key.split("_", 2)[1]

@@ -123,6 +123,22 @@ def test_unknown_role_is_rejected(bad_role: object) -> None:
     assert "'role' claim" in _rejected(verifier, token)
 
 
+def test_a_worker_token_may_name_its_one_agent() -> None:
+    verifier = JwtVerifier(_settings(jwt_secret=SECRET))
+    token = issue_token(SECRET, "acme", 60, role=Role.WORKER, agent_id="agent-7")
+    assert verifier.verify(token) == Principal(tenant="acme", role=Role.WORKER, subject="acme", agent_id="agent-7")
+    assert verifier.verify(issue_token(SECRET, "acme", 60, role=Role.WORKER)).agent_id == ""
+    with pytest.raises(ValueError, match="only a worker token"):
+        issue_token(SECRET, "acme", 60, role=Role.CLIENT, agent_id="agent-7")
+
+
+@pytest.mark.parametrize(("role", "agent"), [("client", "agent-7"), ("admin", "agent-7"), ("worker", 7)])
+def test_an_agent_claim_on_a_non_worker_token_or_not_a_string_is_rejected(role: str, agent: object) -> None:
+    verifier = JwtVerifier(_settings(jwt_secret=SECRET))
+    token = jwt.encode(_claims(role=role, agent_id=agent), SECRET, algorithm="HS256")
+    assert "'agent_id' claim" in _rejected(verifier, token)
+
+
 def test_custom_role_claim() -> None:
     verifier = JwtVerifier(_settings(jwt_secret=SECRET, jwt_role_claim="agenttasks_role"))
     token = jwt.encode(_claims(role="client", agenttasks_role="admin"), SECRET, algorithm="HS256")

@@ -5,6 +5,7 @@ Each test makes its own agents and tasks, so they do not depend on one another's
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -350,6 +351,23 @@ def test_keys_create_with_a_role_and_keys_list_without_secrets(cli: Cli, server:
     # A worker serves tasks; it may not manage agents.
     assert "PERMISSION_DENIED" in failed(cli("agents", "list", api_key=worker))
     assert ok(cli("keys", "list", "--tenant", "nobody", *db)) == ""
+
+
+def test_a_worker_key_or_token_can_be_scoped_to_one_agent(cli: Cli, server: Server) -> None:
+    db = ["--db", str(server.db_path)]
+    agent = str(uuid.uuid4())
+    key = one_line(ok(cli("keys", "create", "--tenant", "scoped", "--role", "worker", "--agent", agent, *db)))
+    key_id = API_KEY.match(key).group(1)  # type: ignore[union-attr]
+    row = next(r for r in ok(cli("keys", "list", "--tenant", "scoped", *db)).splitlines() if r.startswith(key_id))
+    assert f"agent {agent}" in row
+    token = one_line(ok(cli("token", "--tenant", "scoped", "--role", "worker", "--agent", agent, *db)))
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert claims["agent_id"] == agent
+    assert "--role worker" in failed(cli("keys", "create", "--tenant", "scoped", "--agent", agent, *db))
+    assert "--role worker" in failed(cli("token", "--tenant", "scoped", "--role", "admin", "--agent", agent, *db))
+    assert "must be an agent id" in failed(
+        cli("keys", "create", "--tenant", "s", "--role", "worker", "--agent", "x", *db)
+    )
 
 
 def test_keys_create_refuses_a_bad_role_or_empty_tenant(cli: Cli, server: Server) -> None:

@@ -283,8 +283,11 @@ async def test_connect_checks_credentials_agent_and_hello(
     worker_key = await create_api_key(service.store, "default", Role.WORKER)
     client_key = await create_api_key(service.store, "default", Role.CLIENT)
     foreign_agent = await other_tenant.create_agent("theirs")
+    other_agent = await client.create_agent("another of ours")
+    scoped_key = await create_api_key(service.store, "default", Role.WORKER, agent_id=other_agent)
     cases = [
         (client_key, agent_id, 1, grpc.StatusCode.PERMISSION_DENIED),
+        (scoped_key, agent_id, 1, grpc.StatusCode.PERMISSION_DENIED),  # scoped to another agent
         ("atk_0000000000000000_nope_nope_nope_nope_nope", agent_id, 1, grpc.StatusCode.UNAUTHENTICATED),
         (worker_key, foreign_agent, 1, grpc.StatusCode.NOT_FOUND),
         (worker_key, agent_id, 0, grpc.StatusCode.INVALID_ARGUMENT),
@@ -299,6 +302,12 @@ async def test_connect_checks_credentials_agent_and_hello(
             assert await worker.call.code() == code
         finally:
             await worker.close()
+    scoped = RawWorker(service.address, scoped_key, other_agent, 1)
+    try:
+        await scoped.start()  # its own agent: welcome
+        assert scoped.welcome is not None
+    finally:
+        await scoped.close()
 
 
 async def test_every_transition_is_a_watched_event_with_increasing_sequence(

@@ -43,14 +43,18 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def new_api_key(tenant: str, role: Role | str, description: str = "") -> tuple[str, ApiKeyRecord]:
+def new_api_key(tenant: str, role: Role | str, description: str = "", agent_id: str = "") -> tuple[str, ApiKeyRecord]:
     """Mints a key: returns the full key text (show it once, never store it) and the record to store.
+    With `agent_id`, a worker key serves that agent only.
 
-    Raises ValueError for an empty tenant or a role that is not one of `Role`.
+    Raises ValueError for an empty tenant, a role that is not one of `Role`, or an agent scope
+    on a key that is not a worker's.
     """
     if not tenant:
         raise ValueError("tenant must not be empty")
     role = Role(role)
+    if agent_id and role is not Role.WORKER:
+        raise ValueError("only a worker key can be scoped to an agent")
     key_id = secrets.token_hex(KEY_ID_HEX_CHARS // 2)
     secret = secrets.token_urlsafe(SECRET_BYTES)
     record = ApiKeyRecord(
@@ -60,6 +64,7 @@ def new_api_key(tenant: str, role: Role | str, description: str = "") -> tuple[s
         secret_hash=hash_secret(secret),
         created_at=utcnow(),
         description=description,
+        agent_id=agent_id,
     )
     return f"{PREFIX}_{key_id}_{secret}", record
 
@@ -92,9 +97,9 @@ def verify_secret(record: ApiKeyRecord, secret: str) -> bool:
     return hmac.compare_digest(hash_secret(secret), record.secret_hash)
 
 
-async def create_api_key(store: Store, tenant: str, role: Role | str, description: str = "") -> str:
+async def create_api_key(store: Store, tenant: str, role: Role | str, description: str = "", agent_id: str = "") -> str:
     """Mints a key, stores its record, and returns the full key text (the only time it is seen)."""
-    key, record = new_api_key(tenant, role, description)
+    key, record = new_api_key(tenant, role, description, agent_id)
 
     def put(tx: WriteTx) -> None:
         tx.put_api_key(record)

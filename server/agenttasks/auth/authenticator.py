@@ -107,7 +107,7 @@ class Authenticator:
         elif not verify_secret(record, secret):
             raise Unauthenticated(INVALID_API_KEY)
 
-        return Principal(tenant=record.tenant, role=record.role, subject=record.key_id)
+        return Principal(tenant=record.tenant, role=record.role, subject=record.key_id, agent_id=record.agent_id)
 
     def _cached(self, key_id: str) -> ApiKeyRecord | None:
         entry = self._cache.get(key_id)

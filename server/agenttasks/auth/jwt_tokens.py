@@ -30,6 +30,9 @@ _ROLE_NAMES = ", ".join(role.value for role in Role)
 
 # Why a token failed, in words safe to show the caller. Checked in order (first isinstance wins),
 # so subclasses come before their bases; anything else from PyJWT is a generic "invalid token".
+# The claim naming the one agent a worker token serves (like a scoped API key); optional.
+AGENT_CLAIM = "agent_id"
+
 _FAILURES: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
     (jwt.ExpiredSignatureError, "token has expired"),
     (jwt.ImmatureSignatureError, "token is not valid yet"),
@@ -128,8 +131,17 @@ class JwtVerifier:
         if not isinstance(raw_role, str) or raw_role not in _ROLE_VALUES:
             raise Unauthenticated(f"token {self._role_claim!r} claim is not one of {_ROLE_NAMES}")
 
+        # A worker token may name the one agent it serves, as a scoped API key does.
+        agent_id = claims.get(AGENT_CLAIM, "")
+        if not isinstance(agent_id, str) or (agent_id and raw_role != Role.WORKER.value):
+            raise Unauthenticated(f"token {AGENT_CLAIM!r} claim must be a string, and only on a worker token")
         subject = claims.get("sub")
-        return Principal(tenant=tenant, role=Role(raw_role), subject=subject if isinstance(subject, str) else "")
+        return Principal(
+            tenant=tenant,
+            role=Role(raw_role),
+            subject=subject if isinstance(subject, str) else "",
+            agent_id=agent_id,
+        )
 
 
 def issue_token(
@@ -142,6 +154,7 @@ def issue_token(
     *,
     tenant_claim: str = "sub",
     role_claim: str = "role",
+    agent_id: str = "",
     now: datetime | None = None,
 ) -> str:
     """Mints an HS256 token for `tenant` valid for `ttl_seconds` (for `agenttasks token` and tests).
@@ -156,6 +169,8 @@ def issue_token(
         raise ValueError("tenant must not be empty")
     if ttl_seconds <= 0:
         raise ValueError("ttl_seconds must be positive")
+    if agent_id and Role(role) is not Role.WORKER:
+        raise ValueError("only a worker token can be scoped to an agent")
     issued = now or utcnow()
     claims: dict[str, Any] = {
         "sub": tenant,
@@ -164,6 +179,8 @@ def issue_token(
         "iat": issued,
         "exp": issued + timedelta(seconds=ttl_seconds),
     }
+    if agent_id:
+        claims[AGENT_CLAIM] = agent_id
     if issuer is not None:
         claims["iss"] = issuer
     if audience is not None:

@@ -13,6 +13,8 @@ import sys
 
 from agenttasks.auth import create_api_key, issue_token, revoke_api_key, server_jwt_secret
 from agenttasks.cli.client import CliError
+from agenttasks.core.errors import InvalidArgument
+from agenttasks.core.ids import check_id
 from agenttasks.core.model import Role
 from agenttasks.core.ports import Store
 from agenttasks.settings import Settings
@@ -37,10 +39,10 @@ async def _open(settings: Settings) -> Store:
         raise CliError(f"cannot open the database {settings.db}: {error}") from None
 
 
-async def _keys_create(settings: Settings, tenant: str, role: Role, description: str) -> str:
+async def _keys_create(settings: Settings, tenant: str, role: Role, description: str, agent_id: str) -> str:
     store = await _open(settings)
     try:
-        return await create_api_key(store, tenant, role, description)
+        return await create_api_key(store, tenant, role, description, agent_id)
     finally:
         await store.close()
 
@@ -53,7 +55,7 @@ async def _keys_list(settings: Settings, tenant: str) -> list[str]:
         await store.close()
     return [
         f"{k.key_id}  {k.role.value:<6}  {'revoked' if k.revoked_at else 'active '}  "
-        f"{k.created_at.isoformat()}  {k.description}"
+        f"{k.created_at.isoformat()}  {'agent ' + k.agent_id + '  ' if k.agent_id else ''}{k.description}"
         for k in keys
     ]
 
@@ -66,7 +68,7 @@ async def _keys_revoke(settings: Settings, key_id: str) -> bool:
         await store.close()
 
 
-async def _token(settings: Settings, tenant: str, ttl: int, role: Role) -> str:
+async def _token(settings: Settings, tenant: str, ttl: int, role: Role, agent_id: str) -> str:
     store = await _open(settings)
     try:
         secret = await server_jwt_secret(store, settings)
@@ -81,7 +83,20 @@ async def _token(settings: Settings, tenant: str, ttl: int, role: Role) -> str:
         audience=settings.jwt_audience,
         tenant_claim=settings.jwt_tenant_claim,
         role_claim=settings.jwt_role_claim,
+        agent_id=agent_id,
     )
+
+
+def _agent_scope(agent: str | None, role: str) -> str:
+    """The --agent a worker credential is scoped to ("" for none), checked before anything is made."""
+    if not agent:
+        return ""
+    if role != Role.WORKER.value:
+        raise CliError("--agent scopes a worker credential: use it with --role worker")
+    try:
+        return check_id(agent, "agent")
+    except InvalidArgument:
+        raise CliError(f"--agent must be an agent id (a UUID), got {agent!r}") from None
 
 
 def _tenant(text: str) -> str:
@@ -91,7 +106,8 @@ def _tenant(text: str) -> str:
 
 
 def keys_create(settings: Settings, args: argparse.Namespace) -> int:
-    print(asyncio.run(_keys_create(settings, _tenant(args.tenant), Role(args.role), args.description)))
+    role, agent_id = Role(args.role), _agent_scope(args.agent, args.role)
+    print(asyncio.run(_keys_create(settings, _tenant(args.tenant), role, args.description, agent_id)))
     return 0
 
 
@@ -111,7 +127,8 @@ def keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 def token(settings: Settings, args: argparse.Namespace) -> int:
     try:
-        print(asyncio.run(_token(settings, _tenant(args.tenant), args.ttl, Role(args.role))))
+        agent_id = _agent_scope(args.agent, args.role)
+        print(asyncio.run(_token(settings, _tenant(args.tenant), args.ttl, Role(args.role), agent_id)))
     except ValueError as error:
         raise CliError(str(error)) from None
     return 0

@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", required=True, help="tenant the key acts for")
     p.add_argument("--role", choices=[r.value for r in Role], default="client", help="what it may do (default client)")
     p.add_argument("--description", default="", help="a note to tell keys apart")
+    p.add_argument("--agent", help="for a worker key: the one agent it may serve (recommended; default any)")
     p = _add(
         keys_sub,
         "list",
@@ -185,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", required=True, help="tenant the token acts for")
     p.add_argument("--ttl", type=parse_duration, default=3600, help="lifetime, e.g. 15m, 1h, 7d (default 1h)")
     p.add_argument("--role", choices=[r.value for r in Role], default="client", help="role claim (default client)")
+    p.add_argument("--agent", help="for a worker token: the one agent it may serve (agent_id claim)")
     p.add_argument("--jwt-secret", help="sign with this secret instead of the one in the database")
 
     agents = _add(sub, "agents", "Create and manage agents.")

@@ -34,7 +34,7 @@ from typing import TypeVar
 
 from agenttasks.core import lifecycle
 from agenttasks.core.agents import find_agent
-from agenttasks.core.errors import DomainError, InvalidArgument, LeaseLost, ShuttingDown
+from agenttasks.core.errors import DomainError, InvalidArgument, LeaseLost, PermissionDenied, ShuttingDown
 from agenttasks.core.ids import check_id, new_id
 from agenttasks.core.model import (
     AgentStatus,
@@ -255,6 +255,8 @@ class Dispatcher:
 
     async def connect(self, principal: Principal, agent_id: str, capacity: int, name: str = "") -> WorkerSession:
         agent_id = check_id(agent_id, "hello.agent_id")
+        if principal.agent_id and principal.agent_id != agent_id:
+            raise PermissionDenied(f"this credential serves agent {principal.agent_id} only, not {agent_id}")
         if not 1 <= capacity <= MAX_CAPACITY:
             raise InvalidArgument.field("hello.capacity", f"must be between 1 and {MAX_CAPACITY}")
         if len(name) > 200:

@@ -174,6 +174,8 @@ class ApiKeyRecord:
     created_at: datetime
     revoked_at: datetime | None = None
     description: str = ""
+    # The one agent a worker key may serve; empty for any agent of the tenant.
+    agent_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +198,9 @@ class Principal:
     tenant: str
     role: Role
     subject: str
+    # A worker credential may be scoped to one agent (DESIGN: workers hold agent-scoped
+    # credentials): it then serves only that agent. Empty: any agent of the tenant.
+    agent_id: str = ""
 
 
 class DeliveryState(enum.StrEnum):

@@ -214,6 +214,7 @@ def _api_key(row: sqlite3.Row) -> ApiKeyRecord:
         created_at=from_micros(row["created_at"]),
         revoked_at=_opt_datetime(row["revoked_at"]),
         description=row["description"],
+        agent_id=row["agent_id"],
     )
 
 
@@ -521,6 +522,7 @@ class SqliteWriteTx(SqliteReadTx):
             "created_at": to_micros(record.created_at),
             "revoked_at": _opt_micros(record.revoked_at),
             "description": record.description,
+            "agent_id": record.agent_id,
         }
         self._execute("put_api_key", params)
 

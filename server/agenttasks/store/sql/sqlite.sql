@@ -190,15 +190,16 @@ SELECT * FROM api_keys WHERE key_id = :key_id;
 SELECT * FROM api_keys WHERE tenant = :tenant ORDER BY created_at, key_id;
 
 -- name: put_api_key
-INSERT INTO api_keys (key_id, tenant, role, secret_hash, created_at, revoked_at, description)
-VALUES (:key_id, :tenant, :role, :secret_hash, :created_at, :revoked_at, :description)
+INSERT INTO api_keys (key_id, tenant, role, secret_hash, created_at, revoked_at, description, agent_id)
+VALUES (:key_id, :tenant, :role, :secret_hash, :created_at, :revoked_at, :description, :agent_id)
 ON CONFLICT (key_id) DO UPDATE SET
     tenant = excluded.tenant,
     role = excluded.role,
     secret_hash = excluded.secret_hash,
     created_at = excluded.created_at,
     revoked_at = excluded.revoked_at,
-    description = excluded.description;
+    description = excluded.description,
+    agent_id = excluded.agent_id;
 
 -- name: revoke_api_key
 -- A second revoke keeps the first time: that is when the key stopped working.
