@@ -206,7 +206,21 @@ def test_submit_batch_names_the_line_the_server_refused(cli: Cli, tmp_path: Path
     assert len(result.stdout.split()) == 500  # the first call's ids, printed as it was queued
     said = result.stderr.splitlines()[-1]  # after the progress line
     assert "line 551 priority" in said, said
-    assert "the 500 tasks before line 501 were queued" in said, said
+    assert "lines 501-600 were not queued; the 500 tasks before them were" in said, said
+
+
+def test_submit_batch_reads_json_lines_as_json_does_and_splits_big_files_by_size(cli: Cli, tmp_path: Path) -> None:
+    agent = new_agent(cli, "batch-big")
+    path = tmp_path / "big.jsonl"
+    big = "x" * 200_000
+    lines = [json.dumps({"message": f"a\u2028b {i} {big}"}, ensure_ascii=False) for i in range(30)]
+    path.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")  # a BOM, U+2028 in strings
+    result = cli("submit-batch", agent, str(path))
+    ids = ok(result).split()
+    assert len(ids) == 30
+    assert "queued 30 of 30" in result.stderr  # 6 MB went in more than one call
+    assert result.stderr.count("queued") >= 2
+    assert json.loads(ok(cli("status", ids[0], "--json")))["message"].startswith("a\u2028b 0 x")
 
 
 @pytest.mark.parametrize(

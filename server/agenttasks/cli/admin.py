@@ -89,7 +89,7 @@ async def _token(settings: Settings, tenant: str, ttl: int, role: Role, agent_id
 
 def _agent_scope(agent: str | None, role: str) -> str:
     """The --agent a worker credential is scoped to ("" for none), checked before anything is made."""
-    if not agent:
+    if agent is None:
         return ""
     if role != Role.WORKER.value:
         raise CliError("--agent scopes a worker credential: use it with --role worker")

@@ -56,6 +56,11 @@ class Client:
         self.agents = agent_service_pb2_grpc.AgentServiceStub(self.channel)
         self.server = settings.server
 
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The credential, as call metadata, for a caller that handles RPC errors itself."""
+        return self._metadata
+
     def call(self, method: Any, request: Any, timeout: float | None = 30.0, **extra: str) -> Any:
         """Call a unary RPC; RPC errors become a CliError with one clear line."""
         metadata = self._metadata + tuple(extra.items())

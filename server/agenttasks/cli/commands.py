@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf import json_format, struct_pb2
 
 from agenttasks.cli import render
-from agenttasks.cli.client import Client, CliError
+from agenttasks.cli.client import Client, CliError, describe_rpc_error
 from agenttasks.v1 import agent_service_pb2 as apb
 from agenttasks.v1 import task_service_pb2 as tpb
 
@@ -108,19 +109,26 @@ def submit(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-# BatchSubmit takes at most this many requests (MAX_BATCH in agenttasks.core.tasks).
+# BatchSubmit takes at most this many requests (MAX_BATCH in agenttasks.core.tasks); a call also
+# stays under this many bytes, half of what the server accepts in one message (8 MiB).
 BATCH_LIMIT = 500
+BATCH_BYTES = 4 * 1024 * 1024
+# Errors after which a call may have committed all the same (the answer was lost on the way).
+_OUTCOME_UNKNOWN = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 
 
 def _read_submissions(source: str) -> list[tuple[int, tpb.SubmitRequest]]:
     """The Submit bodies of a JSON Lines file (or stdin for "-"), each with its line number.
-    Every line is checked before anything is sent, so a typo on line 900 queues nothing."""
+    Every line is parsed before anything is sent, so a malformed line queues nothing; what only
+    the server checks (an empty message, a priority out of range) fails the call it is in."""
     try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise CliError(f"cannot read {source}: {error}") from None
     found: list[tuple[int, tpb.SubmitRequest]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # JSON Lines ends lines with \n only: str.splitlines() would also split inside strings, at
+    # U+2028 and the like, which JSON does not escape.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -141,28 +149,50 @@ def _read_submissions(source: str) -> list[tuple[int, tpb.SubmitRequest]]:
     return found
 
 
+def _calls(submissions: list[tuple[int, tpb.SubmitRequest]]) -> list[list[tuple[int, tpb.SubmitRequest]]]:
+    """The submissions in calls of at most BATCH_LIMIT requests and about BATCH_BYTES."""
+    calls: list[list[tuple[int, tpb.SubmitRequest]]] = [[]]
+    size = 0
+    for item in submissions:
+        item_size = item[1].ByteSize() + 8  # its tag and length in the batch
+        if calls[-1] and (len(calls[-1]) == BATCH_LIMIT or size + item_size > BATCH_BYTES):
+            calls.append([])
+            size = 0
+        calls[-1].append(item)
+        size += item_size
+    return calls
+
+
 def _with_line_numbers(text: str, lines: list[int]) -> str:
     """`requests[3].priority` in a server error, as `line 12 priority` of the file."""
-    return re.sub(r"requests\[(\d+)\]\.?", lambda m: f"line {lines[int(m[1])]} ", text)
+
+    def line(match: re.Match[str]) -> str:
+        index = int(match[1])
+        return f"line {lines[index]} " if index < len(lines) else match[0]
+
+    return re.sub(r"requests\[(\d+)\]\.?", line, text)
 
 
 def submit_batch(client: Client, args: argparse.Namespace) -> int:
     submissions = _read_submissions(args.file)
+    calls = _calls(submissions)
     queued = 0
-    for start in range(0, len(submissions), BATCH_LIMIT):
-        chunk = submissions[start : start + BATCH_LIMIT]
-        request = tpb.BatchSubmitRequest(agent_id=args.agent_id, requests=[r for _, r in chunk])
+    for call in calls:
+        request = tpb.BatchSubmitRequest(agent_id=args.agent_id, requests=[r for _, r in call])
         try:
-            answer = client.call(client.tasks.BatchSubmit, request, timeout=120)
-        except CliError as error:
-            # Name the file's lines, not the positions in this call; say what is already queued.
-            said = _with_line_numbers(str(error), [number for number, _ in chunk])
-            before = f"the {queued} tasks before line {chunk[0][0]} were queued" if queued else "nothing was queued"
-            raise CliError(f"{said} ({before})") from None
+            answer = client.tasks.BatchSubmit(request, metadata=client.metadata, timeout=120)
+        except grpc.RpcError as error:
+            # Name the file's lines, not the positions in this call; say what is queued.
+            said = _with_line_numbers(describe_rpc_error(error), [number for number, _ in call])
+            lines = f"lines {call[0][0]}-{call[-1][0]}"
+            unknown = isinstance(error, grpc.Call) and error.code() in _OUTCOME_UNKNOWN
+            this = f"{lines} may have been queued all the same" if unknown else f"{lines} were not queued"
+            before = f"the {queued} tasks before them were" if queued else "none before them was"
+            raise CliError(f"{said} ({this}; {before}; lines with a request_id are safe to send again)") from None
         for response in answer.responses:
             print(render.as_json_line(response) if args.json else response.task_id)
-        queued += len(chunk)
-        if len(submissions) > BATCH_LIMIT:
+        queued += len(call)
+        if len(calls) > 1:
             print(f"queued {queued} of {len(submissions)}", file=sys.stderr, flush=True)
     return 0
 
