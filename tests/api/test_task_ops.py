@@ -171,6 +171,26 @@ async def test_a_page_of_big_tasks_stays_under_the_message_limit(service: Servic
     assert pages >= 4
 
 
+async def test_pages_longer_than_one_read_are_whole(client: Api, agent_id: str) -> None:
+    request = tpb.BatchSubmitRequest(
+        agent_id=agent_id, requests=[tpb.SubmitRequest(message=f"t{i}") for i in range(120)]
+    )
+    ids = [a.task_id for a in (await client.tasks.BatchSubmit(request, metadata=client.metadata)).responses]
+    everything = await client.tasks.ListTasks(
+        tpb.ListTasksRequest(agent_id=agent_id, page_size=500), metadata=client.metadata
+    )
+    assert [t.task_id for t in everything.tasks] == ids[::-1] and not everything.next_page_token
+    first = await client.tasks.ListTasks(
+        tpb.ListTasksRequest(agent_id=agent_id, page_size=100), metadata=client.metadata
+    )
+    rest = await client.tasks.ListTasks(
+        tpb.ListTasksRequest(agent_id=agent_id, page_size=100, page_token=first.next_page_token),
+        metadata=client.metadata,
+    )
+    assert [t.task_id for t in [*first.tasks, *rest.tasks]] == ids[::-1]
+    assert (len(first.tasks), len(rest.tasks), rest.next_page_token) == (100, 20, "")
+
+
 async def test_page_tokens_are_opaque_and_bound_to_the_query(client: Api, agent_id: str) -> None:
     for _ in range(3):
         await client.submit(agent_id)

@@ -158,14 +158,17 @@ async def test_create_stores_only_the_hash(store: Store) -> None:
 
 @pytest.mark.asyncio
 async def test_a_worker_key_may_be_scoped_to_one_agent(store: Store) -> None:
-    key = await create_api_key(store, "acme", Role.WORKER, agent_id="agent-7")
+    agent = "0192F3A4-5B6C-7D8E-9F01-23456789ABCD"
+    key = await create_api_key(store, "acme", Role.WORKER, agent_id=agent)
     record = await _stored(store, key.split("_", 2)[1])
-    assert record is not None and record.agent_id == "agent-7"
+    assert record is not None and record.agent_id == agent.lower()  # as hello's agent_id is read
     unscoped = await _stored(store, (await create_api_key(store, "acme", Role.WORKER)).split("_", 2)[1])
     assert unscoped is not None and unscoped.agent_id == ""  # any agent of the tenant
     for role in (Role.CLIENT, Role.ADMIN):
         with pytest.raises(ValueError, match="only a worker key"):
-            await create_api_key(store, "acme", role, agent_id="agent-7")
+            await create_api_key(store, "acme", role, agent_id=agent)
+    with pytest.raises(ValueError, match="must be an agent id"):
+        await create_api_key(store, "acme", Role.WORKER, agent_id="agent-7")
 
 
 @pytest.mark.asyncio

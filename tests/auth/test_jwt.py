@@ -123,16 +123,26 @@ def test_unknown_role_is_rejected(bad_role: object) -> None:
     assert "'role' claim" in _rejected(verifier, token)
 
 
+AGENT = "0192f3a4-5b6c-7d8e-9f01-23456789abcd"
+
+
 def test_a_worker_token_may_name_its_one_agent() -> None:
     verifier = JwtVerifier(_settings(jwt_secret=SECRET))
-    token = issue_token(SECRET, "acme", 60, role=Role.WORKER, agent_id="agent-7")
-    assert verifier.verify(token) == Principal(tenant="acme", role=Role.WORKER, subject="acme", agent_id="agent-7")
+    token = issue_token(SECRET, "acme", 60, role=Role.WORKER, agent_id=AGENT)
+    assert verifier.verify(token) == Principal(tenant="acme", role=Role.WORKER, subject="acme", agent_id=AGENT)
     assert verifier.verify(issue_token(SECRET, "acme", 60, role=Role.WORKER)).agent_id == ""
+    # An identity provider's own spelling of the id is read as hello's agent_id is.
+    upper = jwt.encode(_claims(role="worker", agent_id=AGENT.upper()), SECRET, algorithm="HS256")
+    assert verifier.verify(upper).agent_id == AGENT
     with pytest.raises(ValueError, match="only a worker token"):
-        issue_token(SECRET, "acme", 60, role=Role.CLIENT, agent_id="agent-7")
+        issue_token(SECRET, "acme", 60, role=Role.CLIENT, agent_id=AGENT)
+    with pytest.raises(ValueError, match="must be an agent id"):
+        issue_token(SECRET, "acme", 60, role=Role.WORKER, agent_id="agent-7")
 
 
-@pytest.mark.parametrize(("role", "agent"), [("client", "agent-7"), ("admin", "agent-7"), ("worker", 7)])
+@pytest.mark.parametrize(
+    ("role", "agent"), [("client", AGENT), ("admin", AGENT), ("worker", 7), ("worker", "not-an-id")]
+)
 def test_an_agent_claim_on_a_non_worker_token_or_not_a_string_is_rejected(role: str, agent: object) -> None:
     verifier = JwtVerifier(_settings(jwt_secret=SECRET))
     token = jwt.encode(_claims(role=role, agent_id=agent), SECRET, algorithm="HS256")

@@ -12,6 +12,7 @@ import hmac
 import secrets
 import string
 
+from agenttasks.core.ids import agent_scope
 from agenttasks.core.model import ApiKeyRecord, Role, utcnow
 from agenttasks.core.ports import Store, WriteTx
 
@@ -55,6 +56,7 @@ def new_api_key(tenant: str, role: Role | str, description: str = "", agent_id: 
     role = Role(role)
     if agent_id and role is not Role.WORKER:
         raise ValueError("only a worker key can be scoped to an agent")
+    agent_id = agent_scope(agent_id)
     key_id = secrets.token_hex(KEY_ID_HEX_CHARS // 2)
     secret = secrets.token_urlsafe(SECRET_BYTES)
     record = ApiKeyRecord(

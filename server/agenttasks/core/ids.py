@@ -29,3 +29,14 @@ def check_id(value: str, field: str) -> str:
         return str(uuid.UUID(value))
     except ValueError:
         raise InvalidArgument.field(field, f"must be a UUID, got {value[:64]!r}") from None
+
+
+def agent_scope(agent_id: str) -> str:
+    """The canonical spelling of the agent a credential is scoped to ("" for none), as check_id
+    gives it to the hello it is compared with; ValueError if it is not an id."""
+    if not agent_id:
+        return ""
+    try:
+        return check_id(agent_id, "agent_id")
+    except InvalidArgument:
+        raise ValueError(f"agent_id must be an agent id (a UUID), got {agent_id[:64]!r}") from None

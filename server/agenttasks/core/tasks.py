@@ -52,6 +52,7 @@ MAX_BATCH = 500
 # task may carry 1 MiB of output and 1 MiB of result, and gRPC clients refuse messages over
 # 4 MiB by default. A page that stops short has a next_page_token, as AIP-158 allows.
 MAX_PAGE_BYTES = 3 * 1024 * 1024
+LIST_READ_ROWS = 50
 # A task a write changed and the events it stored for it, to publish once committed.
 Change = tuple[Task, list[TaskEvent]]
 
@@ -141,8 +142,9 @@ def _utf8(text: str) -> int:
 
 
 def _encoded_size(task: Task) -> int:
-    """An upper bound of the task's size as a message: its texts, its JSON objects twice over
-    (a Struct can take more bytes than the JSON), and a kilobyte for the rest."""
+    """About the task's size as a message: its texts, its JSON objects twice over (a Struct
+    takes more bytes than its JSON, up to ~1.1x for lists of numbers), and a kilobyte for the
+    rest. Close enough for MAX_PAGE_BYTES, which stays well under the 4 MiB clients accept."""
     texts = [task.message, task.output, task.input_prompt, task.webhook_url]
     if task.progress is not None:
         texts.append(task.progress.text)
@@ -444,22 +446,27 @@ class TaskCore:
         query = {"tenant": tenant, "agent_id": agent_id, "status": status, "kind": "tasks"}
         before = int(self._tokens.decode(page_token, query)[0]) if page_token else None
 
-        def op(tx: ReadTx) -> list[Task]:
+        def op(tx: ReadTx) -> tuple[list[Task], bool]:
+            """The page, and whether more tasks follow it. Rows are read a few at a time, so a
+            page that stops early for size has not read hundreds of big rows for nothing."""
             if tx.get_agent(tenant, agent_id) is None:
                 raise AgentNotFound(agent_id)
-            return tx.list_tasks(tenant, agent_id, status=wanted, before_seq=before, limit=limit + 1)
+            page: list[Task] = []
+            size, cursor = 0, before
+            while True:
+                want = min(limit + 1 - len(page), LIST_READ_ROWS)
+                rows = tx.list_tasks(tenant, agent_id, status=wanted, before_seq=cursor, limit=want)
+                for task in rows:
+                    size += _encoded_size(task)
+                    if len(page) == limit or (page and size > MAX_PAGE_BYTES):
+                        return page, True
+                    page.append(task)
+                if len(rows) < want:
+                    return page, False
+                cursor = rows[-1].seq
 
-        tasks = await self._store.read(op)
-        page: list[Task] = []
-        size = 0
-        for task in tasks[:limit]:
-            size += _encoded_size(task)
-            if page and size > MAX_PAGE_BYTES:
-                break
-            page.append(task)
-        if len(page) == len(tasks):
-            return page, ""
-        return page, self._tokens.encode(query, [page[-1].seq])
+        page, more = await self._store.read(op)
+        return page, self._tokens.encode(query, [page[-1].seq]) if more else ""
 
     async def watch(
         self, principal: Principal, agent_id: str, task_id: str, after_sequence: int = 0
