@@ -15,8 +15,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from agenttasks.core.errors import InvalidArgument, Unauthenticated
-from agenttasks.core.ids import agent_scope, check_id
+from agenttasks.core.errors import Unauthenticated
+from agenttasks.core.ids import agent_scope
 from agenttasks.core.model import Principal, Role, utcnow
 from agenttasks.settings import Settings
 
@@ -136,11 +136,10 @@ class JwtVerifier:
         agent_id = claims.get(AGENT_CLAIM, "")
         if not isinstance(agent_id, str) or (agent_id and raw_role != Role.WORKER.value):
             raise Unauthenticated(f"token {AGENT_CLAIM!r} claim must be a string, and only on a worker token")
-        if agent_id:
-            try:
-                agent_id = check_id(agent_id, AGENT_CLAIM)  # the canonical spelling hello's id gets
-            except InvalidArgument:
-                raise Unauthenticated(f"token {AGENT_CLAIM!r} claim is not an agent id") from None
+        try:
+            agent_id = agent_scope(agent_id)  # the canonical spelling hello's id gets
+        except ValueError:
+            raise Unauthenticated(f"token {AGENT_CLAIM!r} claim is not an agent id") from None
         subject = claims.get("sub")
         return Principal(
             tenant=tenant,

@@ -13,8 +13,7 @@ import sys
 
 from agenttasks.auth import create_api_key, issue_token, revoke_api_key, server_jwt_secret
 from agenttasks.cli.client import CliError
-from agenttasks.core.errors import InvalidArgument
-from agenttasks.core.ids import check_id
+from agenttasks.core.ids import agent_scope
 from agenttasks.core.model import Role
 from agenttasks.core.ports import Store
 from agenttasks.settings import Settings
@@ -94,9 +93,12 @@ def _agent_scope(agent: str | None, role: str) -> str:
     if role != Role.WORKER.value:
         raise CliError("--agent scopes a worker credential: use it with --role worker")
     try:
-        return check_id(agent, "agent")
-    except InvalidArgument:
-        raise CliError(f"--agent must be an agent id (a UUID), got {agent!r}") from None
+        scope = agent_scope(agent)
+    except ValueError:
+        scope = ""
+    if not scope:  # not an id, or "" (which would quietly make an unscoped credential)
+        raise CliError(f"--agent must be an agent id (a UUID), got {agent!r}")
+    return scope
 
 
 def _tenant(text: str) -> str:

@@ -51,6 +51,7 @@ from agenttasks.core.model import (
     utcnow,
 )
 from agenttasks.core.ports import Store, WriteTx, save, to_the_end
+from agenttasks.core.validation import utf8_size
 from agenttasks.core.watch import EventHub
 
 log = logging.getLogger(__name__)
@@ -165,10 +166,6 @@ class Claim:
         return value
 
 
-def _bytes(text: str) -> int:
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
 def _message(event: TaskEvent) -> TaskMessage:
     payload = event.data["message"]
     return TaskMessage(message_id=payload["message_id"], text=payload["text"], created_at=event.time)
@@ -178,19 +175,19 @@ def progress_change(percent: float, text: str) -> Change:
     """The change a progress report makes, once its fields are checked."""
     if not 0 <= percent <= 100:
         raise InvalidArgument.field("progress.percent", "must be between 0 and 100")
-    if _bytes(text) > MAX_TEXT_BYTES:
+    if utf8_size(text) > MAX_TEXT_BYTES:
         raise InvalidArgument.field("progress.text", f"must be at most {MAX_TEXT_BYTES} bytes")
     return lambda tx, task, now: lifecycle.progress(task, Progress(percent, text), now)
 
 
 def output_change(chunk: str) -> Change:
-    size = _bytes(chunk)
+    size = utf8_size(chunk)
     if size > MAX_CHUNK_BYTES:
         raise InvalidArgument.field("output.chunk", f"must be at most {MAX_CHUNK_BYTES} bytes")
 
     def append(tx: WriteTx, task: Task, now: datetime) -> lifecycle.Transition:
         # Every GetStatus and assignment carries the output: it must stay a sane size.
-        if _bytes(task.output) + size > MAX_OUTPUT_BYTES:
+        if utf8_size(task.output) + size > MAX_OUTPUT_BYTES:
             raise InvalidArgument.field("output.chunk", f"a task keeps at most {MAX_OUTPUT_BYTES} bytes of output")
         return lifecycle.output(task, chunk, now)
 
@@ -198,7 +195,7 @@ def output_change(chunk: str) -> Change:
 
 
 def ask_change(prompt: str) -> Change:
-    if not prompt.strip() or _bytes(prompt) > MAX_TEXT_BYTES:
+    if not prompt.strip() or utf8_size(prompt) > MAX_TEXT_BYTES:
         raise InvalidArgument.field("request_input.prompt", f"required, at most {MAX_TEXT_BYTES} bytes")
 
     def change(tx: WriteTx, task: Task, now: datetime) -> lifecycle.Transition:
@@ -211,7 +208,7 @@ def ask_change(prompt: str) -> Change:
 
 
 def complete_change(text: str, data: JsonObject | None) -> Change:
-    if _bytes(text) > MAX_RESULT_BYTES:
+    if utf8_size(text) > MAX_RESULT_BYTES:
         raise InvalidArgument.field("complete.text", f"must be at most {MAX_RESULT_BYTES} bytes")
     result = TaskResult(text=text, data=data)
     return lambda tx, task, now: lifecycle.complete(task, result, now)
@@ -221,7 +218,7 @@ def fail_change(code: str, message: str) -> Change:
     code = code or lifecycle.WORKER_ERROR
     if not (code.replace("_", "").isalnum() and code.isupper() and len(code) <= 64):
         raise InvalidArgument.field("fail.code", "must be UPPER_SNAKE_CASE, at most 64 characters")
-    if _bytes(message) > MAX_TEXT_BYTES:
+    if utf8_size(message) > MAX_TEXT_BYTES:
         raise InvalidArgument.field("fail.message", f"must be at most {MAX_TEXT_BYTES} bytes")
     error = TaskError(code=code, message=message)
     return lambda tx, task, now: lifecycle.fail(task, error, now)
@@ -452,7 +449,7 @@ class Dispatcher:
 
         claim = self.claim()
 
-        def apply(tx: WriteTx, ref: TaskRef, change: Change) -> tuple[Task, list[TaskEvent], Started | None]:
+        def apply(tx: WriteTx, ref: TaskRef, change: Change) -> Applied:
             task = tx.get_task(session.tenant, ref.task_id)
             if (
                 task is None

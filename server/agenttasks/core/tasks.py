@@ -16,7 +16,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from agenttasks.core import idempotency, lifecycle, validation
-from agenttasks.core.errors import AgentNotFound, AgentUnavailable, InvalidArgument, TaskNotFound
+from agenttasks.core.agents import find_agent
+from agenttasks.core.errors import AgentUnavailable, InvalidArgument, TaskNotFound
 from agenttasks.core.ids import check_id, new_id
 from agenttasks.core.model import (
     Agent,
@@ -54,7 +55,7 @@ MAX_BATCH = 500
 MAX_PAGE_BYTES = 3 * 1024 * 1024
 LIST_READ_ROWS = 50
 # A task a write changed and the events it stored for it, to publish once committed.
-Change = tuple[Task, list[TaskEvent]]
+Changed = tuple[Task, list[TaskEvent]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +138,6 @@ def find_task(tx: ReadTx, tenant: str, agent_id: str, task_id: str) -> Task:
     return task
 
 
-def _utf8(text: str) -> int:
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
 def _encoded_size(task: Task) -> int:
     """About the task's size as a message: its texts, its JSON objects twice over (a Struct
     takes more bytes than its JSON, up to ~1.1x for lists of numbers), and a kilobyte for the
@@ -154,7 +151,11 @@ def _encoded_size(task: Task) -> int:
     if task.result is not None:
         texts.append(task.result.text)
         objects.append(task.result.data)
-    return sum(map(_utf8, texts)) + sum(2 * _utf8(json.dumps(o)) for o in objects if o) + 1024
+    return (
+        sum(map(validation.utf8_size, texts))
+        + sum(2 * validation.utf8_size(json.dumps(o)) for o in objects if o)
+        + 1024
+    )
 
 
 def check_parent(agent_id: str) -> str:
@@ -218,7 +219,7 @@ class TaskCore:
         base = f"{self._base_url}/agent/{agent_id}/task/{task_id}"
         return base, f"{base}/cancel"
 
-    async def _commit(self, fn: Callable[[WriteTx], tuple[Any, list[Change]]], claim: Claim | None = None) -> Any:
+    async def _commit(self, fn: Callable[[WriteTx], tuple[Any, list[Changed]]], claim: Claim | None = None) -> Any:
         """Write, then publish each changed task's events; with a `claim`, the tasks `fn` started
         are assigned in between, so a worker hears of its task before any later change to it is
         published."""
@@ -268,7 +269,7 @@ class TaskCore:
         agent: Callable[[], Agent],
         claim: Claim | None,
         now: datetime,
-    ) -> tuple[SubmitResult, list[Change]]:
+    ) -> tuple[SubmitResult, list[Changed]]:
         """In a write: the stored answer of a replayed key, or the new task inserted, started at
         once for a worker with a free place when nothing queued comes before it."""
         spec = new.spec
@@ -323,9 +324,7 @@ class TaskCore:
 
         def agent() -> Agent:
             if not found:
-                current = tx.get_agent(tenant, agent_id)
-                if current is None:
-                    raise AgentNotFound(agent_id)
+                current = find_agent(tx, tenant, agent_id)
                 if current.status is not AgentStatus.ACTIVE:
                     raise AgentUnavailable(agent_id, current.status.value)
                 found.append(current)
@@ -340,7 +339,7 @@ class TaskCore:
         now = self._clock()
         claim = self.dispatcher.claim() if self.dispatcher is not None else None
 
-        def op(tx: WriteTx) -> tuple[SubmitResult, list[Change]]:
+        def op(tx: WriteTx) -> tuple[SubmitResult, list[Changed]]:
             return self._create(tx, tenant, agent_id, new, self._agent_once(tx, tenant, agent_id), claim, now)
 
         result: SubmitResult = await self._commit(op, claim)
@@ -372,10 +371,10 @@ class TaskCore:
         # the answers stay in request order.
         order = sorted(range(len(news)), key=lambda i: -news[i].spec.priority)
 
-        def op(tx: WriteTx) -> tuple[list[SubmitResult], list[Change]]:
+        def op(tx: WriteTx) -> tuple[list[SubmitResult], list[Changed]]:
             agent = self._agent_once(tx, tenant, agent_id)
             results: dict[int, SubmitResult] = {}
-            changes: list[Change] = []
+            changes: list[Changed] = []
             for i in order:
                 results[i], changed = self._create(tx, tenant, agent_id, news[i], agent, claim, now)
                 changes += changed
@@ -410,7 +409,7 @@ class TaskCore:
         now = self._clock()
         msg = TaskMessage(message_id=new_id(), text=message, created_at=now)
 
-        def op(tx: WriteTx) -> tuple[MessageResult, list[Change]]:
+        def op(tx: WriteTx) -> tuple[MessageResult, list[Changed]]:
             if (stored := idempotency.replay(tx, tenant, "message", request_id, digest)) is not None:
                 return MessageResult.from_json(stored), []
             task = find_task(tx, tenant, agent_id, task_id)
@@ -428,7 +427,7 @@ class TaskCore:
         tenant = principal.tenant
         now = self._clock()
 
-        def op(tx: WriteTx) -> tuple[Task, list[Change]]:
+        def op(tx: WriteTx) -> tuple[Task, list[Changed]]:
             task, events = save(tx, lifecycle.cancel(find_task(tx, tenant, agent_id, task_id), now))
             return task, [(task, events)]
 
@@ -449,8 +448,7 @@ class TaskCore:
         def op(tx: ReadTx) -> tuple[list[Task], bool]:
             """The page, and whether more tasks follow it. Rows are read a few at a time, so a
             page that stops early for size has not read hundreds of big rows for nothing."""
-            if tx.get_agent(tenant, agent_id) is None:
-                raise AgentNotFound(agent_id)
+            find_agent(tx, tenant, agent_id)
             page: list[Task] = []
             size, cursor = 0, before
             while True:

@@ -58,10 +58,16 @@ class _Violations:
             raise InvalidArgument(self.items)
 
 
+def utf8_size(text: str) -> int:
+    """The size of `text` in UTF-8, the unit every text limit is stated in (lone surrogates,
+    which JSON can carry, count as the three bytes they take)."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def _check_text(v: _Violations, field: str, value: str, max_bytes: int) -> None:
     if not value.strip():
         v.add(field, "required and must not be empty")
-    elif len(value.encode("utf-8", "surrogatepass")) > max_bytes:
+    elif utf8_size(value) > max_bytes:
         v.add(field, f"must be at most {max_bytes} bytes")
 
 
