@@ -62,7 +62,7 @@ def test_the_root_files_are_the_packaged_ones() -> None:
     # The package must carry envoy.yaml and the Lua for `pip install .`; the root names link to
     # them, and this keeps it so if a link is ever replaced by a copy.
     assert (ROOT / "envoy.yaml").read_bytes() == (PACKAGE_DIR / "envoy.yaml").read_bytes()
-    assert (ROOT / "gateway" / "responses.lua").read_bytes() == (PACKAGE_DIR / "responses.lua").read_bytes()
+    assert (ROOT / "gateway" / "rest.lua").read_bytes() == (PACKAGE_DIR / "rest.lua").read_bytes()
     assert template_text("envoy.yaml") == (ROOT / "envoy.yaml").read_text()
 
 
@@ -88,7 +88,7 @@ def test_the_rendered_runtime_config_passes_envoy_validate(tmp_path: Path) -> No
     assert endpoint["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 50051}
     lua = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
     assert lua["name"] == LUA
-    assert lua["typed_config"]["source_codes"]["responses"] == {"inline_string": template_text("responses.lua")}
+    assert lua["typed_config"]["source_codes"]["rest"] == {"inline_string": template_text("rest.lua")}
     # No path in it depends on the working directory: validate from elsewhere.
     validate(write_config(config, tmp_path / "envoy.json"), cwd=tmp_path)
 
@@ -177,6 +177,6 @@ def test_the_wheel_ships_the_gateway_files(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("agenttasks-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-        assert {"agenttasks/gateway/envoy.yaml", "agenttasks/gateway/responses.lua"} <= names
+        assert {"agenttasks/gateway/envoy.yaml", "agenttasks/gateway/rest.lua"} <= names
         shipped = yaml.safe_load(archive.read("agenttasks/gateway/envoy.yaml"))
     assert shipped == load_template()

@@ -3,6 +3,8 @@ errors Envoy makes itself come out in the same JSON shape, never empty or plain 
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
@@ -10,6 +12,7 @@ from agenttasks.app import Service
 from agenttasks.auth import create_api_key
 from agenttasks.core.model import Role
 from agenttasks.gateway import Gateway
+from agenttasks.gateway.config import template_text
 from agenttasks.v1 import worker_service_pb2 as wpb
 from tests.dispatch.raw_worker import RawWorker, ref
 from tests.gateway.support import assert_error, http_client
@@ -62,8 +65,10 @@ async def test_unknown_agents_and_tasks_are_404(rest: httpx.AsyncClient, agent: 
     assert_error(await rest.get(f"/agent/{MISSING}"), 404, "AGENT_NOT_FOUND", "NOT_FOUND")
     for path in (f"/agent/{agent}/task/{MISSING}", f"/agent/{agent}/task/{MISSING}/watch"):
         assert_error(await rest.get(path), 404, "TASK_NOT_FOUND", "NOT_FOUND")
-    for path in (f"/agent/{agent}/task/{MISSING}/cancel", f"/agent/{agent}/task/{MISSING}/message"):
-        assert_error(await rest.post(path, json={"message": "x"}), 404, "TASK_NOT_FOUND", "NOT_FOUND")
+    cancelled = await rest.post(f"/agent/{agent}/task/{MISSING}/cancel")
+    assert_error(cancelled, 404, "TASK_NOT_FOUND", "NOT_FOUND")
+    sent = await rest.post(f"/agent/{agent}/task/{MISSING}/message", json={"message": "x"})
+    assert_error(sent, 404, "TASK_NOT_FOUND", "NOT_FOUND")
 
 
 async def test_another_tenants_task_is_404(
@@ -118,39 +123,70 @@ async def test_a_reused_idempotency_key_is_409_and_a_retry_gets_the_original(
 
 
 @pytest.mark.parametrize(
-    ("content", "words"),
+    ("content", "message"),
     [
-        (b'{"message":', "Unexpected end"),
-        (b"not json", "Unexpected token"),
-        (b"[]", "Root element must be a message"),
-        (b'{"message": "x", "priority": "high"}', "priority"),
-        (b'{"message": "x", "priority": 1.5}', "priority"),
-        (b'{"message": "x", "metadata": [1]}', "not repeating"),
+        (b'{"message":', "request body is not valid JSON: unexpected end of string, expected a value"),
+        (b"not json", "request body is not valid JSON: unexpected token"),
+        (b'{"message": "x"} and more', "request body is not valid JSON: parsing terminated before end of input"),
+        (b'{"message": "x" "priority": 1}', "request body is not valid JSON: expected , or } after key:value pair"),
+        (b"[]", "request body must be a JSON object"),
+        (b'{"message": "x", "priority": "high"}', 'priority must be an integer from 1 to 10, got "high"'),
+        (b'{"message": "x", "priority": 1.5}', "priority must be an integer from 1 to 10, got 1.5"),
+        (
+            b'{"message": "x", "timeout_override": true}',
+            "timeout_override must be a whole number of seconds, at least 1, got true",
+        ),
+        (b'{"message": 7}', "message must be a string, got 7"),
+        (b'{"message": "x", "metadata": "team"}', 'metadata must be a JSON object, got "team"'),
+        (b'{"message": "x", "metadata": [1]}', "request body has a JSON list in a field that takes no list"),
+        (b'{"message": {"text": "x"}}', "request body has a JSON object in a field that takes a plain value"),
     ],
-    ids=["truncated", "not-json", "array", "string-for-int", "float-for-int", "list-for-object"],
+    ids=[
+        "truncated",
+        "not-json",
+        "trailing-text",
+        "missing-comma",
+        "array",
+        "string-for-int",
+        "float-for-int",
+        "bool-for-int",
+        "int-for-string",
+        "string-for-object",
+        "list-for-object",
+        "object-for-string",
+    ],
 )
-async def test_a_body_envoy_cannot_transcode_is_a_json_400(
-    rest: httpx.AsyncClient, agent: str, content: bytes, words: str
+async def test_a_body_envoy_cannot_transcode_is_a_json_400_in_plain_words(
+    rest: httpx.AsyncClient, agent: str, content: bytes, message: str
 ) -> None:
     response = await rest.post(f"/agent/request/{agent}", content=content, headers={"content-type": "application/json"})
     body = assert_error(response, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
-    assert words in body["message"], body
+    # One line, the project's words: none of the transcoder's type names or caret drawings.
+    assert body["message"] == message, body
+
+
+async def test_a_batch_item_of_the_wrong_type_is_named_by_its_index(rest: httpx.AsyncClient, agent: str) -> None:
+    body = {"requests": [{"message": "a"}, {"message": "b", "priority": "urgent"}]}
+    response = await rest.post(f"/agent/{agent}/tasks:batchSubmit", json=body)
+    error = assert_error(response, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
+    assert error["message"] == 'requests[1].priority must be an integer from 1 to 10, got "urgent"', error
 
 
 @pytest.mark.parametrize(
-    ("path", "params", "words"),
+    ("path", "params", "message"),
     [
-        ("/agent/list", {"bogus": "1"}, '"bogus"'),
-        ("/agent/list", {"page_size": "many"}, "page_size"),
-        ("/agent/{agent}/tasks", {"page_sise": "1"}, '"page_sise"'),
+        ("/agent/list", {"bogus": "1"}, 'unknown query parameter "bogus"'),
+        ("/agent/list", {"page_size": "many"}, 'page_size must be a whole number, got "many"'),
+        ("/agent/{agent}/tasks", {"page_sise": "1"}, 'unknown query parameter "page_sise"'),
+        ("/agent/{agent}/tasks", {"after_sequence": "1"}, 'unknown query parameter "after_sequence"'),
     ],
 )
-async def test_a_query_envoy_cannot_transcode_is_a_json_400(
-    rest: httpx.AsyncClient, agent: str, path: str, params: dict[str, str], words: str
+async def test_a_query_envoy_cannot_transcode_is_a_json_400_in_plain_words(
+    rest: httpx.AsyncClient, agent: str, path: str, params: dict[str, str], message: str
 ) -> None:
     response = await rest.get(path.format(agent=agent), params=params)
     body = assert_error(response, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
-    assert words in body["message"], body
+    assert body["message"] == message, body
 
 
 @pytest.mark.parametrize(
@@ -158,9 +194,106 @@ async def test_a_query_envoy_cannot_transcode_is_a_json_400(
     [("GET", "/nope"), ("GET", "/v2/agent/list"), ("DELETE", "/agent/list"), ("POST", "/agent/list"), ("PUT", "/")],
 )
 async def test_an_unknown_path_or_method_is_a_json_404(rest: httpx.AsyncClient, method: str, path: str) -> None:
-    response = await rest.request(method, path)
+    response = await rest.request(method, path, params={"page_size": "1"})
     body = assert_error(response, 404, "PATH_NOT_FOUND", "NOT_FOUND")
-    assert path in body["message"], body
+    assert body["message"] == f"no such path: {method} {path}", body
+
+
+# --- unknown body fields ------------------------------------------------------------------------
+
+
+async def test_an_unknown_body_field_is_a_400_naming_it_and_queues_nothing(rest: httpx.AsyncClient, agent: str) -> None:
+    # The transcoder alone would drop "priorty" and queue the task at priority 5.
+    response = await rest.post(f"/agent/request/{agent}", json={"message": "x", "priorty": 9})
+    body = assert_error(response, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", field="priorty")
+    assert body["message"].startswith("invalid request: priorty: unknown field; the body takes message, priority"), body
+    assert "agent_id" not in body["message"]  # it comes from the path, never the body
+    assert (await rest.get(f"/agent/{agent}/tasks")).json()["tasks"] == []
+
+
+async def test_unknown_fields_are_refused_in_every_body(rest: httpx.AsyncClient, agent: str) -> None:
+    created = await rest.post("/agent/create", json={"name": "a", "descripton": "typo"})
+    assert_error(created, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", field="descripton")
+    task_id = (await rest.post(f"/agent/request/{agent}", json={"message": "x"})).json()["task_id"]
+    sent = await rest.post(f"/agent/{agent}/task/{task_id}/message", json={"message": "m", "text": "m"})
+    assert_error(sent, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", field="text")
+    cancelled = await rest.post(f"/agent/{agent}/task/{task_id}/cancel", json={"reason": "no longer needed"})
+    assert_error(cancelled, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", field="reason")
+    assert (await rest.get(f"/agent/{agent}/task/{task_id}")).json()["status"] == "queued"
+
+
+async def test_an_unknown_field_in_a_batch_item_is_named_by_its_index(rest: httpx.AsyncClient, agent: str) -> None:
+    requests = [{"message": "a"}, {"message": "b"}, {"message": "c", "prio": 2}, {"message": "d", "prio": 3}]
+    response = await rest.post(f"/agent/{agent}/tasks:batchSubmit", json={"requests": requests})
+    body = assert_error(response, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", field="requests[2].prio")
+    assert "each of requests takes message, priority" in body["message"], body
+    assert (await rest.get(f"/agent/{agent}/tasks")).json()["tasks"] == []  # all or none
+
+
+async def test_known_fields_in_either_spelling_and_free_form_metadata_pass(rest: httpx.AsyncClient, agent: str) -> None:
+    body = {
+        "message": "x",
+        "priority": 7,
+        "timeoutOverride": 60,
+        "requestId": "spelled-in-json",
+        "metadata": {"anything": {"goes": ["here", {"nested": 1}]}, "priorty": 1},
+    }
+    response = await rest.post(f"/agent/request/{agent}", json=body)
+    assert response.status_code == 202, response.text
+    task = (await rest.get(f"/agent/{agent}/task/{response.json()['task_id']}")).json()
+    assert (task["priority"], task["timeout_seconds"], task["metadata"]["priorty"]) == (7, 60, 1)
+    batch = {"requests": [{"message": "a", "requestId": "b1", "metadata": {"k": 1}}, {"message": "b"}]}
+    assert (await rest.post(f"/agent/{agent}/tasks:batchSubmit", json=batch)).status_code == 202
+
+
+async def test_a_client_cannot_speak_for_the_gateway_about_body_fields(rest: httpx.AsyncClient, agent: str) -> None:
+    # The header the gateway sets is replaced, so a client can neither hide a field nor invent one.
+    invented = await rest.post(
+        f"/agent/request/{agent}", json={"message": "x"}, headers={"x-agenttasks-body-fields": "bogus"}
+    )
+    assert invented.status_code == 202, invented.text
+    hidden = await rest.post(
+        f"/agent/request/{agent}", json={"message": "x", "bogus": 1}, headers={"x-agenttasks-body-fields": "message"}
+    )
+    assert_error(hidden, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", field="bogus")
+
+
+async def test_body_field_names_are_read_as_json_reads_them(rest: httpx.AsyncClient, agent: str) -> None:
+    # "\u0070riority" is "priority" to any JSON reader, the transcoder included.
+    content = b'{"message": "x", "\\u0070riority": 9}'
+    response = await rest.post(f"/agent/request/{agent}", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 202, response.text
+    task = (await rest.get(f"/agent/{agent}/task/{response.json()['task_id']}")).json()
+    assert task["priority"] == 9
+    # And an escaped path field is still a path field.
+    other = (await rest.post("/agent/create", json={"name": "other"})).json()["agent_id"]
+    content = b'{"message": "x", "\\u0061gent_id": "' + other.encode() + b'"}'
+    response = await rest.post(f"/agent/request/{agent}", content=content, headers={"content-type": "application/json"})
+    body = assert_error(response, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
+    assert body["message"] == "agent_id comes from the path; the body may not set it", body
+    assert (await rest.get(f"/agent/{other}/tasks")).json()["tasks"] == []
+
+
+# --- what Envoy's own answers look like ------------------------------------------------------
+
+
+async def test_rest_answers_carry_no_grpc_headers(rest: httpx.AsyncClient, agent: str) -> None:
+    submitted = await rest.post(f"/agent/request/{agent}", json={"message": "x"})
+    task_id = submitted.json()["task_id"]
+    answers = [
+        submitted,
+        await rest.get(f"/agent/{agent}/task/{task_id}"),
+        await rest.get("/agent/list"),
+        await rest.post(f"/agent/{agent}/task/{MISSING}/cancel"),  # an error from the server
+        await rest.get("/nope"),  # an error from Envoy
+    ]
+    await rest.post(f"/agent/{agent}/task/{task_id}/cancel")
+    async with rest.stream("GET", f"/agent/{agent}/task/{task_id}/watch") as stream:
+        answers.append(stream)
+        await stream.aread()
+    assert [a.status_code for a in answers] == [202, 200, 200, 404, 404, 200]
+    for answer in answers:
+        assert not [h for h in answer.headers if h.startswith("grpc-")], (answer.request.url, answer.headers)
 
 
 async def test_the_server_down_behind_envoy_is_a_json_503(service: Service, rest: httpx.AsyncClient) -> None:
@@ -169,6 +302,7 @@ async def test_the_server_down_behind_envoy_is_a_json_503(service: Service, rest
     for _ in range(2):  # a fresh connection attempt each time, not a cached failure
         response = await rest.get("/agent/list")
         body = assert_error(response, 503, "UPSTREAM_UNAVAILABLE", "UNAVAILABLE")
+        assert body["message"].startswith("cannot reach the agenttasks server behind the gateway ("), body
         assert "connect" in body["message"], body
 
 
@@ -215,12 +349,13 @@ async def test_a_body_field_cannot_set_a_path_id(rest: httpx.AsyncClient, agent:
     task_id = (await rest.post(f"/agent/request/{agent}", json={"message": "x"})).json()["task_id"]
     clash = await rest.post(f"/agent/{agent}/task/{task_id}/message", json={"message": "m", "agent_id": other})
     body = assert_error(clash, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
-    assert "agent_id" in body["message"], body
+    assert body["message"] == "agent_id comes from the path; the body may not set it", body
     submit = await rest.post(f"/agent/request/{agent}", json={"message": "m", "agent_id": other})
     assert_error(submit, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
-    # A JSON-name spelling is not a collision the transcoder detects, but the path still wins.
+    # The transcoder does not see the JSON-name spelling as a collision; the server does.
     sent = await rest.post(f"/agent/request/{agent}", json={"message": "m", "agentId": other})
-    assert sent.status_code == 202 and sent.json()["agent_id"] == agent, sent.text
+    body = assert_error(sent, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", field="agentId")
+    assert body["message"] == "invalid request: agentId: comes from the path; the body may not set it", body
     assert (await rest.get(f"/agent/{other}/tasks")).json()["tasks"] == []
 
 
@@ -235,3 +370,52 @@ async def test_a_body_too_large_for_the_server_is_still_json(rest: httpx.AsyncCl
     assert response.status_code == 429, response.text
     assert response.headers["content-type"] == "application/json"
     assert response.json()["code"] == 8 and "larger than max" in response.json()["message"]
+    # Past what the gateway buffers (it reads each body whole to pass its field names on), the
+    # gateway itself refuses, in the same shape.
+    response = await rest.post(f"/agent/request/{agent}", json={"message": "x" * (11 * 1024 * 1024)})
+    body = assert_error(response, 413, "BAD_REQUEST", "INVALID_ARGUMENT")
+    assert body["message"] == "request body is larger than the gateway accepts (10 MiB)", body
+
+
+# rest.lua words a wrongly typed field by what the server accepts: "priority must be an integer
+# from 1 to 10". Each such range must be the server's own, edges included.
+EXPECTED_ENTRY = re.compile(
+    r'^  (\w+) = "(an integer from (\d+) to (\d+)|a whole number of seconds, at least (\d+))",$'
+)
+RANGE_FIELDS = {
+    "priority": "submit",
+    "timeout_override": "submit",
+    "max_attempts": "agent",
+    "default_timeout_seconds": "agent",
+    "input_timeout_seconds": "agent",
+}
+
+
+def _ranges_in_lua() -> dict[str, tuple[int, int | None]]:
+    found: dict[str, tuple[int, int | None]] = {}
+    for line in template_text("rest.lua").splitlines():
+        if match := EXPECTED_ENTRY.match(line):
+            name, _, low, high, least = match.groups()
+            found[name] = (int(low), int(high)) if low else (int(least), None)
+    return found
+
+
+async def test_the_gateways_ranges_name_every_ranged_field() -> None:
+    assert set(_ranges_in_lua()) == set(RANGE_FIELDS)
+
+
+@pytest.mark.parametrize("field", sorted(RANGE_FIELDS))
+async def test_the_gateways_ranges_are_the_servers(rest: httpx.AsyncClient, agent: str, field: str) -> None:
+    low, high = _ranges_in_lua()[field]
+
+    async def accepted(value: int) -> bool:
+        if RANGE_FIELDS[field] == "submit":
+            response = await rest.post(f"/agent/request/{agent}", json={"message": "x", field: value})
+        else:
+            response = await rest.post("/agent/create", json={"name": "ranged", field: value})
+        assert response.status_code in (200, 202, 400), response.text
+        return response.status_code != 400
+
+    assert await accepted(low) and not await accepted(low - 1)
+    if high is not None:
+        assert await accepted(high) and not await accepted(high + 1)

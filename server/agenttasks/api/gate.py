@@ -14,6 +14,7 @@ from typing import Protocol, TypeVar
 
 import grpc
 
+from agenttasks.api.body_fields import BODY_FIELDS_HEADER, check_body_fields
 from agenttasks.api.errors import to_status
 from agenttasks.auth.roles import authorize
 from agenttasks.core.errors import DomainError, ShuttingDown
@@ -41,8 +42,11 @@ class Gate:
     async def _principal(self, context: grpc.aio.ServicerContext[object, object], method: str) -> Principal:
         if self.draining:
             raise ShuttingDown("server is shutting down; retry shortly")
-        principal = await self._auth.authenticate(call_metadata(context))
+        metadata = call_metadata(context)
+        principal = await self._auth.authenticate(metadata)
         authorize(principal, method)
+        if (body_fields := metadata.get(BODY_FIELDS_HEADER)) is not None:  # a REST call with a body
+            check_body_fields(method, body_fields)
         return principal
 
     async def unary(

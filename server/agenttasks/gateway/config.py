@@ -30,7 +30,7 @@ class GatewayError(Exception):
 
 
 def template_text(name: str = "envoy.yaml") -> str:
-    """A file shipped beside this module (envoy.yaml, responses.lua)."""
+    """A file shipped beside this module (envoy.yaml, rest.lua)."""
     return resources.files("agenttasks.gateway").joinpath(name).read_text(encoding="utf-8")
 
 
@@ -69,6 +69,10 @@ def ip_for(host: str, port: int, *, connect: bool) -> str:
     return str(address)
 
 
+def _inlined(source: dict[str, str]) -> dict[str, str]:
+    return {"inline_string": template_text(Path(source["filename"]).name)}
+
+
 def render(
     *,
     listen: tuple[str, int],
@@ -94,10 +98,8 @@ def render(
     lua = _named(filters, LUA, "http filter")["typed_config"]
     # envoy.yaml names the Lua files by their repository path (gateway/x.lua, a link to the
     # copy in this package); inlined, the runtime config needs no working directory.
-    lua["source_codes"] = {
-        name: {"inline_string": template_text(Path(source["filename"]).name)}
-        for name, source in lua["source_codes"].items()
-    }
+    lua["source_codes"] = {name: _inlined(source) for name, source in lua["source_codes"].items()}
+    lua["default_source_code"] = _inlined(lua["default_source_code"])
     return config
 
 

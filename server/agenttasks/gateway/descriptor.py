@@ -11,7 +11,7 @@ Two adjustments, both for Envoy 1.40:
   descriptor lacks those types answers such errors with an EMPTY body.
 - `response_body` is removed from the HTTP rules: the transcoder refuses to load a method that
   sets it to a non-HttpBody field. The gateway's Lua filter does its job instead (see
-  `response_bodies` and responses.lua), so REST clients get the answer the annotation promises.
+  `response_bodies` and rest.lua), so REST clients get the answer the annotation promises.
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-../server/agenttasks/gateway/responses.lua

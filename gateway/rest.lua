@@ -1,0 +1,1 @@
+../server/agenttasks/gateway/rest.lua
