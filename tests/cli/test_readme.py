@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from .support import BIN_DIR, REPO, Server, base_env
+from .support import ADMIN_KEY_PREFIX, BIN_DIR, REPO, Server, Spawned, base_env
 
 README = REPO / "README.md"
 TOUR_MARKER = "<!-- tour -->"
 WORKER_TOUR_MARKER = "<!-- tour:worker -->"
+SERVE_MARKER = "<!-- serve -->"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
@@ -49,6 +50,32 @@ def test_the_tour_block_is_found_and_sets_the_key_itself() -> None:
     script = tour_script()
     assert any(line.startswith("export AGENTTASKS_API_KEY") for line in script.splitlines())
     assert "agenttasks submit" in script
+
+
+def _comparable(lines: list[str]) -> list[str]:
+    """serve's lines with what differs from run to run (ports, the key) put in general terms."""
+    lines = [re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", line) for line in lines]
+    return [re.sub(r"atk_\S+", "atk_KEY", line) for line in lines]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_readme_shows_what_serve_prints(tmp_path: Path) -> None:
+    text = README.read_text()
+    marker = text.index(SERVE_MARKER)
+    language, body, offset = next(block for block in code_blocks(text) if block[2] > marker)
+    assert language == "console" and text[marker + len(SERVE_MARKER) : offset].strip() == ""
+    command, *shown = body.splitlines()
+    assert command == "$ agenttasks serve"
+    # The README's own command with its defaults, but on free ports, in an empty directory.
+    serve = Spawned("serve", "--grpc-port", "0", "--http-port", "0", cwd=tmp_path)
+    try:
+        serve.wait_for_stdout(re.compile("^" + re.escape(ADMIN_KEY_PREFIX)))
+        printed, logged = serve.stdout.splitlines(), serve.stderr
+    finally:
+        serve.stop()
+    assert _comparable(printed) == _comparable(shown)
+    assert logged == "", "each fact once, on stdout: nothing is logged on a clean start"
 
 
 @pytest.mark.slow

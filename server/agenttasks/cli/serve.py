@@ -45,6 +45,13 @@ def check_bindable(host: str, port: int) -> None:
     raise CliError(f"cannot listen on {where} for gRPC: {reason}")
 
 
+def _show_bootstrap_key(service: Service) -> None:
+    """The admin key a first start made, on stdout only (never in a log), once."""
+    if service.bootstrap_key:
+        print("first start: an admin API key for tenant 'default' was made; it is shown only this once:")
+        print(f"admin api key: {service.bootstrap_key}", flush=True)
+
+
 async def run(settings: Settings) -> int:
     check_bindable(settings.grpc_host, settings.grpc_port)
     if settings.gateway:  # before the service starts, for the same reasons as check_bindable
@@ -67,21 +74,20 @@ async def run(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(f"agenttasks gRPC listening on {service.address}", flush=True)
-    print(f"database: {settings.db}", flush=True)
-    if service.bootstrap_key:
-        print("first start: an admin API key for tenant 'default' was created; it is shown only once:", flush=True)
-        print(f"admin api key: {service.bootstrap_key}", flush=True)
-    gateway: Gateway | None = None  # started after the key is shown, so a failure cannot lose it
+    gateway: Gateway | None = None
     if settings.gateway:
         gateway = Gateway(settings.http_host, settings.http_port, settings.grpc_host, service.port)
         try:
             await gateway.start()
         except GatewayError as error:
+            _show_bootstrap_key(service)  # made by this start: it must not be lost with it
             await service.stop()
             raise CliError(str(error)) from None
         if not settings.public_base_url:  # the real address, even when the port was 0
             service.tasks.base_url = gateway.url
         print(f"agenttasks REST listening on {gateway.url}", flush=True)
+    print(f"agenttasks database {settings.db}", flush=True)
+    _show_bootstrap_key(service)
     log.debug("froze %d start-up objects out of garbage collection", freeze_startup_objects())
     waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
     failed: asyncio.Future[Any] = service.supervisor.failed

@@ -235,7 +235,7 @@ class Gateway:
         # Envoy has read all of it (static config, inline Lua, descriptor loaded): removing the
         # files now means even a SIGKILLed parent leaves nothing behind.
         shutil.rmtree(self._dir, ignore_errors=True)
-        log.info("REST gateway (Envoy pid %d) listening on %s", self._process.pid, self.url)
+        log.debug("REST gateway (Envoy pid %d) listening on %s", self._process.pid, self.url)
 
     async def _forward_logs(self, stream: asyncio.StreamReader) -> None:
         async for raw in stream:
@@ -246,7 +246,7 @@ class Gateway:
             name, _, message = line.partition("] ")
             level = _LEVELS.get(name.lstrip("["), logging.WARNING)
             if self._stopped:  # what Envoy says while we stop it (caught SIGTERM, ...) is expected
-                level = min(level, logging.INFO)
+                level = min(level, logging.DEBUG)
             envoy_log.log(level, "envoy: %s", message or line)
 
     async def _until_ready(self, admin_file: Path) -> None:
