@@ -108,6 +108,8 @@ class TaskLifecycle(RuleBasedStateMachine):
         expected = TaskStatus.QUEUED if requeued else TaskStatus.FAILED
         assert (self.task.status, self.task.status_reason) == (expected, "LEASE_LOST")
         assert self.task.attempt == attempt + requeued
+        if requeued:  # the next attempt has neither started nor said anything yet
+            assert (self.task.started_at, self.task.output, self.task.progress) == (None, "", None)
 
     @precondition(lambda self: self.task.status in HELD)
     @rule()

@@ -169,6 +169,43 @@ async def test_a_clean_disconnect_requeues_at_once(client: Api, agent_id: str, w
     assert (task.status_reason, task.attempt) == ("LEASE_LOST", 2)
 
 
+async def test_a_requeued_task_shows_the_next_attempt_and_keeps_the_last_in_its_events(
+    client: Api, agent_id: str, workers: StartWorker
+) -> None:
+    task_id = (await client.submit(agent_id)).task_id
+    first_worker = await workers(agent_id, capacity=1)
+    first = await first_worker.next_assignment()
+    ack = await first_worker.send(output=wpb.AppendOutput(task=ref(first), chunk="half of attempt 1\n"))
+    assert ack.code == 0, ack
+    assert (await status(client, task_id)).task.HasField("started_at")
+    await first_worker.close()
+
+    # Queued again: attempt 2 has not started and has no output; what attempt 1 did is not
+    # shown as if it were the current attempt's.
+    task = (await wait_for_status(client, task_id, "queued")).task
+    assert (task.attempt, task.status_reason, task.output) == (2, "LEASE_LOST", "")
+    assert not task.HasField("started_at") and not task.HasField("progress")
+
+    # Attempt 1's output is still there, as its event: a watch from the start replays it.
+    stream = client.tasks.WatchTask(
+        tpb.WatchTaskRequest(agent_id=agent_id, task_id=task_id, after_sequence=1), metadata=client.metadata
+    )
+    replayed = []
+    async for event in stream:
+        replayed.append(event)
+        if event.type == "status" and event.status == "queued":
+            break
+    stream.cancel()
+    assert [e.output for e in replayed if e.type == "output"] == ["half of attempt 1\n"]
+    assert (replayed[-1].attempt, replayed[-1].reason) == (2, "LEASE_LOST")
+
+    second_worker = await workers(agent_id, capacity=1)
+    second = await second_worker.next_assignment()
+    assert (second.task.attempt, second.task.output) == (2, "")
+    task = (await status(client, task_id)).task
+    assert task.status == "running" and task.HasField("started_at")
+
+
 async def test_input_round_trip_and_messages_in_order(client: Api, agent_id: str, workers: StartWorker) -> None:
     task_id = (await client.submit(agent_id)).task_id
     await client.tasks.SendMessage(

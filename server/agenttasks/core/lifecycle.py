@@ -190,7 +190,9 @@ def fail(task: Task, error: TaskError, now: datetime) -> Transition:
 
 
 def requeue(task: Task, reason: str, now: datetime) -> Transition:
-    """Back to the queue after a lost lease, as the next attempt."""
+    """Back to the queue after a lost lease, as the next attempt. The task shows the attempt to
+    come: the ended one's start, progress and output are not presented as its own (its output
+    stays in its output events, which WatchTask replays)."""
     attempt = task.attempt + 1
     return _move(
         task,
@@ -199,6 +201,8 @@ def requeue(task: Task, reason: str, now: datetime) -> Transition:
         status_reason=reason,
         input_prompt="",
         progress=None,
+        started_at=None,
+        output="",
         attempt=attempt,
         data={"attempt": attempt},
         **_RELEASED,

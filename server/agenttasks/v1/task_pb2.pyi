@@ -68,11 +68,15 @@ class Task(_message.Message):
     timeout_seconds: _builtins.int
     """Running-time bound in seconds: the submitted timeout_override or the agent's default."""
     output: _builtins.str
-    """Output chunks appended by the worker, concatenated."""
+    """Output chunks appended by the worker during the current attempt, concatenated. An earlier
+    attempt's output stays in the task's events (WatchTask with after_sequence replays them).
+    """
     input_prompt: _builtins.str
     """The question the agent asked, while status is awaiting_input."""
     attempt: _builtins.int
-    """1 on the first run; increases each time a lost lease puts the task back in the queue."""
+    """1 on the first run; increases each time a lost lease puts the task back in the queue
+    (status_reason LEASE_LOST while it waits there).
+    """
     last_sequence: _builtins.int
     """Sequence number of the task's latest event; WatchTask can resume after it."""
     status_reason: _builtins.str
@@ -86,7 +90,9 @@ class Task(_message.Message):
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When the current attempt started; unset while it waits in the queue (also after a lost lease)."""
+
     @_builtins.property
     def completed_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
