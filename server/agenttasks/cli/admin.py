@@ -10,11 +10,14 @@ import argparse
 import asyncio
 import sqlite3
 import sys
+from datetime import datetime, timedelta
+from typing import Any
 
 from agenttasks.auth import create_api_key, issue_token, revoke_api_key, server_jwt_secret
+from agenttasks.cli import render
 from agenttasks.cli.client import CliError
 from agenttasks.core.ids import agent_scope
-from agenttasks.core.model import Role
+from agenttasks.core.model import ApiKeyRecord, Role, utcnow
 from agenttasks.core.ports import Store
 from agenttasks.settings import Settings
 from agenttasks.store import open_store, sqlite_path
@@ -46,17 +49,12 @@ async def _keys_create(settings: Settings, tenant: str, role: Role, description:
         await store.close()
 
 
-async def _keys_list(settings: Settings, tenant: str) -> list[str]:
+async def _keys_list(settings: Settings, tenant: str) -> list[ApiKeyRecord]:
     store = await _open(settings)
     try:
-        keys = await store.read(lambda tx: tx.list_api_keys(tenant))
+        return await store.read(lambda tx: tx.list_api_keys(tenant))
     finally:
         await store.close()
-    return [
-        f"{k.key_id}  {k.role.value:<6}  {'revoked' if k.revoked_at else 'active '}  "
-        f"{k.created_at.isoformat()}  {'agent ' + k.agent_id + '  ' if k.agent_id else ''}{k.description}"
-        for k in keys
-    ]
 
 
 async def _keys_revoke(settings: Settings, key_id: str) -> bool:
@@ -67,7 +65,7 @@ async def _keys_revoke(settings: Settings, key_id: str) -> bool:
         await store.close()
 
 
-async def _token(settings: Settings, tenant: str, ttl: int, role: Role, agent_id: str) -> str:
+async def _token(settings: Settings, tenant: str, ttl: int, role: Role, agent_id: str, now: datetime) -> str:
     store = await _open(settings)
     try:
         secret = await server_jwt_secret(store, settings)
@@ -83,6 +81,7 @@ async def _token(settings: Settings, tenant: str, ttl: int, role: Role, agent_id
         tenant_claim=settings.jwt_tenant_claim,
         role_claim=settings.jwt_role_claim,
         agent_id=agent_id,
+        now=now,
     )
 
 
@@ -108,14 +107,57 @@ def _tenant(text: str) -> str:
 
 
 def keys_create(settings: Settings, args: argparse.Namespace) -> int:
-    role, agent_id = Role(args.role), _agent_scope(args.agent, args.role)
-    print(asyncio.run(_keys_create(settings, _tenant(args.tenant), role, args.description, agent_id)))
+    role, agent_id, tenant = Role(args.role), _agent_scope(args.agent, args.role), _tenant(args.tenant)
+    key = asyncio.run(_keys_create(settings, tenant, role, args.description, agent_id))
+    if args.json:
+        made = {
+            "api_key": key,
+            "key_id": key.split("_")[1],
+            "tenant": tenant,
+            "role": role.value,
+            "agent_id": agent_id,
+            "description": args.description,
+        }
+        print(render.json_document(made))
+    else:
+        print(key)
     return 0
 
 
+KEY_COLUMNS = ("key id", "role", "status", "agent", "created", "description")
+
+
+def _key_json(k: ApiKeyRecord) -> dict[str, Any]:
+    """A key's record without its secret's hash, with snake_case names and RFC 3339 times."""
+    return {
+        "key_id": k.key_id,
+        "tenant": k.tenant,
+        "role": k.role.value,
+        "agent_id": k.agent_id,
+        "description": k.description,
+        "created_at": render.rfc3339(k.created_at),
+        "revoked_at": render.rfc3339(k.revoked_at) if k.revoked_at else None,
+    }
+
+
 def keys_list(settings: Settings, args: argparse.Namespace) -> int:
-    for line in asyncio.run(_keys_list(settings, _tenant(args.tenant))):
-        print(line)
+    tenant = _tenant(args.tenant)
+    keys = asyncio.run(_keys_list(settings, tenant))
+    if args.json:
+        print(render.json_document([_key_json(k) for k in keys]))
+        return 0
+    rows = [
+        [
+            k.key_id,
+            k.role.value,
+            "revoked" if k.revoked_at else "active",
+            k.agent_id or "-",
+            render.local_time(k.created_at),
+            k.description,
+        ]
+        for k in keys
+    ]
+    render.print_table(KEY_COLUMNS, rows, f"no API keys for tenant {tenant}")
     return 0
 
 
@@ -123,14 +165,23 @@ def keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
     key_id = args.key_id.split("_")[1] if args.key_id.startswith("atk_") else args.key_id
     if not asyncio.run(_keys_revoke(settings, key_id)):
         raise CliError(f"no API key with id {key_id}")
-    print(f"revoked {key_id}", file=sys.stderr)
+    if args.json:
+        print(render.json_document({"key_id": key_id, "revoked": True}))
+    else:
+        print(f"revoked {key_id}", file=sys.stderr)
     return 0
 
 
 def token(settings: Settings, args: argparse.Namespace) -> int:
+    # Whole seconds, as the token's claims carry them, so expires_at is exactly its `exp`.
+    now = utcnow().replace(microsecond=0)
     try:
         agent_id = _agent_scope(args.agent, args.role)
-        print(asyncio.run(_token(settings, _tenant(args.tenant), args.ttl, Role(args.role), agent_id)))
+        jwt = asyncio.run(_token(settings, _tenant(args.tenant), args.ttl, Role(args.role), agent_id, now))
     except ValueError as error:
         raise CliError(str(error)) from None
+    if args.json:
+        print(render.json_document({"token": jwt, "expires_at": render.rfc3339(now + timedelta(seconds=args.ttl))}))
+    else:
+        print(jwt)
     return 0

@@ -7,6 +7,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,15 +64,27 @@ def agents_get(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_list(
+    args: argparse.Namespace, items: list[Any], columns: tuple[str, ...], row: Callable[[Any], list[str]], empty: str
+) -> None:
+    """A whole list: one JSON array with --json, else a table (its widths need every row first)."""
+    if args.json:
+        print(render.json_document([render.to_dict(item) for item in items]))
+    else:
+        render.print_table(columns, [row(item) for item in items], empty)
+
+
 def agents_list(client: Client, args: argparse.Namespace) -> int:
+    agents: list[Any] = []
     token = ""
     while True:
         page = client.call(client.agents.ListAgents, apb.ListAgentsRequest(page_size=200, page_token=token))
-        for agent in page.agents:
-            print(render.as_json(agent) if args.json else render.agent_row(agent))
+        agents.extend(page.agents)
         token = page.next_page_token
         if not token:
-            return 0
+            break
+    _show_list(args, agents, render.AGENT_COLUMNS, render.agent_row, "no agents")
+    return 0
 
 
 def agents_status(client: Client, args: argparse.Namespace) -> int:
@@ -103,7 +116,10 @@ def submit(client: Client, args: argparse.Namespace) -> int:
         request_id=args.request_id or "",
     )
     answer = client.call(client.tasks.Submit, request)
-    _show(args, answer, answer.task_id)
+    if args.watch and args.json:
+        print(render.as_json_line(answer))  # the first line of the JSON Lines that follow
+    else:
+        _show(args, answer, answer.task_id)
     if args.watch:
         return _watch(client, args.agent_id, answer.task_id, 0, args.json, args.until)
     return 0
@@ -219,18 +235,22 @@ def send(client: Client, args: argparse.Namespace) -> int:
 
 
 def tasks_list(client: Client, args: argparse.Namespace) -> int:
-    token, shown = "", 0
-    while shown < args.limit:
+    tasks: list[Any] = []
+    token = ""
+    while len(tasks) < args.limit:
         request = tpb.ListTasksRequest(
-            agent_id=args.agent_id, status=args.status or "", page_size=min(200, args.limit - shown), page_token=token
+            agent_id=args.agent_id,
+            status=args.status or "",
+            page_size=min(200, args.limit - len(tasks)),
+            page_token=token,
         )
         page = client.call(client.tasks.ListTasks, request)
-        for task in page.tasks:
-            print(render.as_json(task) if args.json else render.task_row(task))
-        shown += len(page.tasks)
+        tasks.extend(page.tasks)
         token = page.next_page_token
         if not token:
             break
+    empty = f"no {args.status + ' ' if args.status else ''}tasks for agent {args.agent_id}"
+    _show_list(args, tasks[: args.limit], render.TASK_COLUMNS, render.task_row, empty)
     return 0
 
 
@@ -246,7 +266,7 @@ def _watch(client: Client, agent_id: str, task_id: str, after: int, as_json: boo
             for event in stream:
                 retry_until = 0.0  # connected: a later shutdown gets a fresh retry window
                 if as_json:
-                    print(render.as_json(event), flush=True)
+                    print(render.as_json_line(event), flush=True)
                 else:
                     render.write_event(event, sys.stdout)
                 if until and event.type != "end" and event.status == until:

@@ -98,10 +98,18 @@ def _until_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _client_options(p: argparse.ArgumentParser) -> None:
+JSON_OBJECT = "print one JSON object (the API's snake_case fields) instead of text"
+JSON_ARRAY = "print one JSON array of everything listed (the API's snake_case fields) instead of a table"
+
+
+def _json_option(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--json", action="store_true", help=help_text)
+
+
+def _client_options(p: argparse.ArgumentParser, json_help: str) -> None:
     p.add_argument("--server", help="gRPC address of the service (env AGENTTASKS_SERVER; default 127.0.0.1:50051)")
     p.add_argument("--api-key", help="API key or JWT to send (env AGENTTASKS_API_KEY)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _json_option(p, json_help)
 
 
 def _db_option(p: argparse.ArgumentParser) -> None:
@@ -109,11 +117,17 @@ def _db_option(p: argparse.ArgumentParser) -> None:
 
 
 def _add(
-    sub: Any, name: str, help_text: str, *, client: ClientCommand | None = None, local: LocalCommand | None = None
+    sub: Any,
+    name: str,
+    help_text: str,
+    *,
+    client: ClientCommand | None = None,
+    local: LocalCommand | None = None,
+    json_help: str = JSON_OBJECT,
 ) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
     if client is not None:
-        _client_options(p)
+        _client_options(p, json_help)
         p.set_defaults(client_command=client)
     if local is not None:
         p.set_defaults(local_command=local)
@@ -159,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=[r.value for r in Role], default="client", help="what it may do (default client)")
     p.add_argument("--description", default="", help="a note to tell keys apart")
     p.add_argument("--agent", help="for a worker key: the one agent it may serve (recommended; default any)")
+    _json_option(p, 'print {"api_key": ..., "key_id": ..., ...} instead of the key alone')
     p = _add(
         keys_sub,
         "list",
@@ -167,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _db_option(p)
     p.add_argument("--tenant", required=True, help="tenant whose keys to list")
+    _json_option(p, JSON_ARRAY)
     p = _add(
         keys_sub,
         "revoke",
@@ -175,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _db_option(p)
     p.add_argument("key_id", help="the key id (the part after 'atk_')")
+    _json_option(p, 'print {"key_id": ..., "revoked": true} on stdout')
 
     p = _add(
         sub,
@@ -188,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=[r.value for r in Role], default="client", help="role claim (default client)")
     p.add_argument("--agent", help="for a worker token: the one agent it may serve (agent_id claim)")
     p.add_argument("--jwt-secret", help="sign with this secret instead of the one in the database")
+    _json_option(p, 'print {"token": ..., "expires_at": ...} instead of the token alone')
 
     agents = _add(sub, "agents", "Create and manage agents.")
     agents_sub = agents.add_subparsers(dest="agents_command", metavar="ACTION", parser_class=_Parser, required=True)
@@ -211,9 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
         }.get(action, commands.agents_status)
         p = _add(agents_sub, action, text, client=handler)
         p.add_argument("agent_id", help="the agent's id")
-    _add(agents_sub, "list", "List your agents.", client=commands.agents_list)
+    _add(agents_sub, "list", "List your agents.", client=commands.agents_list, json_help=JSON_ARRAY)
 
-    p = _add(sub, "submit", "Submit a task to an agent and print its id.", client=commands.submit)
+    p = _add(
+        sub,
+        "submit",
+        "Submit a task to an agent and print its id.",
+        client=commands.submit,
+        json_help="print the answer as one JSON object; with --watch, JSON Lines (one compact JSON object "
+        "per line): the answer, then one per event",
+    )
     p.add_argument("agent_id", help="the agent's id")
     p.add_argument("message", help="the task's instructions")
     p.add_argument("--priority", type=_priority, help="1 (lowest) to 10 (highest); default 5")
@@ -229,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         "submit-batch",
         "Submit many tasks to an agent from a JSON Lines file and print their ids, in order.",
         client=commands.submit_batch,
+        json_help="print JSON Lines instead of ids: one compact JSON object (a Submit answer) per task, in order",
     )
     p.add_argument("agent_id", help="the agent's id")
     p.add_argument(
@@ -239,7 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "status", "Show a task's status, progress and result.", client=commands.status)
     p.add_argument("task_id", help="the task's id")
-    p = _add(sub, "watch", "Follow a task live until it ends (exit 0 if it completed).", client=commands.watch)
+    p = _add(
+        sub,
+        "watch",
+        "Follow a task live until it ends (exit 0 if it completed).",
+        client=commands.watch,
+        json_help="print JSON Lines instead of text: one compact JSON object per event, as it happens",
+    )
     p.add_argument("task_id", help="the task's id")
     p.add_argument("--after", type=int, default=0, help="also replay stored events after this sequence number")
     _until_option(p)
@@ -253,7 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     hooks = _add(sub, "webhooks", "Webhook deliveries and the signing secret.")
     hooks_sub = hooks.add_subparsers(dest="webhooks_command", metavar="ACTION", parser_class=_Parser, required=True)
     p = _add(
-        hooks_sub, "list", "Show a task's webhook deliveries and how they went.", client=webhook_cmds.list_deliveries
+        hooks_sub,
+        "list",
+        "Show a task's webhook deliveries and how they went.",
+        client=webhook_cmds.list_deliveries,
+        json_help=JSON_ARRAY,
     )
     p.add_argument("task_id", help="the task's id")
     p = _add(hooks_sub, "retry", "Send a dead webhook delivery again now.", client=webhook_cmds.retry)
@@ -269,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     tasks = _add(sub, "tasks", "List tasks.")
     tasks_sub = tasks.add_subparsers(dest="tasks_command", metavar="ACTION", parser_class=_Parser, required=True)
-    p = _add(tasks_sub, "list", "List an agent's tasks, newest first.", client=commands.tasks_list)
+    p = _add(
+        tasks_sub, "list", "List an agent's tasks, newest first.", client=commands.tasks_list, json_help=JSON_ARRAY
+    )
     p.add_argument("agent_id", help="the agent's id")
     p.add_argument("--status", help="only tasks in this status")
     p.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from google.protobuf.message import Message
-
 from agenttasks.cli import render
 from agenttasks.cli.client import Client
 from agenttasks.v1 import webhook_service_pb2 as wpb
@@ -18,24 +16,17 @@ def _stub(client: Client) -> webhook_service_pb2_grpc.WebhookServiceStub:
     return webhook_service_pb2_grpc.WebhookServiceStub(client.channel)
 
 
-def _time(message: Message, field: str) -> str:
-    if not message.HasField(field):
-        return "-"
-    return str(getattr(message, field).ToDatetime().isoformat(timespec="seconds") + "Z")
-
-
 def list_deliveries(client: Client, args: argparse.Namespace) -> int:
     request = wpb.ListWebhookDeliveriesRequest(agent_id=ANY_AGENT, task_id=args.task_id)
     answer = client.call(_stub(client).ListWebhookDeliveries, request)
-    if args.json:
-        print(render.as_json(answer))
+    if args.json:  # an array, like every other list (the answer has no page token to keep)
+        print(render.json_document([render.to_dict(d) for d in answer.deliveries]))
         return 0
-    if not answer.deliveries:
-        print("no webhook deliveries (is the task's callback_mode webhook, and has it reached an event yet?)")
-    for d in answer.deliveries:
-        last = f"HTTP {d.last_status_code}" if d.last_status_code else (d.last_error or "-")
-        when = f"next {_time(d, 'next_attempt_at')}" if d.state == "pending" else f"at {_time(d, 'last_attempt_at')}"
-        print(f"{d.delivery_id}  {d.event_type:<19}  {d.state:<9}  attempts {d.attempts:<2}  last {last}  {when}")
+    render.print_table(
+        render.DELIVERY_COLUMNS,
+        [render.delivery_row(d) for d in answer.deliveries],
+        "no webhook deliveries (is the task's callback_mode webhook, and has it reached an event yet?)",
+    )
     return 0
 
 
@@ -60,5 +51,6 @@ def rotate_secret(client: Client, args: argparse.Namespace) -> int:
         print(render.as_json(answer))
     else:
         print(answer.secret)
-        print(f"the previous secret keeps signing too until {_time(answer, 'previous_expires_at')}")
+        until = render.when(answer, "previous_expires_at", seconds=True)
+        print(f"the previous secret keeps signing too until {until}")
     return 0
