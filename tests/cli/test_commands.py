@@ -333,6 +333,37 @@ def test_submit_watch_prints_the_id_then_follows(cli: Cli, server: Server) -> No
     assert lines[-1] == "[end] task finished; task cancelled", lines
 
 
+@pytest.mark.timeout(120)
+def test_a_requeued_task_reads_as_its_next_attempt(cli: Cli, server: Server) -> None:
+    agent = new_agent(cli, "requeued")
+    task = new_task(cli, agent, "count them")
+    worker_key = ok(cli("keys", "create", "--tenant", "default", "--role", "worker", "--db", str(server.db_path)))
+    # A program that talks until its worker is gone (then its next write fails and it ends).
+    talker = "import time\nwhile True:\n    print('sheep', flush=True)\n    time.sleep(0.2)"
+    env = {"AGENTTASKS_SERVER": server.address, "AGENTTASKS_API_KEY": worker_key.strip()}
+    worker = Spawned("worker", agent, "--", "python3", "-c", talker, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while "sheep" not in (shown := ok(cli("status", task))):
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.1)
+        assert field(shown, "started")
+    finally:
+        worker.kill()  # SIGKILL: the worker vanishes, its lease is lost, the task is requeued
+    deadline = time.monotonic() + 60
+    while field(shown := ok(cli("status", task)), "status") != "queued (LEASE_LOST)":
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.1)
+    # Attempt 2 has not started and said nothing; attempt 1's start and output are not its own.
+    assert field(shown, "attempt").startswith("2 (attempt 1 ended when its worker was lost;"), shown
+    assert not [line for line in shown.splitlines() if line.startswith(("started", "output:"))], shown
+    assert "sheep" not in shown, shown
+    # What attempt 1 said is kept, in the events.
+    ok(cli("cancel", task))
+    replay = cli("watch", task, "--after", "1").stdout
+    assert "sheep" in replay and re.search(r"^\[\d+\] queued again for attempt 2 \(LEASE_LOST\)$", replay, re.M), replay
+
+
 # --- keys and tokens (local commands on the database file) ---
 
 

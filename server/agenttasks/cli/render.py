@@ -93,6 +93,12 @@ def task_text(t: task_pb2.Task) -> str:
         f"priority  {t.priority}",
         f"created   {when(t, 'created_at', seconds=True)}",
     ]
+    if t.attempt > 1:
+        # Only a lost lease starts another attempt; the earlier ones' output is in the events.
+        lines.append(
+            f"attempt   {t.attempt} (attempt {t.attempt - 1} ended when its worker was lost; "
+            f"'agenttasks watch {t.task_id} --after 1' replays every attempt)"
+        )
     if t.HasField("started_at"):
         lines.append(f"started   {when(t, 'started_at', seconds=True)}")
     if t.HasField("completed_at"):
@@ -177,6 +183,8 @@ def write_event(e: task_service_pb2.WatchTaskResponse, out: TextIO) -> None:
             detail = f": {e.result.text}"
         elif e.HasField("error"):
             detail = f": {e.error.code} {e.error.message}"
+        elif e.status == "queued" and e.attempt > 1:  # requeued: a new attempt will start
+            detail = f" again for attempt {e.attempt} ({e.reason or 'LEASE_LOST'})"
         elif e.reason:
             detail = f" ({e.reason})"
         out.write(f"{head}{e.status}{detail}\n")
