@@ -10,6 +10,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from agenttasks.reach import unreachable
 from agenttasks.settings import Settings
 from agenttasks.v1 import agent_service_pb2_grpc, task_service_pb2_grpc
 
@@ -23,14 +24,15 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
-def describe_rpc_error(error: grpc.RpcError) -> str:
-    """`CODE (REASON): message [field: why]` from a rich status, or the plain details."""
+def describe_rpc_error(error: grpc.RpcError, server: str | None = None) -> str:
+    """`CODE (REASON): message [field: why]` from a rich status, or the plain details. A plain
+    UNAVAILABLE is the channel failing to reach `server` (the address as given), said plainly."""
     code = error.code().name if isinstance(error, grpc.Call) else "UNKNOWN"
     status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
     if status is None:
         details = error.details() if isinstance(error, grpc.Call) else str(error)
         if code == "UNAVAILABLE":
-            return f"cannot reach the server: {details}"
+            return unreachable(details or "", server)
         return f"{code}: {details}"
     reason = ""
     for detail in status.details:
@@ -64,12 +66,12 @@ class Client:
     def call(self, method: Any, request: Any, timeout: float | None = 30.0, **extra: str) -> Any:
         """Call a unary RPC; RPC errors become a CliError with one clear line."""
         metadata = self._metadata + tuple(extra.items())
-        with rpc_errors():
+        with rpc_errors(self.server):
             return method(request, metadata=metadata, timeout=timeout)
         raise AssertionError("unreachable")
 
     def stream(self, method: Any, request: Any) -> Generator[Any, None, None]:
-        with rpc_errors():
+        with rpc_errors(self.server):
             yield from method(request, metadata=self._metadata)
 
     def close(self) -> None:
@@ -77,8 +79,9 @@ class Client:
 
 
 @contextmanager
-def rpc_errors() -> Iterator[None]:
+def rpc_errors(server: str | None = None) -> Iterator[None]:
+    """RPC errors raised inside become a CliError; `server` names the address when unreachable."""
     try:
         yield
     except grpc.RpcError as error:
-        raise CliError(describe_rpc_error(error)) from None
+        raise CliError(describe_rpc_error(error, server)) from None

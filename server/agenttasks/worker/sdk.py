@@ -20,6 +20,7 @@ import grpc
 
 from agenttasks.core.dispatch import MAX_CAPACITY
 from agenttasks.heap import freeze_startup_objects
+from agenttasks.reach import unreachable
 from agenttasks.v1 import worker_service_pb2
 from agenttasks.worker.connection import ConnectRefused, Session, StreamEnded, describe
 from agenttasks.worker.context import Handler
@@ -187,8 +188,11 @@ class Worker:
         except ConnectRefused:
             raise
         except grpc.aio.AioRpcError as error:
-            code, _, message = describe(error)
-            log.warning("cannot connect to %s: %s: %s", self.server, code, message)
+            code, reason, message = describe(error)
+            if code == "UNAVAILABLE" and not reason:  # the channel's own failure: say it plainly
+                log.warning("%s", unreachable(message, self.server))
+            else:
+                log.warning("cannot connect to %s: %s: %s", self.server, code, message)
             return failures
         except (StreamEnded, TimeoutError) as error:
             log.warning("cannot connect to %s: %s", self.server, error or "no welcome in time")
