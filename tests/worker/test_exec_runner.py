@@ -236,6 +236,17 @@ async def worker_process(service: Service) -> AsyncIterator[Callable[..., Awaita
         await proc.communicate()
 
 
+async def connect_line(proc: asyncio.subprocess.Process) -> str:
+    """The worker's stderr up to and including its connect line (the last line returned)."""
+    assert proc.stderr is not None
+    seen: list[str] = []
+    async with asyncio.timeout(WAIT_SECONDS):
+        while "connected to" not in (line := (await proc.stderr.readline()).decode()):
+            assert line, "the worker ended before it connected:\n" + "".join(seen)
+            seen.append(line)
+    return "".join(seen) + line
+
+
 async def finished(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
     async with asyncio.timeout(WAIT_SECONDS):
         out, err = await proc.communicate()
@@ -250,11 +261,9 @@ async def test_cli_worker_end_to_end(
     proc = await worker_process(
         tasks.agent_id, "--capacity", "2", "--name", "cli-test", "--", PY, str(ASK_AGENT), api_key=worker_key
     )
-    assert proc.stdout is not None
-    async with asyncio.timeout(WAIT_SECONDS):
-        connected = (await proc.stdout.readline()).decode()
-    assert connected.startswith("agenttasks worker "), connected
-    assert f"agent {tasks.agent_id}, capacity 2" in connected
+    connected = (await connect_line(proc)).splitlines()[-1]
+    assert connected.startswith("agenttasks worker: connected to "), connected
+    assert connected.endswith(f"(agent {tasks.agent_id}, capacity 2)"), connected
 
     task_id = await tasks.submit("Are you there?")
     assert (await tasks.wait(task_id, "awaiting_input")).input_prompt == "What is your name?"
@@ -263,10 +272,27 @@ async def test_cli_worker_end_to_end(
     assert task.result.text.endswith("Hello, Grace! You asked: Are you there?\n")
 
     proc.send_signal(signal.SIGTERM)
-    code, _, err = await finished(proc)
+    code, out, err = await finished(proc)
     assert code == 0, err
     assert "agenttasks worker: stopped" in err
     assert "Traceback" not in err
+    assert out == "", out  # every line of the worker's own goes to stderr
+
+
+async def test_cli_worker_says_it_connected_once_on_stderr(
+    worker_process: Callable[..., Awaitable[asyncio.subprocess.Process]], worker_key: str, tasks: Tasks
+) -> None:
+    """One connect line in one format (the worker's log line), not a second one on stdout."""
+    proc = await worker_process(tasks.agent_id, "--", "head", "-n", "1", api_key=worker_key)
+    before = await connect_line(proc)
+    task = await tasks.wait(await tasks.submit("meow\npurr"), "completed", "failed")
+    assert (task.status, task.result.text) == ("completed", "meow\n"), task.error.message
+
+    proc.send_signal(signal.SIGTERM)
+    code, out, err = await finished(proc)
+    assert code == 0, err
+    said = (before + out + err).splitlines()
+    assert len([line for line in said if "connected to" in line]) == 1, said
 
 
 async def test_cli_worker_stops_on_sigint_killing_its_commands(
@@ -277,9 +303,7 @@ async def test_cli_worker_stops_on_sigint_killing_its_commands(
     proc = await worker_process(
         tasks.agent_id, "--grace-seconds", "0.5", "--", PY, "-c", FAMILY_PROGRAM, api_key=worker_key
     )
-    assert proc.stdout is not None
-    async with asyncio.timeout(WAIT_SECONDS):
-        assert "connected" in (await proc.stdout.readline()).decode()
+    await connect_line(proc)
     task_id = await tasks.submit()
     child, grandchild = await pids_of(tasks, task_id)
 

@@ -1,9 +1,9 @@
 """`agenttasks worker AGENT_ID -- COMMAND [ARGS...]`: serve an agent's tasks with a command line
 program, one process per task (the exec runner; docs/worker-protocol.md has its contract).
 
-It prints one line once connected, logs reconnections and failed tasks to stderr, and stops
-cleanly on SIGTERM or SIGINT: running commands get SIGTERM (SIGKILL after the grace period) and
-the server requeues their tasks.
+It logs to stderr: one line once connected (again after each reconnect), the reconnections and
+failed tasks. It stops cleanly on SIGTERM or SIGINT: running commands get SIGTERM (SIGKILL after
+the grace period) and the server requeues their tasks.
 """
 
 from __future__ import annotations
@@ -98,20 +98,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _serve(worker: Worker) -> None:
+    """Run the worker until SIGTERM or SIGINT. The worker logs its own connect line (on stderr,
+    with its other log lines), so nothing is printed here."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
-    running = asyncio.create_task(worker.run(), name="agenttasks-worker")
-    try:
-        await worker.wait_connected()
-    except Exception:
-        await asyncio.gather(running, return_exceptions=True)
-        if worker.stopping:  # stopped (SIGINT/SIGTERM) before it ever connected: a clean exit
-            return
-        raise
-    print(
-        f"agenttasks worker {worker.worker_id} connected to {worker.server}: "
-        f"agent {worker.agent_id}, capacity {worker.capacity}",
-        flush=True,
-    )
-    await running
+    await worker.run()
