@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """A tiny agent for `agenttasks worker`: it asks the client for a name and greets them.
 
-    agenttasks worker AGENT_ID -- python3 examples/ask_agent.py
+    agenttasks worker AGENT_ID --interactive -- python3 examples/ask_agent.py
+
+It asks a question, so it needs `--interactive`: without it the runner closes stdin after the
+message, and the `::input::` line fails the task (INPUT_NOT_SUPPORTED) instead of waiting for
+an answer the program could never read. (shout_agent.py is the plain, filter-style kind.)
 
 It speaks the exec runner's contract (docs/worker-protocol.md) and nothing else: no network, no
-model. The task message arrives on stdin (AGENTTASKS_MESSAGE_LINES lines of it), every stdout
-line becomes task output, `::progress::` and `::input::` lines are instructions to the runner,
-and the answer to a question comes back as one line on stdin. Exit 0 completes the task.
+model. The task message arrives on stdin (AGENTTASKS_MESSAGE_LINES lines of it: stdin stays open
+after it, so read exactly those), every stdout line becomes task output, `::progress::` and
+`::input::` lines are instructions to the runner, and the answer to a question comes back as one
+line on stdin. Exit 0 completes the task.
 """
 
 from __future__ import annotations

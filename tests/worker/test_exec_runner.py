@@ -1,6 +1,7 @@
 """The exec runner with real processes against the real service, and `agenttasks worker` as a
-real process: the stdin/env/stdout contract, exit codes, and that a cancel (or timeout, or a
-stopping worker) kills the whole process group."""
+real process: the stdin/env/stdout contract (stdin closed after the message by default, kept open
+for answers when interactive), exit codes, and that a cancel (or timeout, or a stopping worker)
+kills the whole process group."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from agenttasks.app import Service
 from agenttasks.auth import create_api_key
 from agenttasks.core.model import Role
 from agenttasks.worker import ExecRunner, Worker
+from agenttasks.worker.exec_runner import INPUT_NOT_SUPPORTED
 from tests.worker.conftest import (
     AGENTTASKS,
     ASK_AGENT,
@@ -82,7 +84,7 @@ async def pids_of(tasks: Tasks, task_id: str) -> list[int]:
 
 
 async def test_ask_agent_end_to_end_with_an_input_round_trip(start_worker: StartWorker, tasks: Tasks) -> None:
-    await start_worker(ExecRunner([PY, str(ASK_AGENT)]))
+    await start_worker(ExecRunner([PY, str(ASK_AGENT)], interactive=True))
     task_id = await tasks.submit("What is 2+2?")
 
     waiting = await tasks.wait(task_id, "awaiting_input")
@@ -96,6 +98,74 @@ async def test_ask_agent_end_to_end_with_an_input_round_trip(start_worker: Start
     assert task.result.text == expected
     assert task.output == expected
     assert (task.progress.percent, task.progress.text) == (100, "done")
+
+
+UPPER = "import sys; print(sys.stdin.read().upper())"
+BIG_MESSAGE = "".join(f"line {i:06d} of a message larger than any pipe buffer\n" for i in range(4000))
+"""About 220 KB (the server takes 256 KiB): more than three times Linux's 64 KiB pipe buffer."""
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [(["cat"], "hello agent\n"), (["wc", "-c"], "12\n"), ([PY, "-c", UPPER], "HELLO AGENT\n\n")],
+    ids=["cat", "wc", "python-read"],
+)
+async def test_filters_that_read_stdin_to_its_end_complete(
+    start_worker: StartWorker, tasks: Tasks, command: list[str], expected: str
+) -> None:
+    """stdin is closed after the message by default, so a program reading to end of file ends."""
+    await start_worker(ExecRunner(command))
+    task = await tasks.wait(await tasks.submit("hello agent"), "completed", "failed")
+    assert (task.status, task.result.text) == ("completed", expected), task.error.message
+    assert task.output == expected
+
+
+async def test_a_filter_gets_a_multi_line_message_and_its_line_count(start_worker: StartWorker, tasks: Tasks) -> None:
+    program = "import os, sys; print(os.environ['AGENTTASKS_MESSAGE_LINES'], repr(sys.stdin.read()))"
+    await start_worker(ExecRunner([PY, "-c", program]))
+    task = await tasks.wait(await tasks.submit("one\ntwo\n\nfour"), "completed", "failed")
+    assert task.result.text == "4 'one\\ntwo\\n\\nfour\\n'\n", task.error.message
+
+
+async def test_a_program_with_no_output_completes_with_an_empty_result(start_worker: StartWorker, tasks: Tasks) -> None:
+    """It reads its input to the end (`true` would not even wait for that) and prints nothing."""
+    await start_worker(ExecRunner([PY, "-c", "import sys; sys.stdin.read()"]))
+    task = await tasks.wait(await tasks.submit("ignored"), "completed", "failed")
+    assert (task.status, task.result.text, task.output) == ("completed", "", ""), task.error.message
+
+
+async def test_a_message_larger_than_the_pipe_reaches_a_filter_whole(start_worker: StartWorker, tasks: Tasks) -> None:
+    await start_worker(ExecRunner(["cat"]))
+    task = await tasks.wait(await tasks.submit(BIG_MESSAGE), "completed", "failed")
+    assert task.status == "completed", task.error.message
+    assert task.result.text == BIG_MESSAGE
+
+
+async def test_a_program_that_never_reads_a_large_message_still_completes(
+    start_worker: StartWorker, tasks: Tasks
+) -> None:
+    """Its stdin breaks (EPIPE) under the message: not an error, its exit decides. (A guard for
+    the feeder that closes stdin; the runner that kept stdin open passed it too.)"""
+    await start_worker(ExecRunner([PY, "-c", "import sys; sys.stdin.close(); print('done')"]))
+    task = await tasks.wait(await tasks.submit(BIG_MESSAGE), "completed", "failed")
+    assert (task.status, task.result.text) == ("completed", "done\n"), task.error.message
+
+
+@pytest.mark.parametrize("then", ["reads-eof", "waits"])
+async def test_a_question_without_interactive_fails_the_task_naming_the_option(
+    start_worker: StartWorker, tasks: Tasks, then: str
+) -> None:
+    """ask_agent.py reads the closed stdin and exits 3; the other program would wait forever.
+    Either way the task fails at once with the reason, not with the exit status or a timeout."""
+    waits = "import time\nprint('::input:: Which year?', flush=True)\ntime.sleep(600)"
+    command = [PY, str(ASK_AGENT)] if then == "reads-eof" else [PY, "-c", waits]
+    await start_worker(ExecRunner(command, grace_seconds=0.5))
+    task = await tasks.wait(await tasks.submit("hi"), "failed", "awaiting_input", "completed")
+    assert task.status == "failed", task
+    assert task.error.code == INPUT_NOT_SUPPORTED
+    prompt = "What is your name?" if then == "reads-eof" else "Which year?"
+    assert f"asked for input (::input:: {prompt}) but runs without --interactive" in task.error.message
+    assert "Run the worker with --interactive" in task.error.message
 
 
 async def test_stdin_and_environment(start_worker: StartWorker, tasks: Tasks) -> None:
@@ -259,7 +329,10 @@ async def test_cli_worker_end_to_end(
     worker_process: Callable[..., Awaitable[asyncio.subprocess.Process]], worker_key: str, tasks: Tasks
 ) -> None:
     proc = await worker_process(
-        tasks.agent_id, "--capacity", "2", "--name", "cli-test", "--", PY, str(ASK_AGENT), api_key=worker_key
+        tasks.agent_id,
+        *("--capacity", "2", "--name", "cli-test", "--interactive"),
+        *("--", PY, str(ASK_AGENT)),
+        api_key=worker_key,
     )
     connected = (await connect_line(proc)).splitlines()[-1]
     assert connected.startswith("agenttasks worker: connected to "), connected
@@ -325,6 +398,11 @@ async def test_cli_worker_help() -> None:
     assert code == 0
     for flag in ("AGENT_ID", "COMMAND", "--capacity", "--grace-seconds", "--name", "--server", "--api-key"):
         assert flag.lower() in out.lower(), flag
+    # Both stdin modes are explained, with an example of each.
+    assert "stdin, two modes:" in out
+    assert "then end of file" in out and "stdin stays open after the message" in out
+    assert "-- python3 examples/shout_agent.py" in out
+    assert "--interactive -- python3 examples/ask_agent.py" in out
 
 
 def error_line(err: str) -> str:

@@ -1,5 +1,6 @@
-"""`agenttasks worker AGENT_ID -- COMMAND [ARGS...]`: serve an agent's tasks with a command line
-program, one process per task (the exec runner; docs/worker-protocol.md has its contract).
+"""`agenttasks worker AGENT_ID [--interactive] -- COMMAND [ARGS...]`: serve an agent's tasks with a
+command line program, one process per task (the exec runner; docs/worker-protocol.md has its
+contract).
 
 It logs to stderr: one line once connected (again after each reconnect), the reconnections and
 failed tasks. It stops cleanly on SIGTERM or SIGINT: running commands get SIGTERM (SIGKILL after
@@ -24,7 +25,23 @@ if TYPE_CHECKING:
     from agenttasks.worker import Worker
 
 HELP = "Serve an agent's tasks by running COMMAND once per task (give it after '--')."
-USAGE_HINT = "usage: agenttasks worker AGENT_ID [--capacity N] -- COMMAND [ARGS...]"
+USAGE_HINT = "usage: agenttasks worker AGENT_ID [--capacity N] [--interactive] -- COMMAND [ARGS...]"
+EPILOG = """\
+stdin, two modes:
+  by default       COMMAND reads the task's message on stdin, then end of file, like any
+                   filter: 'cat', 'wc -c', 'jq .', a script that reads its prompt to the end.
+                   Its stdout is the task's output and, on exit 0, its result.
+  --interactive    stdin stays open after the message: a '::input:: PROMPT' line on stdout
+                   asks the client, and the answer arrives on stdin as one more line. Without
+                   --interactive such a line fails the task (INPUT_NOT_SUPPORTED).
+
+examples:
+  agenttasks worker AGENT_ID -- python3 examples/shout_agent.py
+  agenttasks worker AGENT_ID --interactive -- python3 examples/ask_agent.py
+
+stdout lines '::progress:: PERCENT [TEXT]' report progress; exit N > 0 fails the task with
+EXIT_N and the end of stderr. docs/worker-protocol.md has the whole contract.
+"""
 
 
 def _capacity(text: str) -> int:
@@ -48,7 +65,10 @@ def _seconds(text: str) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The worker command's arguments (client connection flags included, but no --json)."""
+    """The worker command's arguments (client connection flags included, but no --json), and
+    the help's account of the two stdin modes."""
+    p.epilog = EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--server", help="gRPC address of the service (env AGENTTASKS_SERVER; default 127.0.0.1:50051)")
     p.add_argument("--api-key", help="a worker (or admin) API key (env AGENTTASKS_API_KEY)")
     p.add_argument("agent_id", help="the agent whose tasks to serve")
@@ -60,6 +80,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="on cancel, how long COMMAND has after SIGTERM before SIGKILL (default 5)",
     )
     p.add_argument("--name", help="a name for this worker in the server's logs (default hostname:pid)")
+    p.add_argument(
+        "--interactive",
+        action="store_true",
+        help="keep COMMAND's stdin open after the message, for the answers to its '::input::' "
+        "questions (default: close it, so filters that read to the end finish)",
+    )
     p.add_argument(
         "command",
         nargs="+",
@@ -85,7 +111,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         server=settings.server,
         api_key=settings.api_key.get_secret_value(),
         agent_id=args.agent_id,
-        handler=ExecRunner(command, grace_seconds=args.grace_seconds),
+        handler=ExecRunner(command, interactive=args.interactive, grace_seconds=args.grace_seconds),
         capacity=args.capacity,
         name=args.name,
     )

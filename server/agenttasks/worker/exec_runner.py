@@ -3,13 +3,16 @@
 The contract (docs/worker-protocol.md has it in full):
 
 - stdin: the task message and a newline (`AGENTTASKS_MESSAGE_LINES` says how many lines it
-  spans); later, one line per answer to an `::input::` question. stdin stays open meanwhile.
+  spans), then end of file, so a filter that reads to the end (`cat`, `wc`, `jq`, an LLM tool
+  reading its prompt) finishes. With `interactive=True` (`agenttasks worker --interactive`)
+  stdin stays open instead, and each answer to an `::input::` question arrives as one more line.
 - environment: the worker's own, minus its `AGENTTASKS_*` settings (they hold its credentials),
   plus `AGENTTASKS_TASK_ID`, `AGENTTASKS_AGENT_ID`, `AGENTTASKS_ATTEMPT`, `AGENTTASKS_PRIORITY`,
   `AGENTTASKS_METADATA` (a JSON object) and `AGENTTASKS_MESSAGE_LINES`.
 - stdout: streamed to the task's output as it arrives. Two kinds of line are instructions
-  instead: `::input:: PROMPT` asks the client and writes the reply to stdin as one line, and
-  `::progress:: PERCENT [TEXT]` reports progress.
+  instead: `::input:: PROMPT` asks the client and writes the reply to stdin as one line (only
+  when interactive: otherwise it fails the task with INPUT_NOT_SUPPORTED, since nobody could
+  read the answer), and `::progress:: PERCENT [TEXT]` reports progress.
 - exit 0 completes the task with stdout minus the instruction lines; exit N fails it with code
   EXIT_N and the last 2 KB of stderr; death by a signal fails it with WORKER_ERROR.
 - cancel (by the client, a timeout, a lost lease, the worker stopping): SIGTERM to the process
@@ -32,6 +35,9 @@ from pathlib import Path
 from agenttasks.worker.context import WORKER_ERROR, ReportRejected, TaskContext, TaskFailed
 
 INPUT_PREFIX = "::input::"
+INPUT_NOT_SUPPORTED = "INPUT_NOT_SUPPORTED"
+"""The failure code of a program that asks a question while it runs without `interactive`."""
+MAX_PROMPT_CHARS = 200
 PROGRESS_PREFIX = "::progress::"
 STDERR_TAIL_BYTES = 2048
 READ_CHUNK_BYTES = 64 * 1024
@@ -139,6 +145,18 @@ async def _feed(stdin: asyncio.StreamWriter, queue: asyncio.Queue[str]) -> None:
             await stdin.drain()
 
 
+async def _feed_and_close(stdin: asyncio.StreamWriter, text: str) -> None:
+    """Write `text` to the program's stdin, then close it: the end of file is what tells `cat`
+    or `wc` the input is complete. A program that exits (or closes stdin) without reading it all
+    is not an error: its exit decides the task."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        stdin.write(text.encode())
+        await stdin.drain()  # a message larger than the pipe goes as fast as the program reads
+    stdin.close()
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        await stdin.wait_closed()
+
+
 async def _tail(stream: asyncio.StreamReader) -> bytes:
     """Read the stream to its end (so the program never blocks on it), keeping the last bytes."""
     tail = bytearray()
@@ -149,14 +167,18 @@ async def _tail(stream: asyncio.StreamReader) -> bytes:
 
 
 class _Conversation:
-    """The stdout side of one run: output, questions, progress, and the text of the result."""
+    """The stdout side of one run: output, questions, progress, and the text of the result.
 
-    def __init__(self, ctx: TaskContext, stdin: asyncio.Queue[str]) -> None:
+    `answers` is the queue feeding stdin, or None when stdin was closed after the message:
+    then a question cannot be answered and fails the task."""
+
+    def __init__(self, ctx: TaskContext, answers: asyncio.Queue[str] | None, program: str) -> None:
         self.result_bytes = 0
         self.truncated = False
         self.output_full = False
         self.ctx = ctx
-        self.stdin = stdin
+        self.answers = answers
+        self.program = program
         self.result: list[str] = []
         self.asking = False
 
@@ -172,12 +194,24 @@ class _Conversation:
                 await self._flush(pending)
                 if progress is not None:
                     await self.ctx.progress(*progress)
+                elif self.answers is None:
+                    raise self._cannot_ask(instruction[1])
                 else:
                     self.asking = True
                     reply = await self.ctx.ask(instruction[1])
                     self.asking = False
-                    self.stdin.put_nowait(_one_line(reply) + "\n")
+                    self.answers.put_nowait(_one_line(reply) + "\n")
             await self._flush(pending)
+
+    def _cannot_ask(self, prompt: str) -> TaskFailed:
+        if len(prompt) > MAX_PROMPT_CHARS:
+            prompt = prompt[: MAX_PROMPT_CHARS - 3] + "..."
+        return TaskFailed(
+            INPUT_NOT_SUPPORTED,
+            f"{self.program} asked for input ({INPUT_PREFIX} {prompt}) but runs without --interactive: "
+            "its stdin is closed after the message, so it could never read an answer. Run the worker "
+            "with --interactive (ExecRunner(..., interactive=True)) for a program that asks questions.",
+        )
 
     async def _flush(self, pending: list[str]) -> None:
         """Send the pending lines as few output chunks as the size bound allows."""
@@ -241,12 +275,17 @@ _cleanups: set[asyncio.Task[None]] = set()
 
 
 class ExecRunner:
-    """A worker handler that runs `command` (no shell) for each task; see the module docstring."""
+    """A worker handler that runs `command` (no shell) for each task; see the module docstring.
+
+    By default the program gets the message on stdin and then end of file, like any filter.
+    `interactive=True` keeps stdin open for the answers to its `::input::` questions instead.
+    """
 
     def __init__(
         self,
         command: Sequence[str],
         *,
+        interactive: bool = False,
         grace_seconds: float = 5.0,
         cwd: str | Path | None = None,
         env: Mapping[str, str] | None = None,
@@ -256,12 +295,13 @@ class ExecRunner:
         if grace_seconds < 0:
             raise ValueError("grace_seconds must not be negative")
         self.command = list(command)
+        self.interactive = interactive
         self.grace_seconds = grace_seconds
         self.cwd = cwd
         self.env = env
 
     def __repr__(self) -> str:
-        return f"ExecRunner({self.command!r})"
+        return f"ExecRunner({self.command!r}" + (", interactive=True)" if self.interactive else ")")
 
     def environment(self, ctx: TaskContext, message_lines: int) -> dict[str, str]:
         """The child's environment: inherited (or `env`), minus AGENTTASKS_* settings, plus the task's."""
@@ -282,12 +322,17 @@ class ExecRunner:
     async def __call__(self, ctx: TaskContext) -> str:
         message = ctx.message if ctx.message.endswith("\n") else ctx.message + "\n"
         child = await self._spawn(ctx, message.count("\n"))
-        stdin: asyncio.Queue[str] = asyncio.Queue()
-        stdin.put_nowait(message)
         # stdin is fed by its own task so a program that prints before reading never deadlocks us.
-        feeder = asyncio.create_task(_feed(child.stdin, stdin), name=f"agenttasks-stdin-{child.pid}")
+        answers: asyncio.Queue[str] | None = None
+        if self.interactive:
+            answers = asyncio.Queue()
+            answers.put_nowait(message)
+            feeding = _feed(child.stdin, answers)
+        else:
+            feeding = _feed_and_close(child.stdin, message)
+        feeder = asyncio.create_task(feeding, name=f"agenttasks-stdin-{child.pid}")
         stderr = asyncio.create_task(_tail(child.stderr), name=f"agenttasks-stderr-{child.pid}")
-        talk = _Conversation(ctx, stdin)
+        talk = _Conversation(ctx, answers, self.command[0])
         try:
             await self._converse(child, talk)
         finally:
