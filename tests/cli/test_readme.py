@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -123,17 +125,25 @@ def test_the_worker_tour_runs_as_written(server: Server, tmp_path: Path) -> None
             "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
         }
     )
-    result = subprocess.run(
+    # Its own session, so the workers it starts in the background go with it even if it fails.
+    tour = subprocess.Popen(
         ["bash", "-euo", "pipefail", "-c", tour_script(WORKER_TOUR_MARKER)],
         env=env,
         cwd=tmp_path,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=90,
-        check=False,
+        start_new_session=True,
     )
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    out = result.stdout
+    try:
+        out, err = tour.communicate(timeout=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(tour.pid, signal.SIGKILL)
+        tour.communicate()
+    assert tour.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
+    assert "HELLO, QUEUE!" in out, out
     assert "agent asks: What is your name?" in out, out
     assert "Hello, Ada! You asked: Write a haiku about queues" in out, out
+    assert [p.name for p in tmp_path.iterdir()] == ["examples"], "the tour leaves no files behind"
     assert out.rstrip().endswith("[end] task finished; task completed"), out
