@@ -199,7 +199,7 @@ def submit_batch(client: Client, args: argparse.Namespace) -> int:
             answer = client.tasks.BatchSubmit(request, metadata=client.metadata, timeout=120)
         except grpc.RpcError as error:
             # Name the file's lines, not the positions in this call; say what is queued.
-            said = _with_line_numbers(describe_rpc_error(error), [number for number, _ in call])
+            said = _with_line_numbers(describe_rpc_error(error, client.server), [number for number, _ in call])
             lines = f"lines {call[0][0]}-{call[-1][0]}"
             unknown = isinstance(error, grpc.Call) and error.code() in _OUTCOME_UNKNOWN
             this = f"{lines} may have been queued all the same" if unknown else f"{lines} were not queued"
