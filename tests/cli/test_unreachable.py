@@ -50,6 +50,19 @@ def test_a_closed_port_is_one_line_that_names_serve() -> None:
         assert failed(result, 1) == f"agenttasks: {refused(address)}", command
 
 
+def test_submit_batch_to_a_closed_port_says_nothing_was_queued() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    agent = str(uuid.uuid4())
+    result = run_cli(
+        "submit-batch", agent, "-", "--server", address, "--api-key", NO_KEY_NEEDED, stdin='{"message": "x"}\n'
+    )
+    # No connection was ever made: the line was certainly not queued (no "may have been").
+    assert failed(result, 1) == (
+        f"agenttasks: {refused(address)} (line 1 was not queued; none before them was; "
+        "lines with a request_id are safe to send again)"
+    )
+
+
 def test_a_host_that_does_not_resolve_is_one_line() -> None:
     result = run_cli("status", str(uuid.uuid4()), "--server", f"{UNKNOWN_HOST}:50051", "--api-key", NO_KEY_NEEDED)
     assert failed(result, 1) == f"agenttasks: cannot resolve host {UNKNOWN_HOST}"

@@ -200,9 +200,15 @@ def submit_batch(client: Client, args: argparse.Namespace) -> int:
         except grpc.RpcError as error:
             # Name the file's lines, not the positions in this call; say what is queued.
             said = _with_line_numbers(describe_rpc_error(error, client.server), [number for number, _ in call])
-            lines = f"lines {call[0][0]}-{call[-1][0]}"
-            unknown = isinstance(error, grpc.Call) and error.code() in _OUTCOME_UNKNOWN
-            this = f"{lines} may have been queued all the same" if unknown else f"{lines} were not queued"
+            lines = f"lines {call[0][0]}-{call[-1][0]}" if len(call) > 1 else f"line {call[0][0]}"
+            # A call that never got a connection cannot have queued anything.
+            unknown = (
+                isinstance(error, grpc.Call)
+                and error.code() in _OUTCOME_UNKNOWN
+                and "failed to connect to all addresses" not in (error.details() or "")
+            )
+            were = "were" if len(call) > 1 else "was"
+            this = f"{lines} may have been queued all the same" if unknown else f"{lines} {were} not queued"
             before = f"the {queued} tasks before them were" if queued else "none before them was"
             raise CliError(f"{said} ({this}; {before}; lines with a request_id are safe to send again)") from None
         for response in answer.responses:
