@@ -43,7 +43,10 @@ def test_cat_as_an_agent_completes_its_tasks(server: Server, cli: Cli) -> None:
     agent, worker = start_worker(server, cli, "cat", "cat")
     try:
         task = one_line(ok(cli("submit", agent, "meow\npurr")))
-        ok(cli("watch", task))  # exit 0: the task completed
+        watched = ok(cli("watch", task, "--after", "1"))  # exit 0: the task completed
+        # The output as it came, then the result on the completed line without a blank after it.
+        assert watched.endswith("meow\npurr\n[end] task finished; task completed\n"), watched
+        assert "completed: meow\npurr\n[end]" in watched, watched
         status = json.loads(ok(cli("status", task, "--json")))
         assert status["status"] == "completed"
         assert status["result"]["text"] == "meow\npurr\n"

@@ -164,7 +164,7 @@ def write_event(e: task_service_pb2.WatchTaskResponse, out: TextIO) -> None:
         if t.input_prompt:
             out.write(f"{head}agent asks: {t.input_prompt}\n")
         if t.HasField("result"):
-            out.write(f"{head}result: {t.result.text}\n")
+            out.write(f"{head}result: {t.result.text.rstrip(chr(10))}\n")
         if t.HasField("error"):
             out.write(f"{head}error: {t.error.code} {t.error.message}\n")
     elif e.type == "progress":
@@ -180,7 +180,7 @@ def write_event(e: task_service_pb2.WatchTaskResponse, out: TextIO) -> None:
         if e.prompt:
             detail = f": agent asks: {e.prompt}"
         elif e.HasField("result"):
-            detail = f": {e.result.text}"
+            detail = f": {e.result.text.rstrip(chr(10))}"  # a program's output ends with a newline
         elif e.HasField("error"):
             detail = f": {e.error.code} {e.error.message}"
         elif e.status == "queued" and e.attempt > 1:  # requeued: a new attempt will start
