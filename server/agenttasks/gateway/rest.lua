@@ -6,7 +6,6 @@
 --   * the names a JSON body sets are passed to the server in the x-agenttasks-body-fields header,
 --     because the transcoder drops names the request message does not have without a word: the
 --     server refuses unknown ones, as the transcoder refuses unknown query parameters;
---   * the method is kept for the wording of a 404.
 -- On the way back:
 --   * gRPC's own headers (grpc-status, grpc-message, ...) are taken off HTTP/JSON answers;
 --   * errors Envoy made itself get a message a person understands instead of the transcoder's or
@@ -155,9 +154,7 @@ end
 function envoy_on_request(handle)
   local headers = handle:headers()
   headers:remove(BODY_FIELDS) -- only the gateway says what a body held
-  local method = headers:get(":method")
-  handle:streamInfo():dynamicMetadata():set("agenttasks", "method", method)
-  if method == "GET" or is_grpc(headers:get("content-type")) then
+  if headers:get(":method") == "GET" or is_grpc(headers:get("content-type")) then
     return
   end
   local body = handle:body()
@@ -179,7 +176,7 @@ local function first_sentence_lower(text)
 end
 
 -- A person's wording for a message Envoy wrote itself, or nil to keep it.
-local function reworded(message, method)
+local function reworded(message)
   local field, value, kind = message:match("^(.-): invalid value (.+) for type (.+)$")
   if field ~= nil then
     if field == "" then
@@ -208,9 +205,9 @@ local function reworded(message, method)
   if unknown ~= nil then
     return 'unknown query parameter "' .. unknown .. '"'
   end
-  local path = message:match("^Could not resolve (.-) to a method%.$")
+  local method, path = message:match("^(%u+) Could not resolve (.-) to a method%.$")
   if path ~= nil then
-    return "no such path: " .. (method or "") .. " " .. path
+    return "no such path: " .. method .. " " .. path
   end
   if message == "Payload Too Large" then
     return "request body is larger than the gateway accepts (" .. GATEWAY_BODY_LIMIT .. ")"
@@ -244,8 +241,7 @@ local function reword_local_reply(handle)
   if raw == nil then
     return
   end
-  local method = (handle:streamInfo():dynamicMetadata():get("agenttasks") or {})["method"]
-  local message = reworded(json_unescape(raw), method)
+  local message = reworded(json_unescape(raw))
   if message ~= nil then
     body:setBytes(head .. json_escape(message) .. '"}\n')
   end
