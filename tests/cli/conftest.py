@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import CLI_TIMEOUT, Cli, Server, ServerProcess, StartServer, assert_clean_stop, run_cli
+from .support import CLI_TIMEOUT, Cli, Server, ServerProcess, StartServer, run_cli, serving
 
 
 @pytest.fixture
@@ -34,15 +34,8 @@ def start_server() -> Iterator[StartServer]:
 @pytest.fixture(scope="module")
 def server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One `serve` on a free port and a fresh database, shared by the tests of a module."""
-    db = tmp_path_factory.mktemp("serve") / "agenttasks.db"
-    process = ServerProcess(db)
-    try:
-        process.address()
-        process.admin_key()
+    with serving(tmp_path_factory.mktemp("serve") / "agenttasks.db") as process:
         yield process
-        assert_clean_stop(process)
-    finally:
-        process.kill()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -206,6 +207,20 @@ class ServerProcess(Spawned):
 
     def admin_key(self) -> str:
         return self.wait_for_stdout(re.compile("^" + re.escape(ADMIN_KEY_PREFIX) + r"(\S+)$")).group(1)
+
+
+@contextmanager
+def serving(db: Path, *extra: str, env: Mapping[str, str | None] | None = None) -> Iterator[ServerProcess]:
+    """A `serve` that is up (address and first-start key printed) until the block ends; then it
+    must stop cleanly on SIGTERM, and is killed whatever happens."""
+    process = ServerProcess(db, *extra, env=env)
+    try:
+        process.address()
+        process.admin_key()
+        yield process
+        assert_clean_stop(process)
+    finally:
+        process.kill()
 
 
 def assert_clean_stop(server: ServerProcess) -> None:

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import pytest
 
-from .support import Cli, ServerProcess, assert_clean_stop, free_port, ok, one_line
+from .support import Cli, ServerProcess, free_port, ok, one_line, serving
 from .test_help import LEAVES, ids, options
 
 pytestmark = pytest.mark.slow
@@ -90,15 +90,8 @@ PRINTS_DATA = sorted(set(LEAVES) - NO_JSON)
 def server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """This module's `serve`: webhooks may reach 127.0.0.1 and give up after a second attempt."""
     db = tmp_path_factory.mktemp("serve") / "agenttasks.db"
-    env = {"AGENTTASKS_WEBHOOK_RETRY_SCHEDULE": "[0]"}
-    process = ServerProcess(db, "--webhook-allow", "127.0.0.0/8", env=env)
-    try:
-        process.address()
-        process.admin_key()
+    with serving(db, "--webhook-allow", "127.0.0.0/8", env={"AGENTTASKS_WEBHOOK_RETRY_SCHEDULE": "[0]"}) as process:
         yield process
-        assert_clean_stop(process)
-    finally:
-        process.kill()
 
 
 def new_agent(cli: Cli, name: str) -> str:
