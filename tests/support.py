@@ -3,17 +3,31 @@ rich error details of a failed call."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from agenttasks.core import lifecycle
+from agenttasks.core.model import TaskResult, utcnow
+from agenttasks.core.ports import WriteTx, save
 from agenttasks.settings import Settings
 from agenttasks.v1 import agent_service_pb2 as apb
 from agenttasks.v1 import agent_service_pb2_grpc, task_service_pb2_grpc
 from agenttasks.v1 import task_service_pb2 as tpb
+
+
+def write_output(tx: WriteTx, task_id: str, text: str, result: str = "") -> None:
+    """Give a stored task `text` as its output the way a worker's report does (an output event
+    and the task's count), and a result, inside a store write: for tests of big tasks."""
+    task = tx.get_task("default", task_id)
+    assert task is not None
+    now = utcnow()
+    task, _ = save(tx, lifecycle.output(task, text, len(text.encode()), now))
+    if result:
+        tx.update_task(replace(task, result=TaskResult(result)))
 
 
 def make_settings(db: Path, **overrides: object) -> Settings:

@@ -11,11 +11,12 @@ import pytest
 
 from agenttasks.app import Service
 from agenttasks.core.dispatch import MAX_OUTPUT_BYTES
-from agenttasks.core.model import TaskResult, TaskStatus, utcnow
+from agenttasks.core.model import TaskStatus, utcnow
+from agenttasks.core.ports import WriteTx
 from agenttasks.core.tasks import MAX_PAGE_BYTES
 from agenttasks.v1 import agent_service_pb2 as apb
 from agenttasks.v1 import task_service_pb2 as tpb
-from tests.support import Api, error_info
+from tests.support import Api, error_info, write_output
 
 pytestmark = pytest.mark.asyncio
 
@@ -150,10 +151,9 @@ async def test_a_page_of_big_tasks_stays_under_the_message_limit(service: Servic
     message, far past what a gRPC client (4 MiB) or Envoy accepts. A page stops short instead."""
     ids = [(await client.submit(agent_id, f"task {i}")).task_id for i in range(9)]
 
-    def fill(tx):  # type: ignore[no-untyped-def]
+    def fill(tx: WriteTx) -> None:
         for task_id in ids:
-            task = tx.get_task("default", task_id)
-            tx.update_task(replace(task, output="o" * MAX_OUTPUT_BYTES, result=TaskResult("r" * 500_000)))
+            write_output(tx, task_id, "o" * MAX_OUTPUT_BYTES, result="r" * 500_000)
 
     await service.store.write(fill)
     seen, token, pages = [], "", 0

@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from agenttasks.core import lifecycle
 from agenttasks.core.errors import TaskFinished
-from agenttasks.core.model import Progress, Task, TaskError, TaskMessage, TaskResult, TaskStatus
+from agenttasks.core.model import EventType, Progress, Task, TaskError, TaskMessage, TaskResult, TaskStatus
 
 HELD = (TaskStatus.RUNNING, TaskStatus.AWAITING_INPUT)
 
@@ -53,9 +53,9 @@ class TaskLifecycle(RuleBasedStateMachine):
     @rule(percent=st.floats(min_value=0, max_value=100), chunk=st.text(max_size=5))
     def report(self, percent: float, chunk: str) -> None:
         self.apply(lifecycle.progress(self.task, Progress(percent, "p"), self.now))
-        before = self.task.output
-        self.apply(lifecycle.output(self.task, chunk, self.now))
-        assert self.task.output == before + chunk
+        before = self.task.output_bytes
+        self.apply(lifecycle.output(self.task, chunk, len(chunk.encode("utf-8", "surrogatepass")), self.now))
+        assert self.task.output_bytes == before + len(chunk.encode("utf-8", "surrogatepass"))
 
     @precondition(lambda self: self.task.status is TaskStatus.RUNNING)
     @rule()
@@ -109,7 +109,7 @@ class TaskLifecycle(RuleBasedStateMachine):
         assert (self.task.status, self.task.status_reason) == (expected, "LEASE_LOST")
         assert self.task.attempt == attempt + requeued
         if requeued:  # the next attempt has neither started nor said anything yet
-            assert (self.task.started_at, self.task.output, self.task.progress) == (None, "", None)
+            assert (self.task.started_at, self.task.output_bytes, self.task.progress) == (None, 0, None)
 
     @precondition(lambda self: self.task.status in HELD)
     @rule()
@@ -118,6 +118,14 @@ class TaskLifecycle(RuleBasedStateMachine):
         self.apply(lifecycle.expire(self.task, self.now))
         assert self.task.error is not None
         assert self.task.error.code == ("INPUT_TIMEOUT" if awaiting else "TIMEOUT")
+
+    @invariant()
+    def the_output_count_is_the_current_attempts_output_events(self) -> None:
+        # What GetStatus shows (the output events after output_after) is what the task counts.
+        shown = "".join(
+            e.data["output"] for e in self.events if e.type is EventType.OUTPUT and e.sequence > self.task.output_after
+        )
+        assert len(shown.encode("utf-8", "surrogatepass")) == self.task.output_bytes
 
     @invariant()
     def sequences_are_dense_and_match_the_task(self) -> None:

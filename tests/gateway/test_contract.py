@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import httpx
 import pytest
 
 from agenttasks.app import Service
 from agenttasks.core.dispatch import MAX_OUTPUT_BYTES
-from agenttasks.core.model import TaskResult
+from agenttasks.core.ports import WriteTx
 from tests.gateway.support import UUID, assert_error, is_time
+from tests.support import write_output
 
 pytestmark = pytest.mark.asyncio
 
@@ -190,10 +189,9 @@ async def test_big_tasks_come_through_the_gateway_whole(service: Service, rest: 
     a transcoded response until its trailers)."""
     ids = [(await submit(rest, "", agent))["task_id"] for _ in range(3)]
 
-    def fill(tx):  # type: ignore[no-untyped-def]
+    def fill(tx: WriteTx) -> None:
         for task_id in ids:
-            task = tx.get_task("default", task_id)
-            tx.update_task(replace(task, output="o" * MAX_OUTPUT_BYTES, result=TaskResult("r" * 500_000)))
+            write_output(tx, task_id, "o" * MAX_OUTPUT_BYTES, result="r" * 500_000)
 
     await service.store.write(fill)
     one = await rest.get(f"/agent/{agent}/task/{ids[0]}")

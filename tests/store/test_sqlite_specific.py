@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 
 from agenttasks.core.model import Agent, AgentStatus, Task, TaskStatus
-from agenttasks.core.ports import ReadTx, WriteTx
+from agenttasks.core.ports import ReadTx, WriteTx, with_output
 from agenttasks.store import SqliteStore, open_store, sqlite_path
 from agenttasks.store.migrations import Migration, applied_migrations, load_migrations, migrate, split_statements
 from agenttasks.store.sql import load_queries, parse_queries
@@ -313,6 +313,58 @@ async def test_a_version_1_database_is_upgraded_in_place_keeping_its_data(tmp_pa
     assert task is not None and task.message == "old task"
     assert queued == 1
     assert (task.worker_id, task.lease_expires_at, task.deadline_at, task.run_seconds_left) == ("", None, None, None)
+
+
+@pytest.mark.asyncio
+async def test_0007_moves_each_tasks_output_to_its_events_keeping_what_status_shows(tmp_path: Path) -> None:
+    path = tmp_path / "v6.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    events = {
+        # A task that wrote in two chunks, one never requeued.
+        "t1": [
+            ("created", "queued", "{}"),
+            ("output", "running", '{"output":"héllo "}'),
+            ("output", "running", '{"output":"wörld\\n"}'),
+        ],
+        # A task whose first attempt was lost: its output shown is the second attempt's.
+        "t2": [
+            ("created", "queued", "{}"),
+            ("output", "running", '{"output":"lost\\n"}'),
+            ("status", "queued", '{"reason":"LEASE_LOST","attempt":2}'),
+            ("output", "running", '{"output":"kept\\n"}'),
+        ],
+        "t3": [("created", "queued", "{}")],
+    }
+    outputs = {"t1": "héllo wörld\n", "t2": "kept\n", "t3": ""}
+    try:
+        migrate(conn, [m for m in load_migrations() if m.version <= 6])
+        conn.execute("INSERT INTO agents VALUES ('a1', 't', 'n', '', 'active', '', 3600, 3, 86400, '{}', 1, 1)")
+        for task_id, rows in events.items():
+            conn.execute(
+                "INSERT INTO tasks (task_id, tenant, agent_id, message, status, priority, metadata, callback_mode,"
+                " webhook_url, timeout_seconds, created_at, updated_at, output, input_prompt, attempt,"
+                " last_sequence, status_reason) VALUES (?, 't', 'a1', 'm', 'running', 5, '{}', 'poll', '', 60, 1, 1,"
+                " ?, '', 1, ?, '')",
+                (task_id, outputs[task_id], len(rows)),
+            )
+            for sequence, (kind, status, data) in enumerate(rows, start=1):
+                conn.execute(
+                    "INSERT INTO task_events VALUES (?, ?, 't', ?, ?, 1, ?)", (task_id, sequence, kind, status, data)
+                )
+    finally:
+        conn.close()
+    async with await SqliteStore.open(path) as store:
+        for task_id, shown in outputs.items():
+            task = await store.read(lambda tx, t=task_id: tx.get_task("t", t))
+            assert task is not None
+            assert task.output_bytes == len(shown.encode())
+            assert (await store.read(lambda tx, t=task: with_output(tx, t))).output == shown
+    conn = sqlite3.connect(path)
+    try:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(tasks)")]
+    finally:
+        conn.close()
+    assert "output" not in columns and {"output_bytes", "output_after"} <= set(columns)
 
 
 def test_migrations_build_the_expected_schema_once(tmp_path: Path) -> None:

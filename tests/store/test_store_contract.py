@@ -126,7 +126,8 @@ async def test_task_round_trips_every_field(
         started_at=when(1.5),
         completed_at=when(3.25),
         progress=Progress(percent=42.5, text="halfway"),
-        output="line 1\nline 2 ✓",
+        output_bytes=17,
+        output_after=2,
         result=TaskResult(text="done", data={"answer": [4, 2], "ok": True}),
         error=TaskError(code="worker_lost", message="gone"),
         input_prompt="which one?",
@@ -164,7 +165,8 @@ async def test_update_task_replaces_mutable_columns(
         started_at=when(4),
         completed_at=when(5),
         progress=None,
-        output="out",
+        output_bytes=3,
+        output_after=1,
         result=TaskResult(text="r", data={"k": "v"}),
         error=None,
         attempt=1,
@@ -580,6 +582,31 @@ async def test_events_of_type(store: Store, make_agent: MakeAgent, make_task: Ma
     messages = await store.read(lambda tx: tx.events_of_type("tenant-a", "t1", EventType.MESSAGE))
     assert [e.data["n"] for e in messages] == [2, 4]
     assert await store.read(lambda tx: tx.events_of_type("tenant-b", "t1", EventType.MESSAGE)) == []
+
+
+async def test_task_output_joins_the_output_events_after_a_sequence(
+    store: Store, make_agent: MakeAgent, make_task: MakeTask, when: When
+) -> None:
+    await add_agent(store, make_agent("agent-1"))
+    await add_task(store, make_task("t1"))
+    events = [
+        (EventType.CREATED, {}),
+        (EventType.OUTPUT, {"output": "attempt 1\n"}),
+        (EventType.STATUS, {"reason": "LEASE_LOST"}),  # a requeue: the next attempt starts after 3
+        (EventType.OUTPUT, {"output": "line 1\n"}),
+        (EventType.PROGRESS, {"progress": {"percent": 50.0, "text": ""}}),
+        (EventType.OUTPUT, {"output": 'line 2 ✓ "quoted" \\ \u2028'}),
+        (EventType.OUTPUT, {"output": ""}),
+    ]
+    for seq, (kind, data) in enumerate(events, start=1):
+        event = TaskEvent("tenant-a", "t1", seq, kind, TaskStatus.RUNNING, when(seq), data)
+        await store.write(lambda tx, e=event: tx.append_event(e))
+    current = await store.read(lambda tx: tx.task_output("tenant-a", "t1", 3))
+    assert current == 'line 1\nline 2 ✓ "quoted" \\ \u2028'
+    everything = await store.read(lambda tx: tx.task_output("tenant-a", "t1", 0))
+    assert everything == "attempt 1\n" + current
+    assert await store.read(lambda tx: tx.task_output("tenant-b", "t1", 0)) == ""
+    assert await store.read(lambda tx: tx.task_output("tenant-a", "t1", 7)) == ""
 
 
 # --- webhook outbox and signing secrets ---

@@ -99,6 +99,8 @@ async def test_a_completed_task_is_posted_signed_with_the_task_as_getstatus_show
         ).start()
         try:
             assignment = await worker.next_assignment()
+            for chunk in ("working ", "on it\n"):
+                await worker.send(output=wpb.AppendOutput(task=ref(assignment), chunk=chunk))
             await worker.send(complete=wpb.CompleteTask(task=ref(assignment), text="all done"))
             [request] = await receiver.wait_for(1)
         finally:
@@ -112,6 +114,7 @@ async def test_a_completed_task_is_posted_signed_with_the_task_as_getstatus_show
     assert body["timestamp"].endswith("Z")
     data = body["data"]
     assert (data["task_id"], data["status"], data["result"]["text"]) == (task_id, "completed", "all done")
+    assert data["output"] == "working on it\n"  # the output, kept as events, is in the snapshot
     assert data["webhook_url"] == url
     shown = (await status(admin_api, task_id)).task
     assert data["completed_at"] == shown.completed_at.ToJsonString()

@@ -187,9 +187,9 @@ def output_change(chunk: str) -> Change:
 
     def append(tx: WriteTx, task: Task, now: datetime) -> lifecycle.Transition:
         # Every GetStatus and assignment carries the output: it must stay a sane size.
-        if utf8_size(task.output) + size > MAX_OUTPUT_BYTES:
+        if task.output_bytes + size > MAX_OUTPUT_BYTES:
             raise InvalidArgument.field("output.chunk", f"a task keeps at most {MAX_OUTPUT_BYTES} bytes of output")
-        return lifecycle.output(task, chunk, now)
+        return lifecycle.output(task, chunk, size, now)
 
     return append
 

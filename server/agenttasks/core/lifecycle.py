@@ -144,8 +144,10 @@ def progress(task: Task, value: Progress, now: datetime) -> Transition:
     return _emit(task, EventType.PROGRESS, now, {"progress": asdict(value)}, progress=value)
 
 
-def output(task: Task, chunk: str, now: datetime) -> Transition:
-    return _emit(task, EventType.OUTPUT, now, {"output": chunk}, output=task.output + chunk)
+def output(task: Task, chunk: str, size: int, now: datetime) -> Transition:
+    """Append `chunk` (`size` bytes of UTF-8): an event, and the count on the task. The text
+    before it is neither rewritten nor measured again."""
+    return _emit(task, EventType.OUTPUT, now, {"output": chunk}, output_bytes=task.output_bytes + size)
 
 
 def ask_input(task: Task, prompt: str, now: datetime, input_timeout_seconds: int) -> Transition:
@@ -203,6 +205,8 @@ def requeue(task: Task, reason: str, now: datetime) -> Transition:
         progress=None,
         started_at=None,
         output="",
+        output_bytes=0,
+        output_after=task.last_sequence + 1,  # this event's: the next attempt's output follows it
         attempt=attempt,
         data={"attempt": attempt},
         **_RELEASED,

@@ -122,7 +122,13 @@ class Task:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     progress: Progress | None = None
+    # The current attempt's output is kept only as its output events, so that appending a chunk
+    # costs the chunk and not everything before it: the task row holds its size (the 1 MiB cap)
+    # and the sequence after which its events belong to the current attempt. `output` itself is
+    # filled only to show the task (`ports.with_output`); a task read for a change has it empty.
     output: str = ""
+    output_bytes: int = 0
+    output_after: int = 0
     result: TaskResult | None = None
     error: TaskError | None = None
     input_prompt: str = ""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -66,6 +67,10 @@ class ReadTx(Protocol):
 
     def events_of_type(self, tenant: str, task_id: str, type: EventType) -> list[TaskEvent]:
         """The task's events of one type, in order (e.g. the client messages)."""
+        ...
+
+    def task_output(self, tenant: str, task_id: str, after_sequence: int) -> str:
+        """The text of the task's output events after `after_sequence`, joined in order."""
         ...
 
     def next_queued(self, tenant: str, agent_id: str, limit: int) -> list[Task]:
@@ -215,8 +220,17 @@ def save(tx: WriteTx, change: tuple[Task, list[TaskEvent]]) -> tuple[Task, list[
         if task.callback_mode is CallbackMode.WEBHOOK:
             for event in events:
                 if event.type is EventType.STATUS and event.status in WEBHOOK_EVENTS:
-                    tx.insert_delivery(outbox_row(task, event))
+                    tx.insert_delivery(outbox_row(with_output(tx, task), event))
     return change
+
+
+def with_output(tx: ReadTx, task: Task) -> Task:
+    """The task with its current attempt's output filled in, to show it to a client. The store
+    keeps output only as output events (so an append costs the chunk, not the output so far);
+    tasks read for a change leave it empty, and most tasks have none to read."""
+    if not task.output_bytes:
+        return task
+    return replace(task, output=tx.task_output(task.tenant, task.task_id, task.output_after))
 
 
 def outbox_row(task: Task, event: TaskEvent) -> WebhookDelivery:

@@ -33,7 +33,7 @@ from agenttasks.core.model import (
     utcnow,
 )
 from agenttasks.core.paging import PageTokens
-from agenttasks.core.ports import ReadTx, Store, WriteTx, save, to_the_end
+from agenttasks.core.ports import ReadTx, Store, WriteTx, save, to_the_end, with_output
 from agenttasks.core.watch import EventHub, WatchItem, follow
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ def _encoded_size(task: Task) -> int:
     """About the task's size as a message: its texts, its JSON objects twice over (a Struct
     takes more bytes than its JSON, up to ~1.1x for lists of numbers), and a kilobyte for the
     rest. Close enough for MAX_PAGE_BYTES, which stays well under the 4 MiB clients accept."""
-    texts = [task.message, task.output, task.input_prompt, task.webhook_url]
+    texts = [task.message, task.input_prompt, task.webhook_url]
     if task.progress is not None:
         texts.append(task.progress.text)
     if task.error is not None:
@@ -152,7 +152,8 @@ def _encoded_size(task: Task) -> int:
         texts.append(task.result.text)
         objects.append(task.result.data)
     return (
-        sum(map(validation.utf8_size, texts))
+        task.output_bytes
+        + sum(map(validation.utf8_size, texts))
         + sum(2 * validation.utf8_size(json.dumps(o)) for o in objects if o)
         + 1024
     )
@@ -393,7 +394,7 @@ class TaskCore:
         tenant = principal.tenant
 
         def op(tx: ReadTx) -> tuple[Task, list[WebhookDelivery]]:
-            task = find_task(tx, tenant, agent_id, task_id)
+            task = with_output(tx, find_task(tx, tenant, agent_id, task_id))
             deliveries = tx.task_deliveries(tenant, task_id) if task.callback_mode is CallbackMode.WEBHOOK else []
             return task, deliveries
 
@@ -429,7 +430,7 @@ class TaskCore:
 
         def op(tx: WriteTx) -> tuple[Task, list[Changed]]:
             task, events = save(tx, lifecycle.cancel(find_task(tx, tenant, agent_id, task_id), now))
-            return task, [(task, events)]
+            return with_output(tx, task), [(task, events)]
 
         task: Task = await self._commit(op)
         return task
@@ -458,7 +459,7 @@ class TaskCore:
                     size += _encoded_size(task)
                     if len(page) == limit or (page and size > MAX_PAGE_BYTES):
                         return page, True
-                    page.append(task)
+                    page.append(with_output(tx, task))
                 if len(rows) < want:
                     return page, False
                 cursor = rows[-1].seq
@@ -476,7 +477,7 @@ class TaskCore:
         tenant = principal.tenant
         sub = self._hub.subscribe(task_id)  # before the snapshot, so no event falls in between
         try:
-            task = await self._store.read(lambda tx: find_task(tx, tenant, agent_id, task_id))
+            task = await self._store.read(lambda tx: with_output(tx, find_task(tx, tenant, agent_id, task_id)))
 
             async def fetch_after(seq: int) -> list[TaskEvent]:
                 return await self._store.read(lambda tx: tx.events_after(tenant, task_id, seq, EVENT_PAGE))

@@ -137,7 +137,8 @@ def _task_params(task: Task) -> dict[str, Any]:
         "started_at": _opt_micros(task.started_at),
         "completed_at": _opt_micros(task.completed_at),
         "progress": None if progress is None else dump_json(progress),
-        "output": task.output,
+        "output_bytes": task.output_bytes,
+        "output_after": task.output_after,
         "result": None if result is None else dump_json(result),
         "error": None if error is None else dump_json(error),
         "input_prompt": task.input_prompt,
@@ -178,7 +179,8 @@ def _task(row: sqlite3.Row) -> Task:
         started_at=_opt_datetime(row["started_at"]),
         completed_at=_opt_datetime(row["completed_at"]),
         progress=progress,
-        output=row["output"],
+        output_bytes=row["output_bytes"],
+        output_after=row["output_after"],
         result=result,
         error=error,
         input_prompt=row["input_prompt"],
@@ -364,6 +366,10 @@ class SqliteReadTx:
     def events_of_type(self, tenant: str, task_id: str, type: EventType) -> list[TaskEvent]:
         params = {"tenant": tenant, "task_id": task_id, "type": type.value}
         return [_event(row) for row in self._all("events_of_type", params)]
+
+    def task_output(self, tenant: str, task_id: str, after_sequence: int) -> str:
+        params = {"tenant": tenant, "task_id": task_id, "after_sequence": after_sequence}
+        return "".join(row[0] for row in self._all("task_output", params))
 
     def next_queued(self, tenant: str, agent_id: str, limit: int) -> list[Task]:
         params = {"tenant": tenant, "agent_id": agent_id, "limit": limit}

@@ -85,13 +85,13 @@ LIMIT :limit;
 -- name: insert_task
 INSERT INTO tasks (
     task_id, tenant, agent_id, message, status, priority, metadata, callback_mode, webhook_url,
-    timeout_seconds, created_at, updated_at, started_at, completed_at, progress, output, result,
+    timeout_seconds, created_at, updated_at, started_at, completed_at, progress, output_bytes, output_after, result,
     error, input_prompt, attempt, last_sequence, status_reason, worker_id, lease_expires_at,
     deadline_at, run_seconds_left
 ) VALUES (
     :task_id, :tenant, :agent_id, :message, :status, :priority, :metadata, :callback_mode,
     :webhook_url, :timeout_seconds, :created_at, :updated_at, :started_at, :completed_at,
-    :progress, :output, :result, :error, :input_prompt, :attempt, :last_sequence, :status_reason,
+    :progress, :output_bytes, :output_after, :result, :error, :input_prompt, :attempt, :last_sequence, :status_reason,
     :worker_id, :lease_expires_at, :deadline_at, :run_seconds_left
 );
 
@@ -109,7 +109,8 @@ UPDATE tasks SET
     started_at = :started_at,
     completed_at = :completed_at,
     progress = :progress,
-    output = :output,
+    output_bytes = :output_bytes,
+    output_after = :output_after,
     result = :result,
     error = :error,
     input_prompt = :input_prompt,
@@ -154,6 +155,12 @@ WHERE worker_id = :worker_id AND status IN ('running', 'awaiting_input');
 -- name: events_of_type
 SELECT * FROM task_events
 WHERE tenant = :tenant AND task_id = :task_id AND type = :type
+ORDER BY sequence;
+
+-- name: task_output
+-- The current attempt's output, from its output events (json_extract in C: no Python per row).
+SELECT json_extract(data, '$.output') FROM task_events
+WHERE task_id = :task_id AND tenant = :tenant AND type = 'output' AND sequence > :after_sequence
 ORDER BY sequence;
 
 -- name: queued_at_or_above
