@@ -123,8 +123,8 @@ class Tasks:
         request = tpb.CancelRequest(agent_id=self.agent_id, task_id=task_id)
         await self.api.tasks.Cancel(request, metadata=self.api.metadata)
 
-    def watch(self, task_id: str) -> AsyncIterator[tpb.WatchTaskResponse]:
-        request = tpb.WatchTaskRequest(agent_id=self.agent_id, task_id=task_id)
+    def watch(self, task_id: str, after_sequence: int = 0) -> AsyncIterator[tpb.WatchTaskResponse]:
+        request = tpb.WatchTaskRequest(agent_id=self.agent_id, task_id=task_id, after_sequence=after_sequence)
         stream: AsyncIterator[tpb.WatchTaskResponse] = self.api.tasks.WatchTask(request, metadata=self.api.metadata)
         return stream
 

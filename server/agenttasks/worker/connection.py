@@ -364,6 +364,8 @@ class Session:
             if previous is not None:  # never run two attempts of one task at once
                 await asyncio.gather(previous, return_exceptions=True)
             request = await self._outcome(ctx)
+            if request is not None:
+                request = await self._after_output(ctx, request)
             if request is not None and not ctx.revoked:
                 await self._final_report(ctx, request)
         finally:
@@ -397,6 +399,21 @@ class Session:
             return ctx.complete_request(outcome)
         except (ValueError, TypeError) as error:  # data a JSON object cannot hold (a datetime...)
             return ctx.fail_request(WORKER_ERROR, f"the result's data is not JSON: {error}")
+
+    async def _after_output(
+        self, ctx: TaskContext, request: worker_service_pb2.ConnectRequest
+    ) -> worker_service_pb2.ConnectRequest | None:
+        """The ending report once the task's queued output is stored (it goes first, so a
+        watcher never sees the result before the output). Output the server refused, which the
+        handler never heard of, fails a task that would have completed: the handler would have
+        seen the exception had it waited for that chunk, as it did when every chunk waited."""
+        refused = await ctx.settle_output()
+        if isinstance(refused, LeaseLost):
+            log.info("task %s attempt %d: %s", ctx.task_id, ctx.attempt, refused)
+            return None
+        if refused is not None and request.WhichOneof("kind") == "complete":
+            return ctx.fail_request(WORKER_ERROR, f"output was refused: {refused.message}")
+        return request
 
     async def _final_report(self, ctx: TaskContext, request: worker_service_pb2.ConnectRequest) -> None:
         try:

@@ -17,6 +17,12 @@ from google.protobuf import json_format, struct_pb2
 
 from agenttasks.v1 import task_pb2, worker_service_pb2
 
+# Raised at handlers, and imported from here since before they had a module of their own.
+from agenttasks.worker.errors import LeaseLost as LeaseLost
+from agenttasks.worker.errors import ReportRejected as ReportRejected
+from agenttasks.worker.errors import TaskFailed as TaskFailed
+from agenttasks.worker.output import OutputStream
+
 CANCELLED = "CANCELLED"
 DISCONNECTED = "DISCONNECTED"
 LEASE_LOST = "LEASE_LOST"
@@ -29,34 +35,6 @@ class Result:
 
     text: str = ""
     data: dict[str, Any] | None = None
-
-
-class TaskFailed(Exception):
-    """Raise from a handler to fail the task with a stable UPPER_SNAKE `code` the client can act on."""
-
-    def __init__(self, code: str, message: str = "") -> None:
-        super().__init__(f"{code}: {message}" if message else code)
-        self.code = code
-        self.message = message
-
-
-class ReportRejected(Exception):
-    """The server refused a report: `code` is the gRPC status name, `reason` the ErrorInfo reason."""
-
-    def __init__(self, code: str, reason: str, message: str) -> None:
-        super().__init__(f"{code} ({reason}): {message}" if reason else f"{code}: {message}")
-        self.code = code
-        self.reason = reason
-        self.message = message
-
-
-class LeaseLost(ReportRejected):
-    """The worker no longer holds the task, so nothing it reports counts any more.
-
-    Raised for an ack with reason LEASE_LOST, for reports after the server cancelled the task
-    (reason: the cancel's reason) and after the connection broke (reason DISCONNECTED). The task
-    was (or will be) requeued or ended by the server; the handler should just stop.
-    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +91,7 @@ class TaskContext:
         self._read = 0
         self._replies: list[ClientMessage] = []
         self._gone: LeaseLost | None = None
+        self._output = OutputStream(self._send_output)
 
     def __repr__(self) -> str:
         return f"TaskContext(task_id={self.task_id!r}, attempt={self.attempt})"
@@ -122,8 +101,24 @@ class TaskContext:
         await self._report(progress=worker_service_pb2.ReportProgress(task=self._ref, percent=percent, text=text))
 
     async def output(self, chunk: str) -> None:
-        """Append a chunk to the task's output; clients watching the task see it at once."""
-        await self._report(output=worker_service_pb2.AppendOutput(task=self._ref, chunk=chunk))
+        """Append a chunk to the task's output; clients watching the task see it at once.
+
+        It returns once the chunk is queued (it waits only while 1 MiB is queued): chunks written
+        while a report is on its way go together in the next one, so a handler can write tokens
+        as fast as it makes them. `flush()` waits until they are stored. A chunk the server
+        refused (the task's 1 MiB of output is full, or the task is no longer held) raises here
+        on the next call, or in `flush()`.
+        """
+        if self._gone is not None:
+            raise self._gone
+        await self._output.write(chunk)
+
+    async def flush(self) -> None:
+        """Wait until all output written so far is stored, as `drain()` does for a stream.
+        Completing or failing the task flushes first, so a handler need not call it."""
+        if self._gone is not None:
+            raise self._gone
+        await self._output.flush()
 
     async def ask(self, prompt: str) -> str:
         """Ask the client a question and wait for the reply (the task is awaiting_input meanwhile).
@@ -151,7 +146,13 @@ class TaskContext:
     async def _report(self, **kind: Any) -> None:
         if self._gone is not None:
             raise self._gone
+        await self._output.drain()  # what was written before it is stored before it
         await self._reporter.report(worker_service_pb2.ConnectRequest(**kind))
+
+    async def _send_output(self, text: str) -> None:
+        await self._reporter.report(
+            worker_service_pb2.ConnectRequest(output=worker_service_pb2.AppendOutput(task=self._ref, chunk=text))
+        )
 
     # --- called by the connection ---
 
@@ -164,10 +165,18 @@ class TaskContext:
             self._arrived.notify_all()
 
     def revoke(self, reason: str, lost: LeaseLost) -> None:
-        """The task is no longer ours: reports raise `lost` from now on."""
+        """The task is no longer ours: reports raise `lost` from now on, queued output is dropped."""
         if self._gone is None:
             self._gone = lost
             self.cancel_reason = reason
+            self._output.close()
+
+    async def settle_output(self) -> ReportRejected | None:
+        """Wait until the queued output is stored (before the report that ends the task); the
+        server's refusal of some of it, if the handler never saw that refusal raised."""
+        await self._output.drain()
+        refused = self._output.refused
+        return None if refused is None or self._output.refusal_seen else refused
 
     @property
     def revoked(self) -> bool:

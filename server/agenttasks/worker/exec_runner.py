@@ -28,9 +28,10 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agenttasks.worker.context import WORKER_ERROR, ReportRejected, TaskContext, TaskFailed
 
@@ -202,6 +203,7 @@ class _Conversation:
                     self.asking = False
                     self.answers.put_nowait(_one_line(reply) + "\n")
             await self._flush(pending)
+        await self._stored(self.ctx.flush())  # all of it stored before the task ends
 
     def _cannot_ask(self, prompt: str) -> TaskFailed:
         if len(prompt) > MAX_PROMPT_CHARS:
@@ -234,14 +236,20 @@ class _Conversation:
         while self.result_bytes > RESULT_KEEP_BYTES and len(self.result) > 1:  # keep the tail
             self.result_bytes -= len(self.result.pop(0).encode())
             self.truncated = True
+        await self._stored(self.ctx.output(chunk))
+
+    async def _stored(self, sending: Coroutine[Any, Any, None]) -> None:
+        """Send (or flush) output, unless the task's output is full: then the program runs on
+        and its result keeps the tail. Output is queued, so the server's refusal of a chunk
+        comes with a later call."""
         if self.output_full:
+            sending.close()
             return
         try:
-            await self.ctx.output(chunk)
+            await sending
         except ReportRejected as rejected:
             if rejected.code != "INVALID_ARGUMENT":
                 raise
-            # The task's output is full: the program runs on, its result keeps the tail.
             self.output_full = True
 
 
