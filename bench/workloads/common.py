@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,14 @@ class Usage:
 
     metrics: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    """How long the window lasted."""
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each role used in the window (for CPU per task or per chunk)."""
+
+    def cpu_us_per(self, role: str, count: int) -> float:
+        """Microseconds of `role`'s CPU per one of `count` things done in the window."""
+        return round(self.cpu_seconds[role] * 1e6 / count, 1) if count else math.nan
 
 
 @contextlib.asynccontextmanager
@@ -52,9 +61,11 @@ async def window(
         if profiler is not None:
             await stack.enter_async_context(profiler)
         yield usage
-        elapsed = (loadgen.now_ns() - t0) / 1e9
+        elapsed = usage.seconds = (loadgen.now_ns() - t0) / 1e9
         for role, pid in watched.items():
-            cores, threads = cpu_used(before[role], cpu_sample(pid), elapsed)
+            after = cpu_sample(pid)
+            usage.cpu_seconds[role] = after.total - before[role].total
+            cores, threads = cpu_used(before[role], after, elapsed)
             usage.metrics[f"{role}_cpu"] = round(cores, 2)
             usage.details[f"{role}_cpu_by_thread"] = threads
     if profiler is not None:

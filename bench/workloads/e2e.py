@@ -131,6 +131,8 @@ async def end_to_end(ctx: Context, *, watch: bool = False, batch: int = 0) -> li
             "seconds": round(seconds, 3),
             "submit_errors": submitted.errors,
             **({"watched": len(ends)} if watch else {}),
+            # The window runs from the first Submit until all are seen finished.
+            "server_cpu_us_per_task": usage.cpu_us_per("server", completed),
             **usage.metrics,
         },
         details={**usage.details, "first_error": submitted.first_error},
