@@ -29,6 +29,9 @@ from bench.workloads.ceiling import echo
 from bench.workloads.e2e import end_to_end, end_to_end_batched, end_to_end_watched
 from bench.workloads.fanout import fan_out
 from bench.workloads.latency import latency
+from bench.workloads.relay import bare_relay
+from bench.workloads.stream_many import stream_many
+from bench.workloads.stream_one import stream_one
 from bench.workloads.submit import submit_grpc, submit_rest
 
 Workload = Callable[[Context], Awaitable[list[Outcome]]]
@@ -45,6 +48,9 @@ WORKLOADS: dict[str, tuple[Workload, str]] = {
     "a2a": (a2a_peer, "peer: A2A Python SDK with its SQLite task store, same N tasks"),
     "latency": (latency, "dispatch and cancel latency at each of --rates tasks/s"),
     "fanout": (fan_out, "watch fan-out vs a bare grpc.aio broadcast"),
+    "stream_one": (stream_one, "one task streams 1 MiB in 32-byte chunks to one watcher"),
+    "relay": (bare_relay, "bare grpc.aio relay: the loads of stream_many and of stream_one (their baselines)"),
+    "stream_many": (stream_many, "many tasks stream paced chunks, one watcher each: gRPC, then SSE via Envoy"),
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -64,7 +70,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--watchers", help="comma-separated watcher counts of the fan-out workload")
     parser.add_argument("--watch", action="store_true", help="also run end to end with one WatchTask per task")
     parser.add_argument(
-        "--profile", type=Path, help="py-spy the server during Submit, end to end and latency, into this dir"
+        "--profile", type=Path, help="py-spy the server during Submit, end to end, latency and streaming, into this dir"
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (databases, process logs)")
     return parser.parse_args(argv)

@@ -34,6 +34,18 @@ class Plan:
     streams_per_channel: int = 1000
     fanout_rounds: int = 3
     """Events published per fan-out; the median time to reach every watcher is reported."""
+    stream_chunks: int = 32_768
+    """stream_one: 32-byte chunks one task writes as fast as it can (32,768: 1 MiB of output)."""
+    stream_one_seconds: float = 150.0
+    """stream_one: the writer stops after this long, however far it got."""
+    stream_window: int = 1000
+    """stream_one compares the time per chunk of its first this many chunks with its last."""
+    stream_tasks: int = 200
+    """stream_many and relay: tasks streaming at once, one watcher each."""
+    stream_rate: float = 50.0
+    """stream_many and relay: chunks per second each task writes."""
+    stream_seconds: float = 20.0
+    """stream_many and relay: how long each task writes (so each writes rate x seconds chunks)."""
     watch: bool = False
     """Also run end to end with one WatchTask per task."""
     limit_seconds: float = 600.0
@@ -62,6 +74,11 @@ QUICK = Plan(
     rates=(500.0,),
     latency_seconds=2.0,
     watchers=(1000,),
+    stream_chunks=2048,
+    stream_one_seconds=5.0,
+    stream_window=250,
+    stream_tasks=40,
+    stream_seconds=3.0,
     limit_seconds=60.0,
 )
 

@@ -31,6 +31,8 @@ class Target:
     bound: float
     baseline: str | None = None
     baseline_metric: str = "rate"
+    unit: str | None = None
+    """After the bound in the table: "x" for a ratio (the default when there is a baseline)."""
 
 
 TARGETS = [
@@ -53,6 +55,33 @@ TARGETS = [
         "reach_all_ms",
     ),
     Target("server memory per stream, 10,000 watchers (KB)", "fanout_10000", "kb_per_stream", "<=", 40.0),
+    Target("one task's stream delivered (chunks/s)", "stream_one", "rate", ">=", 20_000.0),
+    Target("one task's stream: last 1,000 chunks vs first 1,000", "stream_one", "last_vs_first", "<=", 1.2, unit="x"),
+    # Streams of many tasks over gRPC, and as SSE through Envoy.
+    Target("stream_many sustains the offered chunks/s", "stream_many", "sustained", ">=", 0.95, unit="x offered"),
+    Target("stream_many p99 write-to-watcher (ms)", "stream_many", "p99_ms", "<=", 100.0, unit=" ms"),
+    Target(
+        "stream_many server CPU per chunk vs bare relay",
+        "stream_many",
+        "server_cpu_us_per_chunk",
+        "<=",
+        2.0,
+        "relay",
+        "server_cpu_us_per_chunk",
+    ),
+    Target(
+        "stream_many_sse sustains the offered chunks/s", "stream_many_sse", "sustained", ">=", 0.95, unit="x offered"
+    ),
+    Target("stream_many_sse p99 write-to-watcher (ms)", "stream_many_sse", "p99_ms", "<=", 150.0, unit=" ms"),
+    Target(
+        "stream_many_sse server CPU per chunk vs bare relay",
+        "stream_many_sse",
+        "server_cpu_us_per_chunk",
+        "<=",
+        2.0,
+        "relay",
+        "server_cpu_us_per_chunk",
+    ),
 ]
 
 
@@ -71,6 +100,8 @@ def evaluate(target: Target, outcomes: dict[str, Outcome]) -> dict[str, Any]:
         if outcome.status != "ok":
             return {"value": None, "met": None, "note": f"{name} {outcome.status}: {outcome.reason}"}
     value = outcomes[target.workload].metrics[target.metric]
+    if math.isnan(value):
+        return {"value": None, "met": None, "note": f"{target.workload}: {target.metric} not measured"}
     if target.baseline:
         value = value / outcomes[target.baseline].metrics[target.baseline_metric]
     met = value >= target.bound if target.op == ">=" else value <= target.bound
@@ -82,10 +113,11 @@ def _target_cells(outcomes: dict[str, Outcome], workload: str, metric: str, base
     for target in TARGETS:
         if (target.workload, target.metric, target.baseline) == (workload, metric, baseline):
             verdict = evaluate(target, outcomes)
-            ratio = f"{verdict['value']:.2f}x" if baseline and verdict["value"] is not None else ""
+            unit = target.unit if target.unit is not None else "x" if baseline else ""
+            ratio = f"{verdict['value']:.2f}x" if unit.startswith("x") and verdict["value"] is not None else ""
             met = {True: "met", False: "MISSED", None: "n/a"}[verdict["met"]]
             sign = ">=" if target.op == ">=" else "<="
-            return [ratio, f"{sign} {target.bound:g}{'x' if baseline else ''}", met]
+            return [ratio, f"{sign} {target.bound:,g}{unit}", met]
     return ["", "", ""]
 
 
@@ -93,7 +125,46 @@ def _rate(o: Outcome, unit: str) -> str:
     text = f"{_num(o.metrics['rate'])} {unit}"
     if "p50_ms" in o.metrics:
         text += f" (p50 {_num(o.metrics['p50_ms'], 1)} ms, p99 {_num(o.metrics['p99_ms'], 1)} ms)"
+    if "server_cpu_us_per_task" in o.metrics:
+        text += f" (server {_num(o.metrics['server_cpu_us_per_task'])} µs CPU per task)"
     return text
+
+
+def _one_rate(o: Outcome) -> str:
+    m = o.metrics
+    text = f"{_num(m['rate'])} chunks/s (written {_num(m['write_rate'])}/s)"
+    if not m["complete"]:
+        text += f", stopped at the time limit after {_num(m['written'])} of {_num(m['chunks'])} chunks"
+    return text
+
+
+def _stream_rows(outcomes: dict[str, Outcome], name: str, relay: Outcome | None) -> list[list[str]]:
+    """Delivered rate, latency and CPU per chunk of a streaming outcome, beside the relay's
+    (the relay's own rows have no baseline)."""
+    m = outcomes[name].metrics
+    figure = outcomes[name].title
+    bare = relay.metrics if relay is not None and name != "relay" else None
+    delivered = f"{_num(m['rate'])} chunks/s"
+    if m["written"] < m["chunks"]:
+        delivered += f" ({_num(m['written'])} of {_num(m['chunks'])} chunks written)"
+    cells = _target_cells(outcomes, name, "sustained", None)
+    cells[0] = cells[0] or f"{m['sustained']:.2f}x"
+    rows = [[f"{figure}: delivered", delivered, f"offered {_num(m['offered_rate'])}/s", *cells]]
+    latency = f"p50 {_num(m['p50_ms'], 1)} ms, p99 {_num(m['p99_ms'], 1)} ms"
+    cells = _target_cells(outcomes, name, "p99_ms", None)
+    base = ""
+    if bare is not None:
+        base = f"relay p50 {_num(bare['p50_ms'], 1)} ms, p99 {_num(bare['p99_ms'], 1)} ms"
+        cells[0] = cells[0] or f"p99 {m['p99_ms'] / bare['p99_ms']:.2f}x"
+    rows.append([f"{figure}: write to watcher", latency, base, *cells])
+    cpu = f"{_num(m['server_cpu_us_per_chunk'], 1)} µs"
+    if "envoy_cpu_us_per_chunk" in m:
+        cpu += f" (Envoy {_num(m['envoy_cpu_us_per_chunk'], 1)} µs more)"
+    cpu += f"; writer {_num(m['worker_cpu_us_per_chunk'], 1)} µs"
+    base = f"relay {_num(bare['server_cpu_us_per_chunk'], 1)} µs" if bare is not None else ""
+    cells = _target_cells(outcomes, name, "server_cpu_us_per_chunk", "relay" if bare is not None else None)
+    rows.append([f"{figure}: server CPU per delivered chunk", cpu, base, *cells])
+    return rows
 
 
 def rows(outcomes: dict[str, Outcome]) -> list[list[str]]:
@@ -147,6 +218,25 @@ def rows(outcomes: dict[str, Outcome]) -> list[list[str]]:
             result = f"p50 {_num(m[f'{kind}_p50_ms'], 1)} ms, p99 {_num(m[f'{kind}_p99_ms'], 1)} ms"
             cells = _target_cells(outcomes, name, f"{kind}_p99_ms", None)
             table.append([f"{kind.capitalize()} latency{at}", result, "", *cells])
+    if o := ok("relay_one"):
+        table.append([f"{o.title}: delivered", _one_rate(o), "", "", "", ""])
+    if o := ok("stream_one"):
+        m = o.metrics
+        cells = _target_cells(outcomes, "stream_one", "rate", None)
+        cells[0] = cells[0] or ratio("stream_one", "relay_one")
+        table.append([f"{o.title}: delivered", _one_rate(o), rate_of("relay_one", "bare relay"), *cells])
+        window = f"{_num(m['window'])}"
+        result = (
+            f"last {window}: {_num(m['last_us_per_chunk'])} µs per chunk delivered "
+            f"(written: {_num(m['written_last_us_per_chunk'])} µs vs {_num(m['written_first_us_per_chunk'])} µs)"
+        )
+        first = f"first {window}: {_num(m['first_us_per_chunk'])} µs per chunk"
+        cells = _target_cells(outcomes, "stream_one", "last_vs_first", None)
+        table.append([f"{o.title}: the last {window} chunks vs the first", result, first, *cells])
+    relay = ok("relay")
+    for name in ("relay", "stream_many", "stream_many_sse"):
+        if ok(name):
+            table += _stream_rows(outcomes, name, relay)
     for name in [n for n in outcomes if n.startswith("fanout_")]:
         if not (o := ok(name)):
             continue

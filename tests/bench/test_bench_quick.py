@@ -25,6 +25,11 @@ EXPECTED = [
     "latency_500",
     "broadcast_1000",
     "fanout_1000",
+    "stream_one",
+    "relay",
+    "relay_one",
+    "stream_many",
+    "stream_many_sse",
 ]
 PEERS = {"huey", "a2a"}
 HEADLINE = {
@@ -38,6 +43,11 @@ HEADLINE = {
     "latency_500": "dispatch_p99_ms",
     "broadcast_1000": "reach_all_ms",
     "fanout_1000": "kb_per_stream",
+    "stream_one": "rate",
+    "relay": "rate",
+    "relay_one": "rate",
+    "stream_many": "rate",
+    "stream_many_sse": "rate",
 }
 
 
