@@ -130,9 +130,15 @@ def _rate(o: Outcome, unit: str) -> str:
     return text
 
 
+def _times(value: float) -> str:
+    """A ratio with two decimals, or two significant digits when it is that small."""
+    return f"{value:.2f}x" if value >= 0.1 else f"{value:.2g}x"
+
+
 def _one_rate(o: Outcome) -> str:
     m = o.metrics
-    text = f"{_num(m['rate'])} chunks/s (written {_num(m['write_rate'])}/s)"
+    events = f"{_num(m['events'])} event{'' if m['events'] == 1 else 's'}"
+    text = f"{_num(m['rate'])} chunks/s in {events} (written {_num(m['write_rate'])}/s)"
     if not m["complete"]:
         text += f", stopped at the time limit after {_num(m['written'])} of {_num(m['chunks'])} chunks"
     return text
@@ -223,7 +229,8 @@ def rows(outcomes: dict[str, Outcome]) -> list[list[str]]:
     if o := ok("stream_one"):
         m = o.metrics
         cells = _target_cells(outcomes, "stream_one", "rate", None)
-        cells[0] = cells[0] or ratio("stream_one", "relay_one")
+        if (bare := ok("relay_one")) is not None:
+            cells[0] = cells[0] or _times(m["rate"] / bare.metrics["rate"])
         table.append([f"{o.title}: delivered", _one_rate(o), rate_of("relay_one", "bare relay"), *cells])
         window = f"{_num(m['window'])}"
         result = (

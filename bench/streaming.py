@@ -133,11 +133,14 @@ class Whole:
 
     def __init__(self) -> None:
         self.parts: list[str] = []
+        """The output as it arrived, one part per event (or message)."""
         self.size = 0
         self.arrived_ns: list[int] = []
         """When the output first held chunk i whole."""
 
     def add(self, text: str, at_ns: int) -> None:
+        if not text:
+            return
         self.parts.append(text)
         self.size += len(text)
         complete = self.size // CHUNK_BYTES

@@ -15,6 +15,7 @@ every byte written, in order. The handler stops at the plan's time limit however
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import math
 from collections.abc import Mapping
@@ -49,15 +50,23 @@ async def _watch(api: Api, agent_id: str, task_id: str, whole: Whole, subscribed
     return "the stream ended without an end event"
 
 
-def _per_chunk_us(times: list[int], started: int, window: int) -> tuple[float, float, int]:
-    """(µs per chunk of the first `window` chunks from `started`, of the last `window`, window used)."""
+def per_chunk_us(times: list[int], started: int, window: int) -> tuple[float, float, int]:
+    """(µs per chunk of the first `window` chunks from `started`, of the last `window`, window used).
+
+    `times` are when each chunk completed, in order. Chunks that completed at one moment (one
+    event carrying many) are timed together: each window grows to the whole events it touches,
+    so a window inside one event is not timed as free.
+    """
     n = len(times)
     window = min(window, n // 2)
     if window == 0:
         return math.nan, math.nan, 0
-    first = (times[window - 1] - started) / window / 1e3
-    last = (times[n - 1] - times[n - 1 - window]) / window / 1e3
-    return round(first, 1), round(last, 1), window
+    first_end = times[window - 1]
+    first = (first_end - started) / bisect.bisect_right(times, first_end)
+    begin = bisect.bisect_left(times, times[n - window])
+    before = times[begin - 1] if begin > 0 else started
+    last = (times[n - 1] - before) / (n - begin)
+    return round(first / 1e3, 1), round(last / 1e3, 1), window
 
 
 async def stream_one(ctx: Context) -> list[Outcome]:
@@ -105,8 +114,8 @@ def one_outcome(
     chunks, limit = plan.stream_chunks, plan.stream_one_seconds
     written, started, times = int(wrote["written"]), int(wrote["started_ns"]), list(wrote["times"])
     delivered = len(whole.arrived_ns)
-    first_us, last_us, used = _per_chunk_us(whole.arrived_ns, started, plan.stream_window)
-    w_first_us, w_last_us, _ = _per_chunk_us(times, started, plan.stream_window)
+    first_us, last_us, used = per_chunk_us(whole.arrived_ns, started, plan.stream_window)
+    w_first_us, w_last_us, _ = per_chunk_us(times, started, plan.stream_window)
     seconds = (whole.arrived_ns[-1] - started) / 1e9 if delivered else math.nan
     write_seconds = (int(wrote.get("flushed_ns", wrote["ended_ns"])) - started) / 1e9
     load = f"1 task, {chunks:,} chunks of {CHUNK_BYTES} bytes ({chunks * CHUNK_BYTES / 2**20:g} MiB) {what}; "
@@ -123,6 +132,7 @@ def one_outcome(
             "chunks": chunks,
             "written": written,
             "delivered": delivered,
+            "events": len(whole.parts),
             "complete": int(written == chunks),
             "seconds": round(seconds, 3),
             "window": used,

@@ -13,6 +13,7 @@ import pytest
 from bench import relay
 from bench.rest import Connection, RestError
 from bench.streaming import CHUNK_BYTES, Stamped, Whole, numbered, paced_writes, parse_stamped, stamped
+from bench.workloads.stream_one import per_chunk_us
 
 
 def test_both_chunk_forms_are_32_byte_lines() -> None:
@@ -146,3 +147,18 @@ async def test_events_refuses_an_answer_that_is_not_an_event_stream() -> None:
         with pytest.raises(RestError, match="HTTP 404"):
             async for _ in connection.events(Connection.get("/watch", f"127.0.0.1:{port}", {})):
                 pass
+
+
+def test_per_chunk_times_compare_the_first_and_last_chunks() -> None:
+    one_by_one = [10 * (i + 1) for i in range(10)]  # a chunk every 10 ns from 0
+    assert per_chunk_us(one_by_one, 0, 3) == (0.0, 0.0, 3)  # rounded to 0.1 µs
+    slower = [1000 * (i + 1) for i in range(5)] + [5000 + 3000 * (i + 1) for i in range(5)]
+    assert per_chunk_us(slower, 0, 2) == (1.0, 3.0, 2)
+
+
+def test_per_chunk_times_widen_a_window_to_the_events_that_hold_it() -> None:
+    # Three events of four chunks each, at 4, 8 and 20 µs: the last two chunks share the last
+    # event, so the last window is that whole event, 12 µs for 4 chunks.
+    times = [4000] * 4 + [8000] * 4 + [20_000] * 4
+    assert per_chunk_us(times, 0, 2) == (1.0, 3.0, 2)
+    assert per_chunk_us([5000] * 8, 0, 2) == (0.6, 0.6, 2)
