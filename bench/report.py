@@ -166,7 +166,8 @@ def _stream_rows(outcomes: dict[str, Outcome], name: str, relay: Outcome | None)
     cpu = f"{_num(m['server_cpu_us_per_chunk'], 1)} µs"
     if "envoy_cpu_us_per_chunk" in m:
         cpu += f" (Envoy {_num(m['envoy_cpu_us_per_chunk'], 1)} µs more)"
-    cpu += f"; writer {_num(m['worker_cpu_us_per_chunk'], 1)} µs"
+    cpu += f"; writer {_num(m['worker_cpu_us_per_chunk'], 1)} µs; {_num(m['chunks_per_event'], 1)} chunks per event"
+    cpu += f", server {_num(m['server_cpu_us_per_event'])} µs per event"
     base = f"relay {_num(bare['server_cpu_us_per_chunk'], 1)} µs" if bare is not None else ""
     cells = _target_cells(outcomes, name, "server_cpu_us_per_chunk", "relay" if bare is not None else None)
     rows.append([f"{figure}: server CPU per delivered chunk", cpu, base, *cells])

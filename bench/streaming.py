@@ -90,7 +90,7 @@ async def paced_writes(
 class Stamped:
     """One watcher's view of one task's stamped chunks: arrival and write times, order checked."""
 
-    __slots__ = ("_partial", "arrived_ns", "error", "expected", "sent_ns")
+    __slots__ = ("_partial", "arrived_ns", "error", "events", "expected", "sent_ns")
 
     def __init__(self) -> None:
         self.expected = 0
@@ -99,10 +99,15 @@ class Stamped:
         self.arrived_ns: list[int] = []
         self.error = ""
         """The first thing wrong: a missing, repeated or garbled chunk."""
+        self.events = 0
+        """Output events (or messages) that carried chunks."""
         self._partial = ""
 
     def add(self, text: str, at_ns: int) -> None:
         """Output text as it arrived at `at_ns` (one event may hold several chunks)."""
+        if not text:
+            return
+        self.events += 1
         lines = (self._partial + text).split("\n")
         self._partial = lines.pop()
         for line in lines:

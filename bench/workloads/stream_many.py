@@ -121,6 +121,7 @@ def many_outcome(
     for stream in streams:
         stream.finish()
     delivered = sum(s.chunks for s in streams)
+    events = sum(s.events for s in streams)
     written = sum(int(w["written"]) for w in wrote.values())
     first_sent = min((s.sent_ns[0] for s in streams if s.chunks), default=0)
     last_arrived = max((s.arrived_ns[-1] for s in streams if s.chunks), default=0)
@@ -151,11 +152,14 @@ def many_outcome(
             "chunks": tasks * count,
             "written": written,
             "delivered": delivered,
+            "events": events,
+            "chunks_per_event": round(delivered / events, 2) if events else math.nan,
             "seconds": round(seconds, 3),
             **loadgen.latency_ms(latencies),
             "writers_behind_max_ms": round(max((int(w["behind_max_ns"]) for w in wrote.values()), default=0) / 1e6, 1),
             "writers_stopped": stopped,
             **{f"{role}_cpu_us_per_chunk": usage.cpu_us_per(role, delivered) for role in roles},
+            "server_cpu_us_per_event": usage.cpu_us_per("server", events),
             **usage.metrics,
         },
         details={**usage.details, "per_second": per_second},

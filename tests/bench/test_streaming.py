@@ -31,7 +31,7 @@ def test_stamped_takes_several_chunks_per_event_and_split_chunks() -> None:
     got.add(text[:40], 100)  # one chunk and a piece of the next
     got.add(text[40:], 200)
     got.finish()
-    assert (got.error, got.sent_ns, got.arrived_ns) == ("", [10, 20, 30], [100, 200, 200])
+    assert (got.error, got.sent_ns, got.arrived_ns, got.events) == ("", [10, 20, 30], [100, 200, 200], 2)
 
 
 @pytest.mark.parametrize(
