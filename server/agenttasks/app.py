@@ -35,7 +35,7 @@ from agenttasks.core.tasks import TaskCore
 from agenttasks.core.validation import Limits
 from agenttasks.core.watch import EventHub
 from agenttasks.settings import Settings
-from agenttasks.store import open_store
+from agenttasks.store import StoreUnavailable, open_store
 from agenttasks.v1 import (
     agent_service_pb2,
     agent_service_pb2_grpc,
@@ -133,7 +133,10 @@ class Service:
 
     async def start(self) -> None:
         s = self.settings
-        self._store = store = await open_store(s.db)
+        try:
+            self._store = store = await open_store(s.db)
+        except StoreUnavailable as error:  # no driver, no server, no schema: said in one line
+            raise StartupError(str(error)) from None
         try:
             await self._start(store)
         except BaseException:

@@ -22,9 +22,10 @@ import pytest
 import pytest_asyncio
 
 from agenttasks.core.model import Agent, AgentStatus, Task, TaskStatus
-from agenttasks.core.ports import ReadTx, WriteTx, with_output
+from agenttasks.core.ports import ReadTx, Store, WriteTx, with_output
 from agenttasks.store import SqliteStore, open_store, sqlite_path
 from agenttasks.store.migrations import Migration, applied_migrations, load_migrations, migrate, split_statements
+from agenttasks.store.postgres_store import PostgresStore
 from agenttasks.store.sql import load_queries, parse_queries
 from agenttasks.store.sqlite_writer import TransactionLost
 
@@ -79,16 +80,23 @@ def raw(tx: ReadTx) -> sqlite3.Connection:
 
 
 @asynccontextmanager
-async def commit_thread_held(store: SqliteStore) -> AsyncIterator[None]:
+async def commit_thread_held(store: Store) -> AsyncIterator[None]:
     """Keeps the writer's commit thread busy until the block ends: a batch started in the block
-    waits for its BEGIN, and writes queued meanwhile wait for the next batch."""
+    waits for its BEGIN, and writes queued meanwhile wait for the next batch.
+
+    Also used by tests beyond this file that run on either backend: with a PostgresStore it
+    holds its writer thread, where that writer's batches (BEGIN to COMMIT) run."""
     entered, release = threading.Event(), threading.Event()
 
     def hold() -> None:
         entered.set()
         release.wait(30)
 
-    holder = store._writer.on_commit_thread(hold)
+    if isinstance(store, SqliteStore):
+        holder = store._writer.on_commit_thread(hold)
+    else:
+        assert isinstance(store, PostgresStore), store
+        holder = asyncio.get_running_loop().run_in_executor(store._writer._thread, hold)
     await asyncio.to_thread(entered.wait, 30)
     try:
         yield
@@ -563,11 +571,10 @@ def test_store_urls_name_sqlite_files() -> None:
             sqlite_path(bad)
 
 
-@pytest.mark.asyncio
-async def test_postgresql_is_refused_clearly() -> None:
+def test_a_postgresql_url_is_not_a_sqlite_file() -> None:
     for url in ("postgresql://u@localhost/db", "postgres://localhost/db", "postgresql+psycopg://x/y"):
-        with pytest.raises(ValueError, match="PostgreSQL backend is not available yet"):
-            await open_store(url)
+        with pytest.raises(ValueError, match="PostgreSQL database, not a SQLite file"):
+            sqlite_path(url)
 
 
 @pytest.mark.asyncio
@@ -591,7 +598,14 @@ async def test_memory_store_is_a_temporary_file_removed_on_close() -> None:
 def test_public_surface() -> None:
     import agenttasks.store as store
 
-    assert sorted(store.__all__) == ["SqliteStore", "WriterStats", "open_store", "sqlite_path"]
+    assert sorted(store.__all__) == [
+        "SqliteStore",
+        "StoreUnavailable",
+        "WriterStats",
+        "open_store",
+        "postgres_url",
+        "sqlite_path",
+    ]
     assert {"open", "open_temporary", "read", "write", "close", "stats"} <= set(dir(SqliteStore))
 
 

@@ -1,7 +1,8 @@
-"""Local admin commands that act on the database file directly: API keys and tokens.
+"""Local admin commands that act on the database directly: API keys and tokens.
 
-They need no running server and no credential (access to the database file is the credential),
-so an operator can always mint the first keys. SQLite in WAL mode lets them run beside `serve`.
+They need no running server and no credential (access to the database is the credential), so
+an operator can always mint the first keys. SQLite in WAL mode lets them run beside `serve`;
+on PostgreSQL they are one more client of the database.
 """
 
 from __future__ import annotations
@@ -20,23 +21,27 @@ from agenttasks.core.ids import agent_scope
 from agenttasks.core.model import ApiKeyRecord, Role, utcnow
 from agenttasks.core.ports import Store
 from agenttasks.settings import Settings
-from agenttasks.store import open_store, sqlite_path
+from agenttasks.store import StoreUnavailable, open_store, postgres_url, sqlite_path
 
 
 async def _open(settings: Settings) -> Store:
     """The service's existing database, or one clear line saying why it cannot be opened.
 
     Unlike `serve`, admin commands never create a database: a mistyped --db would otherwise
-    get a fresh file and print a key or token that the running service has never heard of.
+    get a fresh file (or a fresh schema in some PostgreSQL database) and print a key or token
+    that the running service has never heard of.
     """
     try:
-        path = sqlite_path(settings.db)
-        if path is not None and not path.is_file():
-            raise CliError(
-                f"no database at {settings.db}: pass the --db that 'agenttasks serve' uses "
-                "(or set AGENTTASKS_DB); serve creates it on first start"
-            )
-        return await open_store(settings.db)
+        if postgres_url(settings.db) is None:
+            path = sqlite_path(settings.db)
+            if path is not None and not path.is_file():
+                raise CliError(
+                    f"no database at {settings.db}: pass the --db that 'agenttasks serve' uses "
+                    "(or set AGENTTASKS_DB); serve creates it on first start"
+                )
+        return await open_store(settings.db, create=False)
+    except StoreUnavailable as error:  # its message names the database without a password
+        raise CliError(str(error)) from None
     except (ValueError, sqlite3.Error, OSError) as error:
         raise CliError(f"cannot open the database {settings.db}: {error}") from None
 

@@ -1,0 +1,213 @@
+"""PostgresStore: the backend for a server (or several) on one PostgreSQL database.
+
+psycopg 3 with psycopg_pool, its synchronous API on threads: write functions and read functions
+call their transaction view synchronously, so each runs on a thread that may wait for
+PostgreSQL, never on the event loop. Writes go through `PostgresWriter` (one connection, one
+function at a time, group commit); reads run on a few reader threads, each borrowing a
+connection of the reader pool for one REPEATABLE READ, READ ONLY transaction (one snapshot per
+read function, as SQLite's readers have).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from agenttasks.core.ports import ReadTx, WriteTx
+from agenttasks.store.errors import StoreUnavailable
+from agenttasks.store.postgres_migrations import has_schema, migrate
+from agenttasks.store.postgres_tx import Connection, PostgresReadTx
+from agenttasks.store.postgres_writer import DEFAULT_MAX_BATCH, PostgresWriter, WriterStats
+
+T = TypeVar("T")
+
+DEFAULT_READERS = 3
+# How long opening waits for a first connection, and a read for a free one, before failing.
+CONNECT_TIMEOUT_SECONDS = 10.0
+POOL_TIMEOUT_SECONDS = 30.0
+
+
+def redact(url: str) -> str:
+    """The URL without its password, to show in messages."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "(an unparsable PostgreSQL URL)"
+    host = info.get("host", "localhost")
+    port = f":{info['port']}" if "port" in info else ""
+    user = f"{info['user']}@" if "user" in info else ""
+    return f"postgresql://{user}{host}{port}/{info.get('dbname', '')}"
+
+
+def _configure(conn: Connection) -> None:
+    # Times come back in UTC (psycopg then gives them timezone.utc), whatever the server's or the
+    # role's default zone.
+    conn.execute("SET TIME ZONE 'UTC'")
+
+
+def _connect(url: str) -> Connection:
+    conn = psycopg.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=int(CONNECT_TIMEOUT_SECONDS))
+    try:
+        _configure(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _pool(url: str, size: int, name: str) -> ConnectionPool[Connection]:
+    return ConnectionPool(
+        url,
+        connection_class=psycopg.Connection[dict[str, Any]],
+        kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": int(CONNECT_TIMEOUT_SECONDS)},
+        configure=_configure,
+        min_size=1,
+        max_size=size,
+        open=False,
+        name=name,
+        timeout=POOL_TIMEOUT_SECONDS,
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _prepare(url: str, create: bool) -> None:
+    """Checks that the database can be reached and migrates it (blocking)."""
+    try:
+        conn = _connect(url)
+    except psycopg.OperationalError as error:
+        raise StoreUnavailable(f"cannot connect to PostgreSQL at {redact(url)}: {_first_line(error)}") from None
+    with conn:
+        try:
+            if not create and not has_schema(conn):
+                raise StoreUnavailable(
+                    f"no agenttasks schema in the PostgreSQL database {redact(url)}: pass the --db that "
+                    "'agenttasks serve' uses (or set AGENTTASKS_DB); serve creates the schema on first start"
+                )
+            migrate(conn)
+        except (psycopg.Error, RuntimeError) as error:
+            raise StoreUnavailable(
+                f"cannot set up the agenttasks schema in {redact(url)}: {_first_line(error)}"
+            ) from None
+
+
+class PostgresStore:
+    """The `Store` over one PostgreSQL database. Open with `await PostgresStore.open(url)`."""
+
+    def __init__(
+        self,
+        url: str,
+        writer_pool: ConnectionPool[Connection],
+        reader_pool: ConnectionPool[Connection],
+        *,
+        readers: int = DEFAULT_READERS,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
+        """Takes over two open pools on a migrated database; `open` is the way to get them."""
+        self.url = url
+        self._writer_pool = writer_pool
+        self._reader_pool = reader_pool
+        self._writer = PostgresWriter(writer_pool, max_batch=max_batch)
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="agenttasks-pg-reader")
+        self._closed = False
+        self._closing: asyncio.Future[None] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        create: bool = True,
+        readers: int = DEFAULT_READERS,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> PostgresStore:
+        """Connects to the database `url` names and migrates it. With `create=False` a database
+        that has no agenttasks schema yet is refused (StoreUnavailable) instead of given one."""
+        if readers < 1 or max_batch < 1:
+            raise ValueError("readers and max_batch must be at least 1")
+        await asyncio.to_thread(_prepare, url, create)
+        writer_pool = _pool(url, 1, "agenttasks-writer")
+        reader_pool = _pool(url, readers, "agenttasks-readers")
+        try:
+            await asyncio.to_thread(_open_pools, url, writer_pool, reader_pool)
+        except BaseException:
+            await asyncio.to_thread(_close_pools, writer_pool, reader_pool)
+            raise
+        return cls(url, writer_pool, reader_pool, readers=readers, max_batch=max_batch)
+
+    def stats(self) -> WriterStats:
+        """Write counters, e.g. to show that concurrent writes share commits."""
+        return self._writer.stats()
+
+    async def read(self, fn: Callable[[ReadTx], T]) -> T:
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._run_read, fn)
+
+    async def write(self, fn: Callable[[WriteTx], T]) -> T:
+        self._check_open()
+        return await self._writer.submit(fn)
+
+    async def close(self) -> None:
+        """Finishes queued writes and reads, then closes every connection. Safe to call twice;
+        a second caller waits for the first close to finish."""
+        if self._closing is None:
+            self._closed = True
+            self._closing = asyncio.ensure_future(self._shutdown())
+        await asyncio.shield(self._closing)
+
+    async def __aenter__(self) -> PostgresStore:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"the store {redact(self.url)} is closed")
+
+    def _run_read(self, fn: Callable[[ReadTx], T]) -> T:
+        with self._reader_pool.connection() as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            tx = PostgresReadTx(conn)
+            try:
+                return fn(tx)
+            finally:
+                tx.detach()
+                # Read only: nothing to keep. A broken connection is the pool's to replace.
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+
+    async def _shutdown(self) -> None:
+        await self._writer.close()
+        await asyncio.to_thread(self._readers.shutdown, True)
+        await asyncio.to_thread(_close_pools, self._writer_pool, self._reader_pool)
+
+
+def _open_pools(url: str, *pools: ConnectionPool[Connection]) -> None:
+    for pool in pools:
+        try:
+            pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
+        except PoolTimeout:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL at {redact(url)}: no connection in time") from None
+
+
+def _close_pools(*pools: ConnectionPool[Connection]) -> None:
+    for pool in pools:
+        pool.close()
+
+
+__all__ = ["PostgresStore", "WriterStats", "redact"]

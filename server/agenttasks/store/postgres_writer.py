@@ -1,0 +1,235 @@
+"""The PostgreSQL writer: one connection, write functions run one at a time, in submission order,
+many per COMMIT.
+
+Why one writer rather than a connection per write: the core relies on its write functions
+never running at the same time as each other. A dispatch round reserves places on connected
+workers inside its write function, and a Submit starts its task for a worker with a free place
+inside its own; two of them running at once on two connections could both hand out the last
+place. With SQLite they run one by one on the event loop. Here they run one by one on the
+writer thread, in the order they were submitted (a worker's disconnect, for one, must find the
+tasks that writes queued before it gave that worker), and the loop never waits for PostgreSQL.
+
+Group commit as in the SQLite writer: everything pending (up to `max_batch`) runs in one
+transaction, each function inside its own savepoint when there are several, one COMMIT; a
+caller hears "done" only once its write is committed. A failing function is rolled back to its
+savepoint and only its caller sees the exception; the rest of the batch still commits.
+`max_batch` defaults to 64: each savepoint that writes gets a subtransaction id, and a
+transaction with more than 64 of them overflows PostgreSQL's per-backend cache, which makes
+every other session's visibility checks slower until it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from agenttasks.core.ports import WriteTx
+from agenttasks.store.postgres_tx import Connection, PostgresWriteTx
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    """Counters since open. commits < writes shows that group commit is sharing commits."""
+
+    writes: int
+    batches: int
+    commits: int
+
+
+@dataclass(slots=True)
+class _Job:
+    fn: Callable[[WriteTx], Any]
+    future: asyncio.Future[Any]
+
+
+class TransactionLost(psycopg.OperationalError):
+    """The batch's transaction was lost under a write function (the connection broke), so the
+    writes that ran before it in the batch were lost too."""
+
+
+# What the writer thread found for one job: (exception or None, result), or None for a job it
+# did not run (the transaction was lost before it), which goes back to the head of the queue.
+_Outcome = tuple[BaseException | None, Any]
+
+
+class PostgresWriter:
+    """Owns a pool of one connection (which replaces it when it breaks). Used from one event
+    loop, the one that first calls `submit`."""
+
+    def __init__(self, pool: ConnectionPool[Connection], *, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        self._pool = pool
+        self._max_batch = max_batch
+        self._pending: collections.deque[_Job] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agenttasks-pg-writer")
+        self._closed = False
+        self._cancelled = False
+        self._writes = 0
+        self._batches = 0
+        self._commits = 0
+
+    def stats(self) -> WriterStats:
+        return WriterStats(writes=self._writes, batches=self._batches, commits=self._commits)
+
+    def submit(self, fn: Callable[[WriteTx], T]) -> asyncio.Future[T]:
+        """Queues fn; the future resolves after the batch holding it has committed.
+
+        Cancelling the future does not withdraw the write: once queued it runs and commits.
+        """
+        if self._closed:
+            raise RuntimeError("the store writer is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError("the store is used from another event loop than the one it writes on")
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append(_Job(fn, future))
+        if self._flusher is None or self._flusher.done():
+            # Started on the next turn of the loop: every write queued until then joins the batch.
+            self._flusher = loop.create_task(self._flush(), name="agenttasks-pg-flush")
+        return future
+
+    async def close(self) -> None:
+        """Refuses new writes and waits until every queued one has committed (or failed)."""
+        self._closed = True
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.wait([self._flusher])  # its own cancellation is not ours to raise
+        self._fail_pending()
+        await asyncio.to_thread(self._thread.shutdown, True)
+
+    def _fail_pending(self) -> None:
+        orphans = list(self._pending)
+        self._pending.clear()
+        for job in orphans:
+            if not job.future.done():
+                job.future.set_exception(_stopped(None))
+
+    async def _flush(self) -> None:
+        self._cancelled = False
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                count = min(len(self._pending), self._max_batch)
+                jobs = [self._pending.popleft() for _ in range(count)]
+                self._batches += 1
+                try:
+                    step = loop.run_in_executor(self._thread, self._run_batch, [job.fn for job in jobs])
+                    outcomes = await self._wait_for(step)
+                except BaseException as exc:  # no caller may wait forever, whatever went wrong
+                    if isinstance(exc, Exception):
+                        log.exception("PostgreSQL write batch failed")
+                        _resolve(jobs, [(exc, None)] * len(jobs))
+                        continue
+                    _resolve(jobs, [(_stopped(exc), None)] * len(jobs))
+                    raise
+                not_run = [job for job, outcome in zip(jobs, outcomes, strict=True) if outcome is None]
+                self._pending.extendleft(reversed(not_run))  # they go first next time
+                _resolve(jobs, outcomes)
+                if self._cancelled:  # the batch was seen through and its callers told
+                    raise asyncio.CancelledError
+        finally:
+            self._flusher = None
+            # Only left behind when the flush was cancelled (its loop is shutting down).
+            self._fail_pending()
+
+    async def _wait_for(self, step: asyncio.Future[T]) -> T:
+        """Awaits the batch on the writer thread to its end even if the flush is cancelled (the
+        loop shutting down), however often: callers must hear what really happened. The
+        cancellation is remembered and raised by `_flush` once the batch is settled."""
+        while not step.done():
+            try:
+                await asyncio.wait([step])
+            except asyncio.CancelledError:
+                self._cancelled = True
+        return step.result()
+
+    def _run_batch(self, fns: Sequence[Callable[[WriteTx], Any]]) -> list[_Outcome | None]:
+        """On the writer thread: runs `fns` in one transaction; one outcome each, in order."""
+        for retry in (True, False):
+            with self._pool.connection() as conn:
+                try:
+                    conn.execute("BEGIN")
+                except psycopg.OperationalError:
+                    # A connection that broke while idle (a server restart) is only found out
+                    # now; nothing ran yet, so the batch may go to a fresh one, once.
+                    if retry:
+                        continue
+                    raise
+                return self._run_in_transaction(conn, fns)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _run_in_transaction(self, conn: Connection, fns: Sequence[Callable[[WriteTx], Any]]) -> list[_Outcome | None]:
+        single = len(fns) == 1
+        outcomes: list[_Outcome | None] = []
+        for index, fn in enumerate(fns):
+            self._writes += 1
+            if not single:
+                conn.execute("SAVEPOINT write_fn")
+            error, value = _run_one(conn, fn)
+            if error is not None:
+                try:
+                    conn.execute("ROLLBACK" if single else "ROLLBACK TO SAVEPOINT write_fn")
+                except psycopg.Error as gone:
+                    # The transaction went with the connection: earlier successes are gone too.
+                    lost = TransactionLost(f"the batch's transaction was lost after {error!r}; this write was lost")
+                    lost.__cause__ = gone
+                    before: list[_Outcome | None] = [(lost if o[0] is None else o[0], None) for o in outcomes if o]
+                    return [*before, (error, None), *[None] * (len(fns) - index - 1)]
+                if single:
+                    return [(error, None)]
+            outcomes.append((error, value))
+        try:
+            conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            # A function that failed on its own keeps its own error: that is still the truth.
+            return [(exc if o[0] is None else o[0], None) for o in outcomes if o]
+        self._commits += 1
+        return outcomes
+
+
+def _run_one(conn: Connection, fn: Callable[[WriteTx], Any]) -> _Outcome:
+    tx = PostgresWriteTx(conn)
+    try:
+        return None, fn(tx)
+    except Exception as exc:
+        if isinstance(exc, StopIteration):  # a future cannot carry it (asyncio wraps it too)
+            wrapped = RuntimeError("a write function raised StopIteration")
+            wrapped.__cause__ = exc
+            return wrapped, None
+        return exc, None
+    finally:
+        tx.detach()
+
+
+def _stopped(cause: BaseException | None) -> RuntimeError:
+    error = RuntimeError("the store writer was stopped with this write queued or committing; it may not be stored")
+    error.__cause__ = cause
+    return error
+
+
+def _resolve(jobs: Sequence[_Job], outcomes: Sequence[_Outcome | None]) -> None:
+    """Resolves futures in submission order, so callers wake in that order."""
+    for job, outcome in zip(jobs, outcomes, strict=True):
+        if outcome is None or job.future.done():  # not run: queued again; done: the caller left
+            continue
+        error, value = outcome
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(value)
