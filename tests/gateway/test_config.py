@@ -16,9 +16,10 @@ import yaml
 from google.api import annotations_pb2  # type: ignore[import-untyped, unused-ignore]
 from google.protobuf import descriptor_pool
 
-from agenttasks.gateway import envoy_binary
+from agenttasks.gateway import GatewayError, envoy_binary, parse_upstreams, resolve_upstreams
 from agenttasks.gateway.config import LUA, ip_for, load_template, render, template_text, write_config
 from agenttasks.gateway.descriptor import SERVICES, descriptor_set, response_bodies
+from agenttasks.v1 import webhook_service_pb2, worker_service_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = ROOT / "server" / "agenttasks" / "gateway"
@@ -37,15 +38,44 @@ def validate(config: Path, cwd: Path) -> None:
     assert "OK" in result.stdout + result.stderr
 
 
-def routes(config: dict[str, Any]) -> list[dict[str, Any]]:
-    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    found: list[dict[str, Any]] = manager["route_config"]["virtual_hosts"][0]["routes"]
+EVERY_SERVICE = (
+    *SERVICES,
+    webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"],
+    worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"],
+)
+"""What the native gRPC front passes on: every service, not only those REST reaches."""
+# What a call that changes something is sent again on: only failures that did no work.
+WRITE_RETRIES = {"unavailable", "connect-failure", "refused-stream", "reset-before-request"}
+
+
+def manager(config: dict[str, Any], listener: str = "rest") -> dict[str, Any]:
+    """The HTTP connection manager of a listener."""
+    for found in config["static_resources"]["listeners"]:
+        if found["name"] == listener:
+            typed: dict[str, Any] = found["filter_chains"][0]["filters"][0]["typed_config"]
+            return typed
+    raise AssertionError(f"no listener {listener!r}")
+
+
+def routes(config: dict[str, Any], listener: str = "rest") -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = manager(config, listener)["route_config"]["virtual_hosts"][0]["routes"]
     return found
 
 
-def route_for_grpc_path(config: dict[str, Any], path: str) -> dict[str, Any]:
+def retry_on(config: dict[str, Any], route: dict[str, Any], listener: str = "rest") -> set[str]:
+    """What the route's call is sent to another replica on (its own policy, else its host's)."""
+    host = manager(config, listener)["route_config"]["virtual_hosts"][0]
+    policy = route["route"].get("retry_policy", host.get("retry_policy"))
+    return set(policy["retry_on"].split(",")) if policy else set()
+
+
+def is_read(method_name: str) -> bool:
+    return method_name.startswith(("Get", "List", "Watch"))
+
+
+def route_for_grpc_path(config: dict[str, Any], path: str, listener: str = "rest") -> dict[str, Any]:
     """The route Envoy picks for a transcoded call (its gRPC path, no query string)."""
-    for route in routes(config):
+    for route in routes(config, listener):
         match = route["match"]
         if "headers" in match:  # the query-string guards never match a path without a query
             continue
@@ -80,7 +110,8 @@ def test_the_rendered_runtime_config_passes_envoy_validate(tmp_path: Path) -> No
     descriptor = tmp_path / "d.binpb"
     descriptor.write_bytes(descriptor_set().SerializeToString())
     everywhere = "0.0.0.0"  # noqa: S104 - a server bound to every interface, reached on loopback
-    config = render(listen=("127.0.0.1", 0), upstream=(everywhere, 50051), descriptor=descriptor)
+    config = render(listen=("127.0.0.1", 0), upstreams=[(everywhere, 50051)], descriptor=descriptor)
+    assert [found["name"] for found in config["static_resources"]["listeners"]] == ["rest"]  # serve: no gRPC front
     listener = config["static_resources"]["listeners"][0]
     cluster = config["static_resources"]["clusters"][0]
     assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 0}
@@ -111,6 +142,105 @@ def test_every_method_is_routed_as_its_annotations_ask() -> None:
             assert context == expected, path
             if method.server_streaming:
                 assert (route["route"]["timeout"], route["route"]["idle_timeout"]) == ("0s", "0s"), path
+
+
+def test_the_gateway_config_has_every_replica_and_the_grpc_front_and_passes_envoy_validate(tmp_path: Path) -> None:
+    """What `agenttasks gateway` runs: several upstreams, in order, as IP literals, and the
+    native gRPC listener."""
+    descriptor = tmp_path / "d.binpb"
+    descriptor.write_bytes(descriptor_set().SerializeToString())
+    everywhere = "0.0.0.0"  # noqa: S104 - a replica bound to every interface, reached on loopback
+    config = render(
+        listen=("127.0.0.1", 0),
+        upstreams=[("127.0.0.2", 50051), (everywhere, 50052), ("[::1]", 50053)],
+        descriptor=descriptor,
+        grpc_front=("127.0.0.1", 0),
+    )
+    static = config["static_resources"]
+    assert [found["name"] for found in static["listeners"]] == ["rest", "grpc"]
+    assert static["listeners"][1]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 0}
+    (cluster,) = static["clusters"]
+    (group,) = cluster["load_assignment"]["endpoints"]
+    assert [e["endpoint"]["address"]["socket_address"] for e in group["lb_endpoints"]] == [
+        {"address": "127.0.0.2", "port_value": 50051},
+        {"address": "127.0.0.1", "port_value": 50052},
+        {"address": "::1", "port_value": 50053},
+    ]
+    assert cluster["lb_policy"] == "ROUND_ROBIN"
+    (check,) = cluster["health_checks"]
+    assert "grpc_health_check" in check
+    validate(write_config(config, tmp_path / "envoy.json"), cwd=tmp_path)
+
+
+def test_the_grpc_front_passes_every_method_on_as_is_with_no_timeout_of_its_own() -> None:
+    config = load_template()
+    filters = [found["name"] for found in manager(config, "grpc")["http_filters"]]
+    assert filters == ["envoy.filters.http.router"]  # no transcoding, no Lua: gRPC as it came
+    for service in EVERY_SERVICE:
+        for method in service.methods:
+            route = route_for_grpc_path(config, f"/{service.full_name}/{method.name}", "grpc")
+            assert route["match"]["grpc"] == {}, method.full_name
+            action = route["route"]
+            # Streams live as long as they must; a unary call as long as its client's deadline.
+            assert (action["timeout"], action["idle_timeout"]) == ("0s", "0s"), method.full_name
+            assert action["max_stream_duration"] == {"grpc_timeout_header_max": "0s"}, method.full_name
+
+
+@pytest.mark.parametrize("listener", ["rest", "grpc"])
+def test_only_reads_are_sent_again_after_a_replica_may_have_started_them(listener: str) -> None:
+    """A write (Submit, Cancel, CreateAgent, ...) goes to another replica only when the first
+    did no work: refused, never connected, or UNAVAILABLE (SHUTTING_DOWN). A reset or a
+    CANCELLED may come after it committed, so only reads are sent again on those."""
+    config = load_template()
+    for service in SERVICES if listener == "rest" else EVERY_SERVICE:
+        for method in service.methods:
+            route = route_for_grpc_path(config, f"/{service.full_name}/{method.name}", listener)
+            conditions = retry_on(config, route, listener)
+            if is_read(method.name):
+                assert {"reset", "cancelled"} | WRITE_RETRIES - {"reset-before-request"} <= conditions, method.name
+            else:
+                assert conditions == WRITE_RETRIES, method.name
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:50051", [("127.0.0.1", 50051)]),
+        (" 10.0.0.1:1 , replica-b:2,[::1]:3 ", [("10.0.0.1", 1), ("replica-b", 2), ("[::1]", 3)]),
+    ],
+)
+def test_upstreams_are_host_port_pairs(text: str, expected: list[tuple[str, int]]) -> None:
+    assert parse_upstreams(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "no upstream given: name the gRPC replicas as HOST:PORT[,HOST:PORT...]"),
+        ("127.0.0.1", "bad upstream '127.0.0.1': expected HOST:PORT, e.g. 127.0.0.1:50051"),
+        (":50051", "bad upstream ':50051': expected HOST:PORT, e.g. 127.0.0.1:50051"),
+        ("a:1,,b:2", "bad upstream list 'a:1,,b:2': an empty entry between commas"),
+        ("a:0", "bad upstream 'a:0': the port must be a number from 1 to 65535"),
+        ("a:65536", "bad upstream 'a:65536': the port must be a number from 1 to 65535"),
+        ("a:http", "bad upstream 'a:http': the port must be a number from 1 to 65535"),
+        ("::1:50051", "bad upstream '::1:50051': write an IPv6 address in brackets, e.g. [::1]:50051"),
+    ],
+)
+def test_a_bad_upstream_is_one_clear_sentence(text: str, message: str) -> None:
+    with pytest.raises(GatewayError) as raised:
+        parse_upstreams(text)
+    assert str(raised.value) == message
+
+
+def test_upstreams_resolve_once_and_the_same_replica_twice_is_refused() -> None:
+    everywhere = "0.0.0.0"  # noqa: S104
+    assert resolve_upstreams([("127.0.0.1", 1), (everywhere, 2)]) == [("127.0.0.1", 1), ("127.0.0.1", 2)]
+    with pytest.raises(GatewayError) as raised:
+        resolve_upstreams([("127.0.0.1", 1), (everywhere, 1)])
+    assert str(raised.value) == "upstreams 127.0.0.1:1 and 0.0.0.0:1 are the same replica (127.0.0.1:1)"
+    with pytest.raises(GatewayError) as raised:
+        resolve_upstreams([("no-such-host.invalid", 1)])
+    assert str(raised.value).startswith("upstream no-such-host.invalid:1: cannot resolve 'no-such-host.invalid'")
 
 
 def test_the_descriptor_loads_dependencies_first_and_has_what_errors_need() -> None:

@@ -64,6 +64,22 @@ async def test_several_gateways_run_side_by_side(service: Service, key: str) -> 
 
 
 @pytest.mark.asyncio
+async def test_drain_tells_clients_to_go_and_waits_for_open_calls(service: Service, key: str) -> None:
+    async with Gateway("127.0.0.1", 0, upstreams=[("127.0.0.1", service.port)]) as gateway:
+        assert await gateway.drain(5) == 0  # nothing open: at once
+        async with http_client(gateway, {"x-api-key": key}) as client:
+            agent = (await client.post("/agent/create", json={"name": "drained"})).json()["agent_id"]
+            task = (await client.post(f"/agent/request/{agent}", json={"message": "x"})).json()["task_id"]
+            async with client.stream("GET", f"/agent/{agent}/task/{task}/watch") as watch:
+                events = watch.aiter_raw()
+                await anext(events)  # the snapshot: the watch is open
+                assert await gateway.drain(0.2) == 1  # a watch does not end by itself: stop cuts it
+                await events.aclose()
+            answer = await client.get("/agent/list")
+            assert answer.status_code == 200 and answer.headers["connection"] == "close", answer.headers
+
+
+@pytest.mark.asyncio
 async def test_a_taken_port_fails_before_envoy_starts(service: Service, taken_port: int) -> None:
     gateway = Gateway("127.0.0.1", taken_port, "127.0.0.1", service.port)
     with pytest.raises(GatewayError) as raised:

@@ -76,7 +76,7 @@ async def run(settings: Settings) -> int:
     print(f"agenttasks gRPC listening on {service.address}", flush=True)
     gateway: Gateway | None = None
     if settings.gateway:
-        gateway = Gateway(settings.http_host, settings.http_port, settings.grpc_host, service.port)
+        gateway = Gateway(settings.http_host, settings.http_port, upstreams=[(settings.grpc_host, service.port)])
         try:
             await gateway.start()
         except GatewayError as error:

@@ -1,11 +1,12 @@
 """The runtime Envoy config: envoy.yaml with this run's addresses, descriptor and Lua code.
 
 envoy.yaml lives in this package so `pip install .` ships it; the repository root links to it,
-so the file a person reads and validates is the file the service runs. By itself it serves
-127.0.0.1:8080 in front of 127.0.0.1:50051 with paths relative to the repository root. `render`
-changes only what differs at run time (listener, upstream, admin, descriptor path) and inlines
-the Lua sources, so the result depends on nothing but the descriptor file. Envoy reads the JSON
-that `write_config` produces directly.
+so the file a person reads and validates is the file the service runs. By itself it serves REST
+on 127.0.0.1:8080 and native gRPC on 127.0.0.1:50050 in front of 127.0.0.1:50051, with paths
+relative to the repository root. `render` changes only what differs at run time (listeners,
+upstreams, admin, descriptor path; the gRPC front is dropped when not asked for, as serve does)
+and inlines the Lua sources, so the result depends on nothing but the descriptor file. Envoy
+reads the JSON that `write_config` produces directly.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
@@ -20,6 +22,7 @@ from typing import Any, cast
 import yaml
 
 LISTENER = "rest"
+GRPC_LISTENER = "grpc"
 CLUSTER = "agenttasks"
 LUA = "envoy.filters.http.lua"
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
@@ -69,6 +72,48 @@ def ip_for(host: str, port: int, *, connect: bool) -> str:
     return str(address)
 
 
+def parse_upstreams(text: str) -> list[tuple[str, int]]:
+    """`HOST:PORT[,HOST:PORT...]` (an IPv6 host in brackets) as (host, port) pairs, in order.
+
+    Only the form is checked here; `resolve_upstreams` finds the addresses.
+    """
+    entries = [entry.strip() for entry in text.split(",")]
+    if not any(entries):
+        raise GatewayError("no upstream given: name the gRPC replicas as HOST:PORT[,HOST:PORT...]")
+    upstreams: list[tuple[str, int]] = []
+    for entry in entries:
+        if not entry:
+            raise GatewayError(f"bad upstream list {text!r}: an empty entry between commas")
+        host, colon, port = entry.rpartition(":")
+        if not colon or not host or not port:
+            raise GatewayError(f"bad upstream {entry!r}: expected HOST:PORT, e.g. 127.0.0.1:50051")
+        if ":" in host and not (host.startswith("[") and host.endswith("]")):
+            raise GatewayError(f"bad upstream {entry!r}: write an IPv6 address in brackets, e.g. [::1]:50051")
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise GatewayError(f"bad upstream {entry!r}: the port must be a number from 1 to 65535")
+        upstreams.append((host, int(port)))
+    return upstreams
+
+
+def resolve_upstreams(upstreams: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The replicas as IP literals, as the STATIC cluster needs them; names are resolved once,
+    now. Refuses an empty list and a replica named twice (round robin would favour it)."""
+    if not upstreams:
+        raise GatewayError("no upstream given: name the gRPC replicas as HOST:PORT[,HOST:PORT...]")
+    resolved: dict[tuple[str, int], str] = {}
+    for host, port in upstreams:
+        named = f"{host}:{port}"
+        try:
+            address = (ip_for(host, port, connect=True), port)
+        except GatewayError as error:
+            raise GatewayError(f"upstream {named}: {error}") from None
+        if address in resolved:
+            same = f"{address[0]}:{port}" if ":" not in address[0] else f"[{address[0]}]:{port}"
+            raise GatewayError(f"upstreams {resolved[address]} and {named} are the same replica ({same})")
+        resolved[address] = named
+    return list(resolved)
+
+
 def _inlined(source: dict[str, str]) -> dict[str, str]:
     return {"inline_string": template_text(Path(source["filename"]).name)}
 
@@ -76,21 +121,28 @@ def _inlined(source: dict[str, str]) -> dict[str, str]:
 def render(
     *,
     listen: tuple[str, int],
-    upstream: tuple[str, int],
+    upstreams: Sequence[tuple[str, int]],
     descriptor: Path,
     admin: tuple[str, int] = ("127.0.0.1", 0),
+    grpc_front: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
-    """envoy.yaml as a dict, pointed at these addresses and this descriptor file."""
+    """envoy.yaml as a dict: REST on `listen`, native gRPC on `grpc_front` (None: no such
+    listener), round robin over `upstreams`, and this descriptor file."""
     config = load_template()
     config["admin"]["address"] = _socket_address(*admin)
     static = config["static_resources"]
 
     listener = _named(static["listeners"], LISTENER, "listener")
     listener["address"] = _socket_address(ip_for(listen[0], listen[1], connect=False), listen[1])
+    front = _named(static["listeners"], GRPC_LISTENER, "listener")
+    if grpc_front is None:
+        static["listeners"].remove(front)
+    else:
+        front["address"] = _socket_address(ip_for(grpc_front[0], grpc_front[1], connect=False), grpc_front[1])
 
     cluster = _named(static["clusters"], CLUSTER, "cluster")
-    upstream_address = _socket_address(ip_for(upstream[0], upstream[1], connect=True), upstream[1])
-    cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": [{"endpoint": {"address": upstream_address}}]}]
+    endpoints = [{"endpoint": {"address": _socket_address(*address)}} for address in resolve_upstreams(upstreams)]
+    cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": endpoints}]
 
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     filters = manager["http_filters"]
