@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     )
     shutdown_grace_seconds: float = Field(5.0, gt=0, description="How long SIGTERM waits for calls to finish.")
 
+    # --- `agenttasks gateway`: Envoy alone in front of several replicas ---
+    upstream: str = Field("", description="The gRPC replicas `agenttasks gateway` serves, as HOST:PORT[,HOST:PORT...].")
+    grpc_front_host: str = Field("127.0.0.1", description="Address `agenttasks gateway` binds for native gRPC.")
+    grpc_front_port: int = Field(
+        50050, ge=0, le=65535, description="Native gRPC port of `agenttasks gateway` (0 picks a free one)."
+    )
+
     # --- workers ---
     lease_seconds: float = Field(
         30.0, gt=0, description="A worker silent this long loses its tasks (they are requeued)."

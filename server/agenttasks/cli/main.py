@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agenttasks import __version__
-from agenttasks.cli import commands, webhook_cmds, worker_cmd
+from agenttasks.cli import commands, gateway_cmd, webhook_cmds, worker_cmd
 from agenttasks.cli.client import Client, CliError
 from agenttasks.core.model import Role, TaskStatus
 from agenttasks.settings import Settings
@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="networks webhooks may reach although private, e.g. 127.0.0.0/8,::1/128 for local development",
     )
     p.set_defaults(serve=True)
+
+    p = _add(sub, "gateway", gateway_cmd.HELP, local=_lazy("agenttasks.cli.gateway_cmd", "run"))
+    gateway_cmd.add_arguments(p)
 
     keys = _add(sub, "keys", "Manage API keys (acts on the database file; no server needed).")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=_Parser, required=True)
@@ -326,6 +329,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "grpc_port",
         "http_host",
         "http_port",
+        "upstream",
+        "grpc_front_host",
+        "grpc_front_port",
         "jwt_secret",
         "public_base_url",
         "webhook_allow",
