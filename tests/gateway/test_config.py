@@ -112,6 +112,8 @@ def test_the_rendered_runtime_config_passes_envoy_validate(tmp_path: Path) -> No
     everywhere = "0.0.0.0"  # noqa: S104 - a server bound to every interface, reached on loopback
     config = render(listen=("127.0.0.1", 0), upstreams=[(everywhere, 50051)], descriptor=descriptor)
     assert [found["name"] for found in config["static_resources"]["listeners"]] == ["rest"]  # serve: no gRPC front
+    # One server: no other to send a call to again.
+    assert all(not retry_on(config, route) for route in routes(config) if "route" in route)
     listener = config["static_resources"]["listeners"][0]
     cluster = config["static_resources"]["clusters"][0]
     assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 0}
@@ -169,6 +171,8 @@ def test_the_gateway_config_has_every_replica_and_the_grpc_front_and_passes_envo
     assert cluster["lb_policy"] == "ROUND_ROBIN"
     (check,) = cluster["health_checks"]
     assert "grpc_health_check" in check
+    for listener in ("rest", "grpc"):
+        assert all(retry_on(config, route, listener) for route in routes(config, listener) if "route" in route)
     validate(write_config(config, tmp_path / "envoy.json"), cwd=tmp_path)
 
 

@@ -118,6 +118,14 @@ def _inlined(source: dict[str, str]) -> dict[str, str]:
     return {"inline_string": template_text(Path(source["filename"]).name)}
 
 
+def _drop_retries(listeners: list[dict[str, Any]]) -> None:
+    for found in listeners:
+        for host in found["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]:
+            host.pop("retry_policy", None)
+            for route in host["routes"]:
+                route.get("route", {}).pop("retry_policy", None)
+
+
 def render(
     *,
     listen: tuple[str, int],
@@ -143,6 +151,11 @@ def render(
     cluster = _named(static["clusters"], CLUSTER, "cluster")
     endpoints = [{"endpoint": {"address": _socket_address(*address)}} for address in resolve_upstreams(upstreams)]
     cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": endpoints}]
+    if len(endpoints) == 1:
+        # With one server (serve's own, or a gateway given one replica) there is no other to
+        # send a call to: sent again, it would only get the same answer (SHUTTING_DOWN,
+        # AGENT_UNAVAILABLE) later, or meet the same closed port.
+        _drop_retries(static["listeners"])
 
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     filters = manager["http_filters"]
