@@ -269,7 +269,10 @@ class Gateway:
         clusters = await asyncio.to_thread(_admin_get, self.admin_address, "/clusters?format=json")
         if clusters is None:
             raise GatewayError("REST gateway (Envoy) admin did not answer")
-        return _upstreams_from(clusters)
+        try:
+            return _upstreams_from(clusters)
+        except (ValueError, KeyError, TypeError) as error:  # another Envoy's admin format
+            raise GatewayError(f"REST gateway (Envoy) admin /clusters not understood: {error!r}") from None
 
     def describe_exit(self) -> str:
         """One line on why Envoy ended, from its exit code and last error line."""
