@@ -3,12 +3,17 @@ rich error details of a failed call."""
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
+import psycopg
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from psycopg import sql
 
 from agenttasks.core import lifecycle
 from agenttasks.core.model import TaskResult, utcnow
@@ -30,7 +35,7 @@ def write_output(tx: WriteTx, task_id: str, text: str, result: str = "") -> None
         tx.update_task(replace(task, result=TaskResult(result)))
 
 
-def make_settings(db: Path, **overrides: object) -> Settings:
+def make_settings(db: Path | str, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "db": str(db),
         "grpc_port": 0,
@@ -40,6 +45,82 @@ def make_settings(db: Path, **overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+# --- databases of each backend ---
+
+BACKENDS = ["sqlite", "postgresql"]
+"""Every storage backend; fixtures that give a test its database are parametrized over these."""
+
+POSTGRES_SERVER = "postgresql://postgres@127.0.0.1:5432"
+"""The local PostgreSQL every machine of this project runs (CI's too): trust auth, user postgres."""
+_MAINTENANCE_DB = "test"
+
+
+class PostgresDatabases:
+    """Fresh PostgreSQL stores for tests: one database per test session, and in it one new
+    schema per store, named in the URL's search_path (`?options=-csearch_path=...`), migrated
+    when it is made and dropped after its test however the test ends. Measured on this
+    machine, a schema and its migrations cost about 40 ms where a database cloned from a
+    migrated template cost 340 ms (CREATE DATABASE writes or checkpoints the whole template).
+    Names are random, so test runs beside each other (two engineers, two sessions) never meet."""
+
+    def __init__(self) -> None:
+        self._database: str | None = None
+
+    def _connect(self, database: str) -> psycopg.Connection[tuple[object, ...]]:
+        try:
+            conn = psycopg.connect(f"{POSTGRES_SERVER}/{database}", autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as error:
+            raise RuntimeError(
+                f"the PostgreSQL tests need the server at {POSTGRES_SERVER} (user postgres, trust auth): {error}"
+            ) from error
+        # A store a failing test left open must not make its schema's drop wait for ever.
+        conn.execute("SET lock_timeout = '20s'")
+        return conn
+
+    def _session_database(self) -> str:
+        if self._database is None:
+            name = f"agenttasks_tests_{secrets.token_hex(6)}"
+            with self._connect(_MAINTENANCE_DB) as admin:
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            self._database = name
+        return self._database
+
+    def create(self, *, migrated: bool = True) -> str:
+        """The URL of a new, empty schema, with the agenttasks tables unless `migrated` is False."""
+        from agenttasks.store.postgres_migrations import migrate
+
+        database = self._session_database()
+        schema = f"t_{secrets.token_hex(6)}"
+        with self._connect(database) as admin:
+            admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        url = f"{POSTGRES_SERVER}/{database}?options=-csearch_path%3D{schema}"
+        if migrated:
+            with psycopg.connect(url, autocommit=True) as conn:
+                migrate(conn)
+        return url
+
+    def drop(self, url: str) -> None:
+        database, schema = url.rsplit("/", 1)[1].split("?")[0], url.rsplit("%3D", 1)[1]
+        with self._connect(database) as admin:
+            admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+    @contextmanager
+    def database(self, *, migrated: bool = True) -> Iterator[str]:
+        """A new store's URL for the block, dropped when it ends however it ends."""
+        url = self.create(migrated=migrated)
+        try:
+            yield url
+        finally:
+            self.drop(url)
+
+    def close(self) -> None:
+        """Drops the session's database (FORCE: whatever a crashed test left connected)."""
+        if self._database is not None:
+            with self._connect(_MAINTENANCE_DB) as admin:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self._database)))
+            self._database = None
 
 
 @dataclass

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from .support import CLI_TIMEOUT, Cli, Server, ServerProcess, StartServer, run_cli, serving
+from tests.support import BACKENDS, PostgresDatabases
+
+from .support import CLI_TIMEOUT, Cli, PostgresUrl, Server, ServerProcess, StartServer, run_cli, serving
 
 
 @pytest.fixture
@@ -31,10 +33,17 @@ def start_server() -> Iterator[StartServer]:
             server.kill()
 
 
-@pytest.fixture(scope="module")
-def server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One `serve` on a free port and a fresh database, shared by the tests of a module."""
-    with serving(tmp_path_factory.mktemp("serve") / "agenttasks.db") as process:
+@pytest.fixture(scope="module", params=BACKENDS)
+def server_process(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One `serve` on a free port and a fresh database, shared by the tests of a module: once
+    on a SQLite file, once on a new PostgreSQL database (dropped with the module)."""
+    directory = tmp_path_factory.mktemp("serve")
+    if request.param == "sqlite":
+        with serving(directory / "agenttasks.db") as process:
+            yield process
+        return
+    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    with databases.database() as url, serving(PostgresUrl(url, directory)) as process:
         yield process
 
 
@@ -49,7 +58,8 @@ def cli(server: Server) -> Cli:
 
     AGENTTASKS_SERVER and AGENTTASKS_API_KEY (the admin key unless `api_key` is given) are set;
     `env` adds to or (with None values) removes from that. The working directory is the
-    server's, so a command that falls back to ./agenttasks.db finds the same file.
+    server's, so a command that falls back to ./agenttasks.db finds the same file; on
+    PostgreSQL, AGENTTASKS_DB names the server's database instead.
     """
 
     def run(
@@ -62,6 +72,8 @@ def cli(server: Server) -> Cli:
             "AGENTTASKS_SERVER": server.address,
             "AGENTTASKS_API_KEY": api_key if api_key is not None else server.admin_key,
         }
+        if isinstance(server.db_path, PostgresUrl):  # what ./agenttasks.db is to a SQLite server
+            merged["AGENTTASKS_DB"] = str(server.db_path)
         merged.update(env or {})
         return run_cli(*args, env=merged, cwd=server.db_path.parent, timeout=timeout)
 

@@ -2,7 +2,8 @@
 
 Everything here runs the installed `agenttasks` script (or `python -m agenttasks.cli.main` when
 the script is missing) exactly as a person would: no in-process shortcuts, real SQLite files in
-a temporary directory, a free port picked by the server itself (`--grpc-port 0`).
+a temporary directory or real PostgreSQL databases (`PostgresUrl`), a free port picked by the
+server itself (`--grpc-port 0`).
 
 A server process is always stopped in a `finally` (SIGTERM, then SIGKILL if it does not go), so
 a failing test never leaves one behind.
@@ -195,10 +196,23 @@ class Spawned:
         return reader.is_alive()
 
 
+class PostgresUrl(str):
+    """A PostgreSQL store URL with the `.parent` a database file's Path has: a directory of the
+    test's own for the server and the commands to run in. Tests written against a database file
+    (`--db str(server.db_path)`, `cwd=server.db_path.parent`) thereby run unchanged on PostgreSQL."""
+
+    parent: Path
+
+    def __new__(cls, url: str, parent: Path) -> PostgresUrl:
+        made = super().__new__(cls, url)
+        made.parent = parent
+        return made
+
+
 class ServerProcess(Spawned):
     """`agenttasks serve --db DB --grpc-port 0 --no-gateway [EXTRA...]`."""
 
-    def __init__(self, db: Path, *extra: str, env: Mapping[str, str | None] | None = None) -> None:
+    def __init__(self, db: Path | PostgresUrl, *extra: str, env: Mapping[str, str | None] | None = None) -> None:
         super().__init__("serve", "--db", str(db), "--grpc-port", "0", "--no-gateway", *extra, env=env, cwd=db.parent)
         self.db = db
 
@@ -210,7 +224,9 @@ class ServerProcess(Spawned):
 
 
 @contextmanager
-def serving(db: Path, *extra: str, env: Mapping[str, str | None] | None = None) -> Iterator[ServerProcess]:
+def serving(
+    db: Path | PostgresUrl, *extra: str, env: Mapping[str, str | None] | None = None
+) -> Iterator[ServerProcess]:
     """A `serve` that is up (address and first-start key printed) until the block ends; then it
     must stop cleanly on SIGTERM, and is killed whatever happens."""
     process = ServerProcess(db, *extra, env=env)
@@ -268,4 +284,4 @@ class Server(NamedTuple):
 
     address: str
     admin_key: str
-    db_path: Path
+    db_path: Path | PostgresUrl

@@ -1,13 +1,13 @@
 """Fixtures shared by the store tests: one `store` per backend, on real storage.
 
 The contract suite runs once per entry of BACKENDS. A backend is added by giving `store_url` a
-way to make a fresh, empty database for one test (a PostgreSQL backend would create a database
-per test and return its URL).
+way to make a fresh, empty database for one test: a file in the test's directory for SQLite, a
+new database on the local PostgreSQL server (dropped after the test) for PostgreSQL.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,20 +18,26 @@ import pytest_asyncio
 from agenttasks.core.model import Agent, Task
 from agenttasks.core.ports import Store
 from agenttasks.store import open_store
+from tests.support import BACKENDS, PostgresDatabases
 
-BACKENDS = ["sqlite"]
+__all__ = ["BACKENDS"]
 
 # A fixed, microsecond-precise base time so round-trip assertions exercise the precision.
 BASE_TIME = datetime(2026, 3, 14, 15, 9, 26, 535897, tzinfo=UTC)
 
 
 @pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL naming a fresh, empty database of one backend; reopening it reaches the same data."""
     if request.param == "sqlite":
         # tmp_path is absolute, so this is the four-slash absolute form.
-        return f"sqlite:///{tmp_path / 'agenttasks.db'}"
-    raise AssertionError(f"no store_url for backend {request.param!r}")
+        yield f"sqlite:///{tmp_path / 'agenttasks.db'}"
+    elif request.param == "postgresql":
+        databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+        with databases.database() as url:
+            yield url
+    else:
+        raise AssertionError(f"no store_url for backend {request.param!r}")
 
 
 @pytest_asyncio.fixture

@@ -1,0 +1,414 @@
+"""What only the PostgreSQL backend has to get right: its URLs, its migrations when several
+servers start at once, claims that skip each other's rows across connections, its named
+statements against the schema, and the one line a missing driver or database gets.
+
+Everything runs against the local PostgreSQL server (a fresh schema per test, see
+tests/support.py); the contract every backend keeps is in test_store_contract.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import pytest_asyncio
+
+from agenttasks.core.model import Agent, Task, TaskStatus
+from agenttasks.core.ports import ReadTx, WriteTx
+from agenttasks.store import StoreUnavailable, open_store, postgres_url, sqlite_path
+from agenttasks.store.migrations import Migration, load_migrations
+from agenttasks.store.postgres_migrations import MIGRATION_LOCK_KEY, applied_migrations, has_schema, migrate
+from agenttasks.store.postgres_store import PostgresStore, redact
+from agenttasks.store.sql import load_queries
+from tests.support import PostgresDatabases
+
+MakeAgent = Callable[..., Agent]
+MakeTask = Callable[..., Task]
+
+
+@pytest.fixture
+def empty_url(postgres_databases: PostgresDatabases) -> Iterator[str]:
+    """A new schema without the agenttasks tables: what a first start finds."""
+    with postgres_databases.database(migrated=False) as url:
+        yield url
+
+
+@pytest.fixture
+def url(postgres_databases: PostgresDatabases) -> Iterator[str]:
+    with postgres_databases.database() as made:
+        yield made
+
+
+@pytest_asyncio.fixture
+async def pg_store(url: str) -> AsyncIterator[PostgresStore]:
+    store = await PostgresStore.open(url)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+    return psycopg.connect(url, autocommit=True)
+
+
+def tables(url: str) -> set[str]:
+    with connect(url) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").fetchall()
+    return {str(row[0]) for row in rows}
+
+
+# --- URLs and the one line a person gets ------------------------------------------------------
+
+
+def test_postgresql_urls_are_recognised_and_normalised() -> None:
+    assert postgres_url("postgresql://u@h:5432/db") == "postgresql://u@h:5432/db"
+    assert postgres_url("postgres://u@h/db?sslmode=require") == "postgresql://u@h/db?sslmode=require"
+    assert postgres_url("postgresql+psycopg://u@h/db") == "postgresql://u@h/db"
+    assert postgres_url("PostgreSQL://h/db") == "postgresql://h/db"
+    for not_postgres in ("agenttasks.db", "sqlite:///x.db", ":memory:", "/var/lib/a.db"):
+        assert postgres_url(not_postgres) is None
+    with pytest.raises(ValueError, match="postgresql://"):
+        postgres_url("postgresql+asyncpg://u@h/db")
+    with pytest.raises(ValueError, match="not a SQLite file"):
+        sqlite_path("postgres://h/db")
+
+
+def test_messages_never_show_the_password() -> None:
+    shown = redact("postgresql://agent:s3cret@db.example:6543/tasks?sslmode=require")
+    assert shown == "postgresql://agent@db.example:6543/tasks"
+    assert "s3cret" not in redact("postgresql://agent:s3cret@h/db")
+
+
+@pytest.mark.asyncio
+async def test_an_unreachable_server_is_one_line_without_the_password() -> None:
+    with pytest.raises(StoreUnavailable) as caught:
+        await open_store("postgresql://postgres:s3cret@127.0.0.1:1/nowhere")
+    message = str(caught.value)
+    assert message.startswith("cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:1/nowhere: ")
+    assert "\n" not in message and "s3cret" not in message
+
+
+@pytest.mark.asyncio
+async def test_admin_opening_never_creates_a_schema(empty_url: str) -> None:
+    with pytest.raises(StoreUnavailable, match="no agenttasks schema"):
+        await open_store(empty_url, create=False)
+    assert tables(empty_url) == set()
+    store = await open_store(empty_url)  # what serve does
+    await store.close()
+    reopened = await open_store(empty_url, create=False)
+    await reopened.close()
+
+
+BLOCK_PSYCOPG = "import sys; sys.modules['psycopg'] = None; sys.modules['psycopg_pool'] = None\n"
+
+
+def run_without_driver(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_PSYCOPG + code], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_a_missing_driver_is_one_line_with_the_install_hint() -> None:
+    for command in (["keys", "list", "--tenant", "t"], ["serve", "--grpc-port", "0", "--no-gateway"]):
+        argv = [*command, "--db", "postgresql://postgres@127.0.0.1:5432/test"]
+        result = run_without_driver(f"from agenttasks.cli.main import main; sys.exit(main({argv!r}))")
+        assert result.returncode == 1, result
+        assert "Traceback" not in result.stderr, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert "psycopg" in line and "pip install 'agenttasks[postgres]'" in line, line
+
+
+def test_sqlite_needs_no_driver(tmp_path: Any) -> None:
+    code = (
+        "import asyncio\nfrom agenttasks.store import open_store\n"
+        "async def go():\n    s = await open_store(sys.argv[1])\n    await s.write(lambda tx: tx.set_meta('k', 'v'))\n"
+        "    await s.close()\nasyncio.run(go())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK_PSYCOPG + code, str(tmp_path / "a.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# --- migrations --------------------------------------------------------------------------------
+
+
+def test_migrations_build_every_table_of_the_schema_once(empty_url: str) -> None:
+    with connect(empty_url) as conn:
+        assert not has_schema(conn)
+        assert migrate(conn) == [m.version for m in load_migrations("postgresql")]
+        assert migrate(conn) == []
+        assert sorted(applied_migrations(conn)) == [m.version for m in load_migrations("postgresql")]
+        columns = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = 'tasks'"
+        ).fetchall()
+    assert tables(empty_url) == {
+        "agents",
+        "tasks",
+        "task_events",
+        "api_keys",
+        "idempotency",
+        "meta",
+        "webhook_deliveries",
+        "signing_secrets",
+        "queue_counts",
+        "schema_migrations",
+    }
+    # The output lives in its events only; the row keeps its size and where it starts.
+    names = {row[0] for row in columns}
+    assert {"output_bytes", "output_after", "worker_id", "lease_expires_at", "run_seconds_left"} <= names
+    assert "output" not in names
+
+
+def test_servers_starting_at_once_migrate_once(empty_url: str) -> None:
+    """Processes opening one new database at the same moment: the advisory lock makes them take
+    turns, so each migration runs once and every process starts."""
+    code = (
+        "import asyncio, sys\nfrom agenttasks.store import open_store\n"
+        "async def go():\n    store = await open_store(sys.argv[1])\n    await store.close()\n"
+        "asyncio.run(go())\n"
+    )
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, empty_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    results = [(p.wait(timeout=60), p.communicate()[1]) for p in starts]
+    assert all(code == 0 for code, _ in results), results
+    with connect(empty_url) as conn:
+        versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == [m.version for m in load_migrations("postgresql")]
+
+
+def test_migrating_waits_for_the_lock_a_starting_server_holds(empty_url: str) -> None:
+    with connect(empty_url) as holder, connect(empty_url) as other:
+        holder.execute("BEGIN")
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK_KEY])
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (migrate(other), done.set()))
+        thread.start()
+        assert not done.wait(0.5)  # a second starter waits rather than migrating alongside
+        holder.execute("COMMIT")
+        thread.join(30)
+        assert done.is_set()
+        assert has_schema(other)
+
+
+def test_a_failing_migration_leaves_no_trace(empty_url: str) -> None:
+    broken = [*load_migrations("postgresql"), Migration(99, "broken", "CREATE TABLE ok (x int); SELECT 1/0;")]
+    with connect(empty_url) as conn:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            migrate(conn, broken)
+        assert not has_schema(conn)  # not even the earlier migrations of the same run
+    assert tables(empty_url) == set()
+
+
+def test_a_database_from_a_newer_server_is_refused(url: str) -> None:
+    with connect(url) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (999, 'future', now())")
+        with pytest.raises(RuntimeError, match="newer server"):
+            migrate(conn)
+
+
+@pytest.mark.asyncio
+async def test_a_newer_database_is_one_line_when_opened(url: str) -> None:
+    with connect(url) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (999, 'future', now())")
+    with pytest.raises(StoreUnavailable, match="newer server"):
+        await open_store(url)
+
+
+# --- the named statements ----------------------------------------------------------------------
+
+
+def test_every_named_statement_plans_against_the_schema(url: str) -> None:
+    """EXPLAIN parses, binds and plans each statement without running it: a typo or a missing
+    column fails here even for statements no other test reaches."""
+    queries = load_queries("postgresql")
+    with connect(url) as conn:
+        for name, query in queries.items():
+            if name == "create_schema_migrations":  # DDL cannot be EXPLAINed; migrations run it
+                continue
+            params = {key: None for key in _placeholders(query)}
+            try:
+                conn.execute(f"EXPLAIN {query}", params)  # type: ignore[call-overload]
+            except psycopg.Error as error:
+                raise AssertionError(f"{name}: {error}") from error
+
+
+def _placeholders(query: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"%\((\w+)\)s", query))
+
+
+def test_the_claim_uses_the_partial_queue_index(url: str) -> None:
+    query = load_queries("postgresql")["next_queued_locked"]
+    with connect(url) as conn:
+        conn.execute("SET enable_seqscan = off")  # an empty table would be scanned whole otherwise
+        params = {"tenant": "t", "agent_id": "a", "limit": 1}
+        plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN {query}", params))  # type: ignore[call-overload]
+    assert "tasks_queued" in plan, plan
+    assert "LockRows" in plan, plan
+
+
+# --- claims and writes across connections -------------------------------------------------------
+
+
+async def _queue(store: PostgresStore, make_agent: MakeAgent, make_task: MakeTask, n: int) -> list[Task]:
+    await store.write(lambda tx: tx.insert_agent(make_agent()))
+    return [await store.write(lambda tx, i=i: tx.insert_task(make_task(f"task-{i}"))) for i in range(n)]
+
+
+@pytest.mark.asyncio
+async def test_claims_on_two_connections_skip_each_others_rows_without_waiting(
+    pg_store: PostgresStore, url: str, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    """Two servers claim for one agent at once: the second gets the next task at once, never
+    the first one's, and never waits for the first one's transaction to end."""
+    queued = await _queue(pg_store, make_agent, make_task, 3)
+    claimed, release = threading.Event(), threading.Event()
+
+    def first_claim(tx: WriteTx) -> list[str]:
+        tasks = tx.next_queued("tenant-a", "agent-1", 1)
+        claimed.set()
+        release.wait(30)  # holds its transaction, and the row lock, open
+        for task in tasks:
+            tx.update_task(dataclasses.replace(task, status=TaskStatus.RUNNING, worker_id="w1"))
+        return [t.task_id for t in tasks]
+
+    other = await PostgresStore.open(url)
+    try:
+        first = asyncio.ensure_future(pg_store.write(first_claim))
+        await asyncio.to_thread(claimed.wait, 30)
+
+        def second_claim(tx: WriteTx) -> list[str]:
+            tasks = tx.next_queued("tenant-a", "agent-1", 2)
+            for task in tasks:
+                tx.update_task(dataclasses.replace(task, status=TaskStatus.RUNNING, worker_id="w2"))
+            return [t.task_id for t in tasks]
+
+        # Would time out if it waited for the first claim's lock.
+        second = await asyncio.wait_for(other.write(second_claim), 10)
+        assert not first.done()
+        release.set()
+        assert await first == [queued[0].task_id]
+        assert second == [queued[1].task_id, queued[2].task_id]
+        owners = await pg_store.read(lambda tx: {t.task_id: tx.get_task("tenant-a", t.task_id) for t in queued})
+        assert {k: v.worker_id for k, v in owners.items() if v} == {
+            queued[0].task_id: "w1",
+            queued[1].task_id: "w2",
+            queued[2].task_id: "w2",
+        }
+    finally:
+        release.set()
+        await other.close()
+
+
+@pytest.mark.asyncio
+async def test_queue_counts_stay_exact_across_connections(
+    pg_store: PostgresStore, url: str, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    """Queued through one server, claimed through another: each counts on its own connection's
+    shard (one may go below zero), and the sum is exact."""
+    await _queue(pg_store, make_agent, make_task, 5)
+    other = await PostgresStore.open(url)
+    try:
+
+        def claim_two(tx: WriteTx) -> None:
+            for task in tx.next_queued("tenant-a", "agent-1", 2):
+                tx.update_task(dataclasses.replace(task, status=TaskStatus.RUNNING, worker_id="w"))
+
+        await other.write(claim_two)
+        for store in (pg_store, other):
+            assert await store.read(lambda tx: tx.queued_at_or_above("tenant-a", "agent-1", 0)) == 3
+    finally:
+        await other.close()
+
+
+@pytest.mark.asyncio
+async def test_concurrent_writes_share_commits(pg_store: PostgresStore, make_agent: MakeAgent) -> None:
+    before = pg_store.stats()
+    await asyncio.gather(*(pg_store.write(lambda tx, i=i: tx.set_meta(f"k{i}", "v")) for i in range(200)))
+    after = pg_store.stats()
+    assert after.writes - before.writes == 200
+    assert after.commits - before.commits < 200 / 4  # batched: at most 64 a commit
+    assert await pg_store.read(lambda tx: [tx.get_meta(f"k{i}") for i in range(200)]) == ["v"] * 200
+
+
+@pytest.mark.asyncio
+async def test_write_functions_run_one_at_a_time_in_submission_order(pg_store: PostgresStore) -> None:
+    """The core relies on it: a write function never runs beside another (they reserve worker
+    places), and each sees every write queued before it."""
+    running = 0
+    seen: list[int] = []
+
+    def op(tx: WriteTx, n: int) -> None:
+        nonlocal running
+        running += 1
+        assert running == 1
+        tx.set_meta("last", str(n))
+        seen.append(n)
+        running -= 1
+
+    await asyncio.gather(*(pg_store.write(lambda tx, n=n: op(tx, n)) for n in range(100)))
+    assert seen == list(range(100))
+    assert await pg_store.read(lambda tx: tx.get_meta("last")) == "99"
+
+
+@pytest.mark.asyncio
+async def test_a_write_after_the_connection_was_killed_still_commits(pg_store: PostgresStore, url: str) -> None:
+    """A server restart (or an idle timeout) breaks the writer's connection while idle: the next
+    batch finds out at BEGIN, before running anything, and goes to a fresh connection."""
+    await pg_store.write(lambda tx: tx.set_meta("before", "1"))
+    pid = await pg_store.write(lambda tx: tx._conn.info.backend_pid)  # type: ignore[attr-defined]
+    with connect(url) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", [pid])
+    await pg_store.write(lambda tx: tx.set_meta("after", "1"))
+    assert await pg_store.read(lambda tx: tx.get_meta("after")) == "1"
+
+
+@pytest.mark.asyncio
+async def test_read_functions_see_one_snapshot(pg_store: PostgresStore, url: str) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def look_twice(tx: ReadTx) -> tuple[str | None, str | None]:
+        first = tx.get_meta("k")
+        entered.set()
+        release.wait(30)
+        return first, tx.get_meta("k")
+
+    await pg_store.write(lambda tx: tx.set_meta("k", "old"))
+    reading = asyncio.ensure_future(pg_store.read(look_twice))
+    await asyncio.to_thread(entered.wait, 30)
+    await pg_store.write(lambda tx: tx.set_meta("k", "new"))
+    release.set()
+    assert await reading == ("old", "old")
+
+
+@pytest.mark.asyncio
+async def test_views_refuse_naive_datetimes_and_use_after_their_function(
+    pg_store: PostgresStore, make_agent: MakeAgent
+) -> None:
+    from datetime import datetime
+
+    with pytest.raises(ValueError, match="naive"):
+        await pg_store.write(lambda tx: tx.insert_agent(make_agent(created_at=datetime(2026, 1, 1))))
+    kept: list[ReadTx] = []
+    await pg_store.read(kept.append)
+    with pytest.raises(RuntimeError, match="after its function returned"):
+        kept[0].get_meta("x")
