@@ -3,9 +3,11 @@ rich error details of a failed call."""
 
 from __future__ import annotations
 
+import queue
 import secrets
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -60,13 +62,21 @@ _MAINTENANCE_DB = "test"
 class PostgresDatabases:
     """Fresh PostgreSQL stores for tests: one database per test session, and in it one new
     schema per store, named in the URL's search_path (`?options=-csearch_path=...`), migrated
-    when it is made and dropped after its test however the test ends. Measured on this
-    machine, a schema and its migrations cost about 40 ms where a database cloned from a
-    migrated template cost 340 ms (CREATE DATABASE writes or checkpoints the whole template).
-    Names are random, so test runs beside each other (two engineers, two sessions) never meet."""
+    when it is made and dropped after its test however the test ends. Names are random, so test
+    runs beside each other (two engineers, two sessions) never meet.
+
+    Measured on this machine, a schema and its migrations cost about 40 ms where a database
+    cloned from a migrated template cost 340 ms (CREATE DATABASE writes or checkpoints the whole
+    template). A helper thread keeps a few migrated schemas ready and drops used ones, so a test
+    rarely waits for either; whatever it has not dropped goes with the session's database."""
+
+    READY = 2
 
     def __init__(self) -> None:
         self._database: str | None = None
+        self._ready: queue.Queue[str | BaseException] = queue.Queue()
+        self._work: queue.Queue[str | None] = queue.Queue()  # "" = make one more; a URL = drop it
+        self._helper: threading.Thread | None = None
 
     def _connect(self, database: str) -> psycopg.Connection[tuple[object, ...]]:
         try:
@@ -87,24 +97,55 @@ class PostgresDatabases:
             self._database = name
         return self._database
 
-    def create(self, *, migrated: bool = True) -> str:
-        """The URL of a new, empty schema, with the agenttasks tables unless `migrated` is False."""
+    def _make(self, conn: psycopg.Connection[tuple[object, ...]], *, migrated: bool) -> str:
         from agenttasks.store.postgres_migrations import migrate
 
-        database = self._session_database()
         schema = f"t_{secrets.token_hex(6)}"
-        with self._connect(database) as admin:
-            admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        url = f"{POSTGRES_SERVER}/{database}?options=-csearch_path%3D{schema}"
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         if migrated:
-            with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+            try:
                 migrate(conn)
-        return url
+            finally:
+                conn.execute("RESET search_path")
+        return f"{POSTGRES_SERVER}/{self._session_database()}?options=-csearch_path%3D{schema}"
+
+    def _help(self) -> None:
+        """The helper thread: keeps READY migrated schemas made, drops the used ones."""
+        try:
+            with self._connect(self._session_database()) as conn:
+                for _ in range(self.READY):
+                    self._ready.put(self._make(conn, migrated=True))
+                while (item := self._work.get()) is not None:
+                    if item:
+                        schema = item.rsplit("%3D", 1)[1]
+                        # One a leaky test still holds goes with the session's database instead.
+                        with suppress(psycopg.errors.LockNotAvailable):
+                            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+                    else:
+                        self._ready.put(self._make(conn, migrated=True))
+        except BaseException as error:  # the next test fails with it rather than waiting
+            self._ready.put(error)
+            raise
+
+    def create(self, *, migrated: bool = True) -> str:
+        """The URL of a new, empty schema, with the agenttasks tables unless `migrated` is False."""
+        if not migrated:
+            with self._connect(self._session_database()) as conn:
+                return self._make(conn, migrated=False)
+        if self._helper is None:
+            self._session_database()
+            self._helper = threading.Thread(target=self._help, name="postgres-test-schemas", daemon=True)
+            self._helper.start()
+        made = self._ready.get(timeout=60)
+        if isinstance(made, BaseException):
+            self._ready.put(made)
+            raise RuntimeError("making PostgreSQL test schemas failed") from made
+        self._work.put("")
+        return made
 
     def drop(self, url: str) -> None:
-        database, schema = url.rsplit("/", 1)[1].split("?")[0], url.rsplit("%3D", 1)[1]
-        with self._connect(database) as admin:
-            admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        self._work.put(url)
 
     @contextmanager
     def database(self, *, migrated: bool = True) -> Iterator[str]:
@@ -117,6 +158,10 @@ class PostgresDatabases:
 
     def close(self) -> None:
         """Drops the session's database (FORCE: whatever a crashed test left connected)."""
+        if self._helper is not None:
+            self._work.put(None)
+            self._helper.join(60)
+            self._helper = None
         if self._database is not None:
             with self._connect(_MAINTENANCE_DB) as admin:
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self._database)))
