@@ -28,6 +28,7 @@ pytestmark = pytest.mark.slow
 NO_JSON = {
     ("serve",),  # runs the service in the foreground; it logs, it answers nothing
     ("worker",),  # runs a worker in the foreground; it logs, it answers nothing
+    ("gateway",),  # runs the front in the foreground; it logs, it answers nothing
 }
 
 
