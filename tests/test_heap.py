@@ -27,7 +27,9 @@ def test_freezing_exempts_what_exists_and_still_collects_new_cycles(unfrozen: No
     survivor = [object()]
     frozen = freeze_startup_objects()
     assert frozen > 1000  # at least the modules and functions the import of this test made
-    assert gc.get_freeze_count() == frozen
+    # What it returns is what it froze; a frozen object another thread (the test suite's
+    # PostgreSQL schema helper, say) lets go of meanwhile is freed and leaves the count.
+    assert 0 < gc.get_freeze_count() <= frozen
     assert not any(o is survivor for o in gc.get_objects())  # the frozen are not walked
 
     a, b = _Node(), _Node()
