@@ -22,7 +22,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AGENTTASKS_", extra="ignore", validate_default=True)
 
     # --- storage ---
-    db: str = Field("agenttasks.db", description="SQLite database file (created on first start).")
+    db: str = Field(
+        "agenttasks.db",
+        description="The store: a SQLite file (created on first start) or a postgresql:// URL.",
+    )
 
     # --- listening ---
     grpc_host: str = Field("127.0.0.1", description="Address the gRPC server binds.")

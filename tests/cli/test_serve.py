@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import PostgresDatabases
+
 from .support import (
     ADMIN_KEY_PREFIX,
     LISTENING,
@@ -25,6 +27,24 @@ from .support import (
 pytestmark = pytest.mark.slow
 
 ADMIN_KEY_LINE = re.compile(r"^admin api key: atk_[0-9a-f]{16}_[A-Za-z0-9_-]{20,}$")
+
+
+@pytest.mark.timeout(120)
+def test_a_database_password_is_never_printed(postgres_databases: PostgresDatabases, tmp_path: Path) -> None:
+    with postgres_databases.database(migrated=False) as url:
+        # Trust auth ignores the password, so it is accepted; it must still never be shown.
+        secret_url = url.replace("postgresql://postgres@", "postgresql://postgres:hunter2@", 1)
+        server = Spawned("serve", "--db", secret_url, "--grpc-port", "0", "--no-gateway", cwd=tmp_path)
+        try:
+            server.wait_for_stdout(re.compile("^" + re.escape(ADMIN_KEY_PREFIX)))
+        finally:
+            server.stop()
+        assert f"agenttasks database {secret_url.replace(':hunter2@', ':***@')}" in server.stdout.splitlines()
+        unreachable = run_cli(
+            "keys", "list", "--tenant", "t", "--db", "postgresql://postgres:hunter2@127.0.0.1:1/nowhere", cwd=tmp_path
+        )
+    assert "hunter2" not in server.stdout + server.stderr + unreachable.stdout + unreachable.stderr
+    assert "postgres:***@127.0.0.1:1/nowhere" in failed(unreachable)
 
 
 def as_client(address: str, credential: str, *args: str) -> list[str]:

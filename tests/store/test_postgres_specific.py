@@ -22,7 +22,7 @@ import pytest_asyncio
 
 from agenttasks.core.model import Agent, Task, TaskStatus
 from agenttasks.core.ports import ReadTx, WriteTx
-from agenttasks.store import StoreUnavailable, open_store, postgres_url, sqlite_path
+from agenttasks.store import StoreUnavailable, open_store, postgres_url, shown_url, sqlite_path
 from agenttasks.store.migrations import Migration, load_migrations
 from agenttasks.store.postgres_migrations import MIGRATION_LOCK_KEY, applied_migrations, has_schema, migrate
 from agenttasks.store.postgres_store import PostgresStore, redact
@@ -83,8 +83,10 @@ def test_postgresql_urls_are_recognised_and_normalised() -> None:
 
 def test_messages_never_show_the_password() -> None:
     shown = redact("postgresql://agent:s3cret@db.example:6543/tasks?sslmode=require")
-    assert shown == "postgresql://agent@db.example:6543/tasks"
-    assert "s3cret" not in redact("postgresql://agent:s3cret@h/db")
+    assert shown == "postgresql://agent:***@db.example:6543/tasks?sslmode=require"
+    assert "s3cret" not in redact("postgres://agent:s3cret@h/db")
+    assert redact("postgresql://h/db?user=agent&password=s3cret") == "postgresql://h/db?user=agent&password=***"
+    assert shown_url("agenttasks.db") == "agenttasks.db"
 
 
 @pytest.mark.asyncio
@@ -92,7 +94,7 @@ async def test_an_unreachable_server_is_one_line_without_the_password() -> None:
     with pytest.raises(StoreUnavailable) as caught:
         await open_store("postgresql://postgres:s3cret@127.0.0.1:1/nowhere")
     message = str(caught.value)
-    assert message.startswith("cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:1/nowhere: ")
+    assert message.startswith("cannot connect to PostgreSQL at postgresql://postgres:***@127.0.0.1:1/nowhere: ")
     assert "\n" not in message and "s3cret" not in message
 
 

@@ -21,7 +21,7 @@ from agenttasks.core.ids import agent_scope
 from agenttasks.core.model import ApiKeyRecord, Role, utcnow
 from agenttasks.core.ports import Store
 from agenttasks.settings import Settings
-from agenttasks.store import StoreUnavailable, open_store, postgres_url, sqlite_path
+from agenttasks.store import StoreUnavailable, open_store, postgres_url, shown_url, sqlite_path
 
 
 async def _open(settings: Settings) -> Store:
@@ -43,7 +43,7 @@ async def _open(settings: Settings) -> Store:
     except StoreUnavailable as error:  # its message names the database without a password
         raise CliError(str(error)) from None
     except (ValueError, sqlite3.Error, OSError) as error:
-        raise CliError(f"cannot open the database {settings.db}: {error}") from None
+        raise CliError(f"cannot open the database {shown_url(settings.db)}: {error}") from None
 
 
 async def _keys_create(settings: Settings, tenant: str, role: Role, description: str, agent_id: str) -> str:

@@ -113,7 +113,11 @@ def _client_options(p: argparse.ArgumentParser, json_help: str) -> None:
 
 
 def _db_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", help="SQLite database file (env AGENTTASKS_DB; default ./agenttasks.db)")
+    p.add_argument(
+        "--db",
+        help="the store: a SQLite file or a postgresql://user@host/dbname URL "
+        "(env AGENTTASKS_DB; default ./agenttasks.db)",
+    )
 
 
 def _add(

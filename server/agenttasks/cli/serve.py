@@ -16,6 +16,7 @@ from agenttasks.cli.client import CliError
 from agenttasks.gateway import Gateway, GatewayError, check_port, envoy_binary
 from agenttasks.heap import freeze_startup_objects
 from agenttasks.settings import Settings
+from agenttasks.store import shown_url
 
 log = logging.getLogger("agenttasks")
 
@@ -68,7 +69,7 @@ async def run(settings: Settings) -> int:
     except ValueError as error:  # a setting the service cannot use: the store URL, the JWT key
         raise CliError(f"cannot start: {error}") from None
     except (sqlite3.Error, OSError) as error:
-        raise CliError(f"cannot open the database {settings.db}: {error}") from None
+        raise CliError(f"cannot open the database {shown_url(settings.db)}: {error}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -86,7 +87,7 @@ async def run(settings: Settings) -> int:
         if not settings.public_base_url:  # the real address, even when the port was 0
             service.tasks.base_url = gateway.url
         print(f"agenttasks REST listening on {gateway.url}", flush=True)
-    print(f"agenttasks database {settings.db}", flush=True)
+    print(f"agenttasks database {shown_url(settings.db)}", flush=True)
     _show_bootstrap_key(service)
     log.debug("froze %d start-up objects out of garbage collection", freeze_startup_objects())
     waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())

@@ -28,12 +28,22 @@ from agenttasks.store.sqlite_writer import WriterStats
 if TYPE_CHECKING:
     from agenttasks.store.postgres_store import PostgresStore
 
-__all__ = ["SqliteStore", "StoreUnavailable", "WriterStats", "open_store", "postgres_url", "sqlite_path"]
+__all__ = [
+    "SqliteStore",
+    "StoreUnavailable",
+    "WriterStats",
+    "open_store",
+    "postgres_url",
+    "shown_url",
+    "sqlite_path",
+]
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg"}
 _MEMORY = ":memory:"
 INSTALL_HINT = "pip install 'agenttasks[postgres]'"
+_PASSWORD_IN_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*:)[^/?#@]*@")
+_PASSWORD_PARAMETER = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 
 def postgres_url(url: str) -> str | None:
@@ -50,6 +60,15 @@ def postgres_url(url: str) -> str | None:
     if scheme.startswith(("postgresql+", "postgres+")):
         raise ValueError(f"unsupported PostgreSQL driver in {match[1]!r}: write postgresql://user@host/dbname")
     return None
+
+
+def shown_url(url: str) -> str:
+    """The store URL as it may be printed or logged: a PostgreSQL password (in the URL or as a
+    `password=` parameter) becomes `***`; a SQLite path is shown as given."""
+    if postgres_url(url) is None:
+        return url
+    url = _PASSWORD_IN_USERINFO.sub(r"\1***@", url)
+    return _PASSWORD_PARAMETER.sub(r"\1***", url)
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from agenttasks.core.ports import ReadTx, WriteTx
+from agenttasks.store import postgres_url, shown_url
 from agenttasks.store.errors import StoreUnavailable
 from agenttasks.store.postgres_migrations import has_schema, migrate
 from agenttasks.store.postgres_tx import Connection, PostgresReadTx
@@ -36,15 +37,8 @@ POOL_TIMEOUT_SECONDS = 30.0
 
 
 def redact(url: str) -> str:
-    """The URL without its password, to show in messages."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "(an unparsable PostgreSQL URL)"
-    host = info.get("host", "localhost")
-    port = f":{info['port']}" if "port" in info else ""
-    user = f"{info['user']}@" if "user" in info else ""
-    return f"postgresql://{user}{host}{port}/{info.get('dbname', '')}"
+    """The URL without its password, to show in messages (`shown_url`, for the libpq form)."""
+    return shown_url(postgres_url(url) or url)
 
 
 def _configure(conn: Connection) -> None:
