@@ -586,6 +586,28 @@ async def test_open_creates_parent_directories(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_close_succeeds_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+    # A second server on the same file (agenttasks gateway over replicas) may be mid-write when
+    # this one stops: PRAGMA optimize then cannot get the lock, and closing must not fail.
+    path = tmp_path / "shared.db"
+    store = await SqliteStore.open(path)
+    await store.write(lambda tx: tx.set_meta("k", "v"))
+    # Queries that use indexes, on the writer's connection: what makes optimize want to ANALYZE.
+    await store.write(
+        lambda tx: (tx.list_tasks("t", "a", status=None, before_seq=None, limit=5), tx.next_queued("t", "a", 5))
+    )
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO meta (name, value) VALUES ('held', 'by the other')")
+        await store.close()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    async with await SqliteStore.open(path) as reopened:
+        assert await reopened.read(lambda tx: tx.get_meta("k")) == "v"
+
+
 async def test_memory_store_is_a_temporary_file_removed_on_close() -> None:
     store = await open_store(":memory:")
     assert isinstance(store, SqliteStore)

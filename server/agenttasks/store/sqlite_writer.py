@@ -139,7 +139,12 @@ class GroupCommitWriter:
         try:
             # The limit keeps optimize's ANALYZE cheap on a large database, as SQLite advises.
             conn.execute("PRAGMA analysis_limit = 400")
+            # Another process writing the file (a second server on it) may hold the lock: the
+            # statistics are a nicety, so closing neither waits long nor fails for them.
+            conn.execute("PRAGMA busy_timeout = 100")
             conn.execute("PRAGMA optimize")
+        except sqlite3.OperationalError as error:
+            log.info("skipped PRAGMA optimize on close: %s", error)
         finally:
             conn.close()
 
