@@ -626,6 +626,7 @@ def test_public_surface() -> None:
         "WriterStats",
         "open_store",
         "postgres_url",
+        "shown_url",
         "sqlite_path",
     ]
     assert {"open", "open_temporary", "read", "write", "close", "stats"} <= set(dir(SqliteStore))

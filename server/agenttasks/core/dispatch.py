@@ -6,7 +6,8 @@ one write (highest priority first, FIFO within one) and assigns each to exactly 
 most one round per agent runs at a time, and a request for another while one runs sets it to go
 again, so bursts of submits coalesce into few rounds.
 
-A task is started for a worker inside a write function (on the event loop), and the worker's
+A task is started for a worker inside a write function (on the event loop with SQLite, on the
+store's writer thread with PostgreSQL; write functions never run two at a time), and the worker's
 place is reserved right there, so no two writes of one batch can hand out the same place; the
 worker becomes the holder and gets the assignment only once the write has committed, and the
 place is given back if it did not (`Claim`). Two writes start tasks besides the rounds, each
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -119,7 +121,11 @@ class WorkerSession:
         # Places taken by write functions that started tasks for this worker and have not yet
         # committed. Not in `held` until they do: news of those tasks committed before the
         # start (a Submit that queued one) may still be on its way, and must not find a holder.
+        # Write functions take places and the loop gives them back; a backend may run write
+        # functions on a thread of its own (PostgreSQL does), so the count moves under a lock:
+        # `+= 1` on two threads can lose an update, which would shrink or swell the worker for good.
         self.reserved = 0
+        self._reserving = threading.Lock()
         # What to send the worker; None ends its stream (on drain).
         self.outbox: asyncio.Queue[Push | None] = asyncio.Queue()
         self.closed = False
@@ -128,6 +134,11 @@ class WorkerSession:
         self.last_seen = now
         # When all its leases were last renewed (by a heartbeat, or a report that did it).
         self.leases_renewed = now
+
+    def reserve(self, places: int) -> None:
+        """Take (or, negative, give back) places for tasks started and not yet committed."""
+        with self._reserving:
+            self.reserved += places
 
     @property
     def free(self) -> int:
@@ -337,14 +348,14 @@ class Dispatcher:
             else []
         )
         started, events = lifecycle.start(task, now, worker_id=session.worker_id, lease_until=now + self.lease)
-        session.reserved += 1
+        session.reserve(1)
         entry = (started, events, session, messages)
         claim.started.append(entry)
         return entry
 
     def _settle(self, started: list[Started], committed: bool) -> None:
         for task, _, session, messages in started:
-            session.reserved -= 1
+            session.reserve(-1)
             if not committed:
                 # Still queued in the store: a round may have passed it over for this place.
                 self.poke(session.tenant, session.agent_id)
