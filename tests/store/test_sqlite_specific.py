@@ -608,6 +608,7 @@ async def test_close_succeeds_while_another_process_holds_the_write_lock(tmp_pat
         assert await reopened.read(lambda tx: tx.get_meta("k")) == "v"
 
 
+@pytest.mark.asyncio
 async def test_memory_store_is_a_temporary_file_removed_on_close() -> None:
     store = await open_store(":memory:")
     assert isinstance(store, SqliteStore)
