@@ -94,6 +94,7 @@ BAD_SUBMITS = [
     ({"metadata": metadata({"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": 1}}}}}}}}})}, "metadata"),
     ({"request_id": "x" * 129}, "request_id"),
     ({"request_id": "has spaces"}, "request_id"),
+    ({"message": "a NUL \x00 in the middle"}, "message"),  # PostgreSQL text cannot hold one
 ]
 
 

@@ -106,6 +106,25 @@ async def test_empty_message_is_invalid(client: Api, agent_id: str) -> None:
     assert error_info(caught.value)[2] == ["message"]
 
 
+async def test_nul_characters_are_invalid_argument_on_every_store(client: Api, agent_id: str) -> None:
+    # PostgreSQL's text cannot hold U+0000: refused everywhere, naming the field, never INTERNAL.
+    task_id = (await client.submit(agent_id)).task_id
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.tasks.SendMessage(
+            tpb.SendMessageRequest(agent_id=agent_id, task_id=task_id, message="a\x00b"), metadata=client.metadata
+        )
+    assert error_info(caught.value) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", ["message"])
+    for fields, named in (({"name": "a\x00b"}, "name"), ({"name": "ok", "description": "a\x00b"}, "description")):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.agents.CreateAgent(apb.CreateAgentRequest(**fields), metadata=client.metadata)
+        assert error_info(caught.value) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", [named])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.agents.UpdateAgent(
+            apb.UpdateAgentRequest(agent_id=agent_id, name="a\x00b"), metadata=client.metadata
+        )
+    assert error_info(caught.value)[2] == ["name"]
+
+
 async def test_task_under_another_agent_is_not_found(client: Api, agent_id: str) -> None:
     other_agent = await client.create_agent("other")
     task_id = (await client.submit(agent_id)).task_id

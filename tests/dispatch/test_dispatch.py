@@ -206,6 +206,15 @@ async def test_a_requeued_task_shows_the_next_attempt_and_keeps_the_last_in_its_
     assert task.status == "running" and task.HasField("started_at")
 
 
+async def test_a_question_with_a_nul_character_is_refused(client: Api, agent_id: str, workers: StartWorker) -> None:
+    await client.submit(agent_id)
+    worker = await workers(agent_id, capacity=1)
+    assignment = await worker.next_assignment()
+    ack = await worker.send(request_input=wpb.RequestInput(task=ref(assignment), prompt="which\x00one?"))
+    assert (ack.code, reason_of(ack)) == (grpc.StatusCode.INVALID_ARGUMENT.value[0], "INVALID_ARGUMENT")
+    assert (await status(client, assignment.task.task_id)).task.status == "running"
+
+
 async def test_input_round_trip_and_messages_in_order(client: Api, agent_id: str, workers: StartWorker) -> None:
     task_id = (await client.submit(agent_id)).task_id
     await client.tasks.SendMessage(

@@ -53,7 +53,7 @@ from agenttasks.core.model import (
     utcnow,
 )
 from agenttasks.core.ports import Store, WriteTx, save, to_the_end
-from agenttasks.core.validation import utf8_size
+from agenttasks.core.validation import NUL_REFUSED, utf8_size
 from agenttasks.core.watch import EventHub
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,8 @@ def output_change(chunk: str) -> Change:
 def ask_change(prompt: str) -> Change:
     if not prompt.strip() or utf8_size(prompt) > MAX_TEXT_BYTES:
         raise InvalidArgument.field("request_input.prompt", f"required, at most {MAX_TEXT_BYTES} bytes")
+    if "\x00" in prompt:
+        raise InvalidArgument.field("request_input.prompt", NUL_REFUSED)
 
     def change(tx: WriteTx, task: Task, now: datetime) -> lifecycle.Transition:
         if task.status is not TaskStatus.RUNNING:

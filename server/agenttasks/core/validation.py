@@ -64,11 +64,17 @@ def utf8_size(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
+NUL_REFUSED = "must not contain NUL characters (U+0000)"
+"""PostgreSQL's text cannot hold them; refused on every store, so a request means the same on each."""
+
+
 def _check_text(v: _Violations, field: str, value: str, max_bytes: int) -> None:
     if not value.strip():
         v.add(field, "required and must not be empty")
     elif utf8_size(value) > max_bytes:
         v.add(field, f"must be at most {max_bytes} bytes")
+    elif "\x00" in value:
+        v.add(field, NUL_REFUSED)
 
 
 def json_depth(value: Any) -> int:
@@ -207,8 +213,12 @@ def validate_agent_fields(
             v.add("name", "required and must not be empty")
         elif len(name or "") > MAX_NAME_LENGTH:
             v.add("name", f"must be at most {MAX_NAME_LENGTH} characters")
+        elif "\x00" in (name or ""):
+            v.add("name", NUL_REFUSED)
     if description is not None and len(description) > MAX_DESCRIPTION_LENGTH:
         v.add("description", f"must be at most {MAX_DESCRIPTION_LENGTH} characters")
+    elif description is not None and "\x00" in description:
+        v.add("description", NUL_REFUSED)
     if default_timeout_seconds is not None and not 0 < default_timeout_seconds <= limits.max_timeout_seconds:
         v.add("default_timeout_seconds", f"must be between 1 and {limits.max_timeout_seconds}")
     if max_attempts is not None and not 1 <= max_attempts <= 100:
