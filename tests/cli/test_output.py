@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 import pytest
 
+from tests.support import PostgresDatabases
+
 from .support import Cli, ServerProcess, free_port, ok, one_line, serving
 from .test_help import LEAVES, ids, options
 
@@ -48,6 +50,7 @@ class World(NamedTuple):
     key_to_revoke: str
     empty_tenant_key: str
     batch_file: str
+    copy_target: str
 
 
 OBJECT, ARRAY, LINES = "one JSON object", "one JSON array", "JSON Lines"
@@ -68,6 +71,7 @@ INVOCATIONS: dict[tuple[str, ...], list[Invocation]] = {
     ("keys", "list"): [(ARRAY, lambda w: ["keys", "list", "--tenant", "json", "--db", w.db])],
     ("keys", "revoke"): [(OBJECT, lambda w: ["keys", "revoke", w.key_to_revoke, "--db", w.db])],
     ("send",): [(OBJECT, lambda w: ["send", w.task, "more detail"])],
+    ("store", "copy"): [(OBJECT, lambda w: ["store", "copy", w.db, w.copy_target])],
     ("status",): [(OBJECT, lambda w: ["status", w.task])],
     ("submit",): [
         (OBJECT, lambda w: ["submit", w.agent, "a task"]),
@@ -104,7 +108,12 @@ def new_task(cli: Cli, agent: str, *extra: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(cli: Cli, server_process: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> World:
+def world(
+    cli: Cli,
+    server_process: ServerProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_databases: PostgresDatabases,
+) -> Iterator[World]:
     db = str(server_process.db)
     agent = new_agent(cli, "json")
     hooked = new_task(cli, agent, "--webhook-url", f"http://127.0.0.1:{free_port()}/hook")
@@ -122,21 +131,23 @@ def world(cli: Cli, server_process: ServerProcess, tmp_path_factory: pytest.Temp
             break
         assert time.monotonic() < deadline, f"the delivery is not dead yet: {deliveries}"
         time.sleep(0.2)
-    return World(
-        db=db,
-        agent=agent,
-        agent_to_pause=new_agent(cli, "to-pause"),
-        agent_to_resume=resumable,
-        agent_to_stop=new_agent(cli, "to-stop"),
-        agent_to_delete=new_agent(cli, "to-delete"),
-        task=new_task(cli, agent),
-        task_to_cancel=new_task(cli, agent),
-        finished_task=hooked,
-        dead_delivery=deliveries[0]["delivery_id"],
-        key_to_revoke=key,
-        empty_tenant_key=one_line(ok(cli("keys", "create", "--tenant", "nothing-here", "--db", db))),
-        batch_file=str(batch),
-    )
+    with postgres_databases.database(migrated=False) as copy_target:
+        yield World(
+            db=db,
+            agent=agent,
+            agent_to_pause=new_agent(cli, "to-pause"),
+            agent_to_resume=resumable,
+            agent_to_stop=new_agent(cli, "to-stop"),
+            agent_to_delete=new_agent(cli, "to-delete"),
+            task=new_task(cli, agent),
+            task_to_cancel=new_task(cli, agent),
+            finished_task=hooked,
+            dead_delivery=deliveries[0]["delivery_id"],
+            key_to_revoke=key,
+            empty_tenant_key=one_line(ok(cli("keys", "create", "--tenant", "nothing-here", "--db", db))),
+            batch_file=str(batch),
+            copy_target=copy_target,
+        )
 
 
 # --- --json ---

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agenttasks import __version__
-from agenttasks.cli import commands, gateway_cmd, webhook_cmds, worker_cmd
+from agenttasks.cli import commands, gateway_cmd, store_cmds, webhook_cmds, worker_cmd
 from agenttasks.cli.client import Client, CliError
 from agenttasks.core.model import Role, TaskStatus
 from agenttasks.settings import Settings
@@ -213,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", help="for a worker token: the one agent it may serve (agent_id claim)")
     p.add_argument("--jwt-secret", help="sign with this secret instead of the one in the database")
     _json_option(p, 'print {"token": ..., "expires_at": ...} instead of the token alone')
+
+    store = _add(sub, "store", store_cmds.GROUP_HELP)
+    store_sub = store.add_subparsers(dest="store_command", metavar="ACTION", parser_class=_Parser, required=True)
+    p = _add(store_sub, "copy", store_cmds.COPY_HELP, local=_lazy("agenttasks.cli.store_cmds", "copy"))
+    store_cmds.add_arguments(p)
 
     agents = _add(sub, "agents", "Create and manage agents.")
     agents_sub = agents.add_subparsers(dest="agents_command", metavar="ACTION", parser_class=_Parser, required=True)
