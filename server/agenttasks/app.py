@@ -8,6 +8,7 @@ finish within the grace period, stop the loops, close the store. It is safe to c
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,8 @@ from agenttasks.core.agents import AgentCore
 from agenttasks.core.dispatch import Dispatcher
 from agenttasks.core.model import Role, utcnow
 from agenttasks.core.paging import PageTokens
-from agenttasks.core.ports import Store, WriteTx, in_bounded_writes
+from agenttasks.core.ports import SharedStore, Store, WriteTx, in_bounded_writes
+from agenttasks.core.replicas import Replicas
 from agenttasks.core.tasks import TaskCore
 from agenttasks.core.validation import Limits
 from agenttasks.core.watch import EventHub
@@ -179,7 +181,12 @@ class Service:
         self.agents.on_status_change = self.dispatcher.poke
         self.tasks.dispatcher = self.dispatcher
         self._dispatcher_started = True
-        self._gate = gate = Gate(Authenticator(store, s, jwt_secret, api_key_cache_ttl=s.api_key_cache_seconds))
+        authenticator = Authenticator(store, s, jwt_secret, api_key_cache_ttl=s.api_key_cache_seconds)
+        self._gate = gate = Gate(authenticator)
+        # Several servers on one PostgreSQL database: hear what the others commit.
+        self.replicas = (
+            Replicas(store, self.hub, self.dispatcher, authenticator.forget) if isinstance(store, SharedStore) else None
+        )
 
         self._server = server = grpc.aio.server(options=GRPC_OPTIONS)
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(self.tasks, gate), server)
@@ -212,6 +219,8 @@ class Service:
         sup.start("expire-leases", self._sweep_loop(self.dispatcher.expire_leases))
         sup.start("enforce-deadlines", self._sweep_loop(self.dispatcher.enforce_deadlines))
         sup.start("deliver-webhooks", self.deliverer.run)
+        if self.replicas is not None and isinstance(store, SharedStore):
+            sup.start("hear-other-servers", functools.partial(store.follow_others, self.replicas))
 
     async def _purge_loop(self, stopping: asyncio.Event) -> None:
         store = self.store

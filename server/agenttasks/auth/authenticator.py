@@ -36,9 +36,11 @@ class Authenticator:
     Verified API keys are remembered for `api_key_cache_ttl` seconds (at most `api_key_cache_size`
     of them, least recently used dropped first) to spare a store read on every call. The cache
     holds the stored record, not the answer, so the secret is still checked on every call; the
-    cost is that a revoked key keeps working for up to the TTL (revocation happens in another
-    process, `agenttasks keys revoke`, so nothing here is told). Only successes are cached: a
-    key that fails is looked up again next time. A TTL of 0 disables the cache.
+    cost is that a revoked key keeps working for up to the TTL where nothing tells this process
+    of the revocation (SQLite: `agenttasks keys revoke` runs in another process). On PostgreSQL
+    every revocation is announced to every server, which calls `forget`: it stops at once.
+    Only successes are cached: a key that fails is looked up again next time. A TTL of 0
+    disables the cache.
     """
 
     def __init__(
@@ -59,6 +61,8 @@ class Authenticator:
         self._size = api_key_cache_size
         self._clock = clock
         self._cache: OrderedDict[str, _CachedKey] = OrderedDict()
+        # Moves on every `forget`: a lookup that began before must not cache what it read.
+        self._generation = 0
 
     async def authenticate(self, metadata: Mapping[str, str]) -> Principal:
         """The caller's principal, or Unauthenticated saying what is missing or wrong.
@@ -94,6 +98,7 @@ class Authenticator:
 
         record = self._cached(key_id)
         if record is None:
+            generation = self._generation
 
             def lookup(tx: ReadTx) -> ApiKeyRecord | None:
                 return tx.get_api_key(key_id)
@@ -103,11 +108,22 @@ class Authenticator:
                 raise Unauthenticated(INVALID_API_KEY)
             if not verify_secret(record, secret):
                 raise Unauthenticated(INVALID_API_KEY)
-            self._remember(record)
+            if generation == self._generation:
+                self._remember(record)
         elif not verify_secret(record, secret):
             raise Unauthenticated(INVALID_API_KEY)
 
         return Principal(tenant=record.tenant, role=record.role, subject=record.key_id, agent_id=record.agent_id)
+
+    def forget(self, key_ids: list[str] | None) -> None:
+        """Drop these keys from the cache (all of them for None): they were revoked elsewhere,
+        or news of revocations may have been missed."""
+        self._generation += 1
+        if key_ids is None:
+            self._cache.clear()
+            return
+        for key_id in key_ids:
+            self._cache.pop(key_id, None)
 
     def _cached(self, key_id: str) -> ApiKeyRecord | None:
         entry = self._cache.get(key_id)

@@ -118,6 +118,10 @@ class WorkerSession:
         self.capacity = capacity
         self.name = name
         self.held: dict[str, int] = {}  # task_id -> attempt
+        # The client messages sent to the worker, per task it holds: news of a change can reach
+        # the dispatcher twice (from this server, and read back from another's), and a worker
+        # must see each message once.
+        self.messages_sent: dict[str, set[str]] = {}
         # Places taken by write functions that started tasks for this worker and have not yet
         # committed. Not in `held` until they do: news of those tasks committed before the
         # start (a Submit that queued one) may still be on its way, and must not find a holder.
@@ -293,6 +297,18 @@ class Dispatcher:
     def workers(self, tenant: str, agent_id: str) -> list[WorkerSession]:
         return list(self._sessions.get((tenant, agent_id), {}).values())
 
+    def holds(self, task_id: str) -> bool:
+        """Whether a worker connected here holds the task."""
+        return task_id in self._holder
+
+    def held(self) -> list[tuple[str, str, str]]:
+        """(tenant, agent_id, task_id) of every task a worker connected here holds."""
+        return [(s.tenant, s.agent_id, task_id) for task_id, s in self._holder.items()]
+
+    def served(self) -> list[tuple[str, str]]:
+        """(tenant, agent_id) of every agent with a worker connected here."""
+        return [key for key, sessions in self._sessions.items() if sessions]
+
     # --- dispatch rounds ---
 
     def poke(self, tenant: str, agent_id: str) -> None:
@@ -363,6 +379,7 @@ class Dispatcher:
                 self.poke(session.tenant, session.agent_id)
             elif not session.closed:
                 session.held[task.task_id] = task.attempt
+                session.messages_sent[task.task_id] = {m.message_id for m in messages}
                 self._holder[task.task_id] = session
                 session.outbox.put_nowait(Assign(task, messages))
             # Else its worker left meanwhile: that disconnect's take-back write came after this
@@ -431,11 +448,16 @@ class Dispatcher:
                 holder.outbox.put_nowait(Stop(task.task_id, attempt, task.status_reason or task.status.value))
                 self.poke(holder.tenant, holder.agent_id)
             else:
+                sent = holder.messages_sent.setdefault(task.task_id, set())
                 for i, event in enumerate(events):
                     if event.type is EventType.MESSAGE:
+                        message = _message(event)
+                        if message.message_id in sent:
+                            continue
+                        sent.add(message.message_id)
                         answered = events[i + 1 : i + 2]
                         is_reply = bool(answered) and answered[0].data.get("reason") == lifecycle.INPUT_RECEIVED
-                        holder.outbox.put_nowait(Deliver(task.task_id, attempt, _message(event), is_reply))
+                        holder.outbox.put_nowait(Deliver(task.task_id, attempt, message, is_reply))
         if task.status is TaskStatus.QUEUED and any(e.type in (EventType.CREATED, EventType.STATUS) for e in events):
             self.poke(task.tenant, task.agent_id)
 
@@ -443,6 +465,7 @@ class Dispatcher:
         holder = self._holder.pop(task_id, None)
         if holder is not None:
             holder.held.pop(task_id, None)
+            holder.messages_sent.pop(task_id, None)
         return holder
 
     # --- reports from the holder ---

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from agenttasks.core.codec import task_to_json
 from agenttasks.core.ids import new_id
@@ -195,6 +195,47 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TaskNews:
+    """That another server committed events of a task: which ones, and its status after them.
+    Small on purpose: it travels in a notification; who cares reads the rest from the store."""
+
+    tenant: str
+    agent_id: str
+    task_id: str
+    first_sequence: int
+    last_sequence: int
+    status: TaskStatus
+
+
+class Neighbours(Protocol):
+    """What a server does with news of the other servers on its store (`core.replicas`)."""
+
+    def tasks_changed(self, news: list[TaskNews]) -> None:
+        """Other servers committed these changes. Called on the event loop; must not block."""
+        ...
+
+    def keys_revoked(self, key_ids: list[str]) -> None:
+        """Another server or an admin command revoked these API keys."""
+        ...
+
+    def may_have_missed(self) -> None:
+        """News may have been lost (the feed reconnected): catch up from the store."""
+        ...
+
+
+@runtime_checkable
+class SharedStore(Protocol):
+    """A store several servers can use at once (PostgreSQL). Every change it commits is also
+    announced to the others, so that what a client or worker does through one server reaches
+    the watchers and workers connected to another at once, without polling."""
+
+    async def follow_others(self, neighbours: Neighbours, stopping: asyncio.Event) -> None:
+        """Until `stopping` is set, tell `neighbours` what the other servers commit. Survives a
+        lost connection by itself (reconnecting, then calling `may_have_missed`)."""
+        ...
 
 
 # Statuses a webhook task reports to its webhook_url, and the event types they become.

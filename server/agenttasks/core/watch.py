@@ -33,24 +33,32 @@ class _Shutdown:
 _SHUTDOWN = _Shutdown()
 
 
+class CatchUp:
+    """Queued to every subscription when events may have been missed (another server's news was
+    lost): the watcher reads the store past what it has seen."""
+
+
+CATCH_UP = CatchUp()
+
+
 class Subscription:
     """One watcher's view of the hub: live events of one task, or a lag/shutdown signal."""
 
     def __init__(self, hub: EventHub, task_id: str) -> None:
         self._hub = hub
         self.task_id = task_id
-        self._queue: asyncio.Queue[TaskEvent | _Shutdown] = asyncio.Queue()
+        self._queue: asyncio.Queue[TaskEvent | CatchUp | _Shutdown] = asyncio.Queue()
         self.lagged = False
         self.closed = False
 
-    def _offer(self, item: TaskEvent | _Shutdown) -> None:
+    def _offer(self, item: TaskEvent | CatchUp | _Shutdown) -> None:
         if isinstance(item, TaskEvent) and self._queue.qsize() >= QUEUE_LIMIT:
             self.lagged = True  # the watcher re-reads the store; dropping here loses nothing
             return
         self._queue.put_nowait(item)
 
-    async def next(self) -> TaskEvent | None:
-        """The next live event, or None when the hub shut down."""
+    async def next(self) -> TaskEvent | CatchUp | None:
+        """The next live event, CATCH_UP, or None when the hub shut down."""
         item = await self._queue.get()
         return None if isinstance(item, _Shutdown) else item
 
@@ -84,6 +92,16 @@ class EventHub:
     def listen(self, listener: Listener) -> None:
         """Call `listener(task, events)` after every committed change. It must not block."""
         self._listeners.append(listener)
+
+    def watched(self, task_id: str) -> bool:
+        """Whether anyone here watches the task (news of it from other servers is worth a read)."""
+        return task_id in self._subs
+
+    def catch_up(self) -> None:
+        """Make every watcher read the store past what it has seen (news may have been lost)."""
+        for subs in self._subs.values():
+            for sub in subs:
+                sub._offer(CATCH_UP)
 
     def subscribe(self, task_id: str) -> Subscription:
         sub = Subscription(self, task_id)
@@ -181,6 +199,9 @@ async def follow(
         if live is None:
             yield StreamEnd(END_SERVER_SHUTDOWN, task.task_id, status, last)
             return
+        if isinstance(live, CatchUp):
+            catch_up = True
+            continue
         if live.sequence == last + 1:
             yield live
             last, status = live.sequence, live.status

@@ -5,7 +5,8 @@ call their transaction view synchronously, so each runs on a thread that may wai
 PostgreSQL, never on the event loop. Writes go through `PostgresWriter` (one connection, one
 function at a time, group commit); reads run on a few reader threads, each borrowing a
 connection of the reader pool for one REPEATABLE READ, READ ONLY transaction (one snapshot per
-read function, as SQLite's readers have).
+read function, as SQLite's readers have). Several servers may share the database: each commit
+is announced to the others with NOTIFY, and `follow_others` LISTENs (postgres_news).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from agenttasks.core.ports import ReadTx, WriteTx
-from agenttasks.store import postgres_url, shown_url
+from agenttasks.core.ports import Neighbours, ReadTx, WriteTx
+from agenttasks.store import postgres_news, postgres_url, shown_url
 from agenttasks.store.errors import StoreUnavailable
 from agenttasks.store.postgres_migrations import has_schema, migrate
+from agenttasks.store.postgres_news import channel_for, new_origin
 from agenttasks.store.postgres_tx import Connection, PostgresReadTx
 from agenttasks.store.postgres_writer import DEFAULT_MAX_BATCH, PostgresWriter, WriterStats
 
@@ -76,8 +78,9 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _prepare(url: str, create: bool) -> None:
-    """Checks that the database can be reached and migrates it (blocking)."""
+def _prepare(url: str, create: bool) -> str:
+    """Checks that the database can be reached and migrates it (blocking); returns the schema
+    the store's tables are in."""
     try:
         conn = _connect(url)
     except psycopg.OperationalError as error:
@@ -90,10 +93,12 @@ def _prepare(url: str, create: bool) -> None:
                     "'agenttasks serve' uses (or set AGENTTASKS_DB); serve creates the schema on first start"
                 )
             migrate(conn)
+            row = conn.execute("SELECT current_schema() AS schema").fetchone()
         except (psycopg.Error, RuntimeError) as error:
             raise StoreUnavailable(
                 f"cannot set up the agenttasks schema in {redact(url)}: {_first_line(error)}"
             ) from None
+    return str(row["schema"]) if row else "public"
 
 
 class PostgresStore:
@@ -107,12 +112,15 @@ class PostgresStore:
         *,
         readers: int = DEFAULT_READERS,
         max_batch: int = DEFAULT_MAX_BATCH,
+        schema: str = "public",
     ) -> None:
         """Takes over two open pools on a migrated database; `open` is the way to get them."""
         self.url = url
+        self.channel = channel_for(schema)
+        self.origin = new_origin()
         self._writer_pool = writer_pool
         self._reader_pool = reader_pool
-        self._writer = PostgresWriter(writer_pool, max_batch=max_batch)
+        self._writer = PostgresWriter(writer_pool, max_batch=max_batch, announce=(self.channel, self.origin))
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="agenttasks-pg-reader")
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
@@ -130,7 +138,7 @@ class PostgresStore:
         that has no agenttasks schema yet is refused (StoreUnavailable) instead of given one."""
         if readers < 1 or max_batch < 1:
             raise ValueError("readers and max_batch must be at least 1")
-        await asyncio.to_thread(_prepare, url, create)
+        schema = await asyncio.to_thread(_prepare, url, create)
         writer_pool = _pool(url, 1, "agenttasks-writer")
         reader_pool = _pool(url, readers, "agenttasks-readers")
         try:
@@ -138,7 +146,7 @@ class PostgresStore:
         except BaseException:
             await asyncio.to_thread(_close_pools, writer_pool, reader_pool)
             raise
-        return cls(url, writer_pool, reader_pool, readers=readers, max_batch=max_batch)
+        return cls(url, writer_pool, reader_pool, readers=readers, max_batch=max_batch, schema=schema)
 
     def stats(self) -> WriterStats:
         """Write counters, e.g. to show that concurrent writes share commits."""
@@ -152,6 +160,13 @@ class PostgresStore:
     async def write(self, fn: Callable[[WriteTx], T]) -> T:
         self._check_open()
         return await self._writer.submit(fn)
+
+    async def follow_others(self, neighbours: Neighbours, stopping: asyncio.Event) -> None:
+        """`SharedStore`: hear the other servers' commits on a connection of its own."""
+        self._check_open()
+        await postgres_news.follow(
+            self.url, self.channel, self.origin, neighbours, stopping, int(CONNECT_TIMEOUT_SECONDS)
+        )
 
     async def close(self) -> None:
         """Finishes queued writes and reads, then closes every connection. Safe to call twice;

@@ -31,6 +31,7 @@ from agenttasks.core.model import (
     WebhookDelivery,
     utcnow,
 )
+from agenttasks.store.postgres_news import Announcements
 from agenttasks.store.rows import Rows, check_object
 from agenttasks.store.sql import load_queries
 
@@ -194,11 +195,16 @@ class PostgresReadTx:
 
 class PostgresWriteTx(PostgresReadTx):
     """A write view; the writer runs each write function in its batch's transaction, inside a
-    savepoint of its own when the batch has more than one."""
+    savepoint of its own when the batch has more than one. It notes what other servers must
+    hear of (`news`); the writer announces it with the commit (postgres_news)."""
 
-    __slots__ = ()
+    __slots__ = ("news",)
 
     _LOCKING = True
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(conn)
+        self.news = Announcements()
 
     def insert_agent(self, agent: Agent) -> None:
         self._execute("insert_agent", _ROWS.agent_params(agent))
@@ -220,17 +226,20 @@ class PostgresWriteTx(PostgresReadTx):
         row = self._execute("insert_task", _ROWS.task_params(task)).fetchone()
         if row is None:  # pragma: no cover - INSERT ... RETURNING always returns the row
             raise RuntimeError("PostgreSQL assigned no seq to an inserted task")
+        self.news.task(task)
         return dataclasses.replace(task, seq=row["seq"])
 
     def update_task(self, task: Task) -> None:
         if self._execute("update_task", _ROWS.task_params(task)).rowcount != 1:
             raise LookupError(f"no task {task.task_id!r} in tenant {task.tenant!r} to update")
+        self.news.task(task)
 
     def renew_leases(self, worker_id: str, until: datetime) -> int:
         return self._execute("renew_leases", {"worker_id": worker_id, "until": aware(until)}).rowcount
 
     def append_event(self, event: TaskEvent) -> None:
         self._execute("append_event", _ROWS.event_params(event))
+        self.news.event(event)
 
     def put_idempotency(self, record: IdempotencyRecord) -> None:
         self._execute("put_idempotency", _ROWS.idempotency_params(record))
@@ -242,7 +251,10 @@ class PostgresWriteTx(PostgresReadTx):
         self._execute("put_api_key", _ROWS.api_key_params(record))
 
     def revoke_api_key(self, key_id: str, at: datetime) -> bool:
-        return self._execute("revoke_api_key", {"key_id": key_id, "at": aware(at)}).rowcount == 1
+        if self._execute("revoke_api_key", {"key_id": key_id, "at": aware(at)}).rowcount != 1:
+            return False
+        self.news.key_revoked(key_id)
+        return True
 
     def set_meta(self, name: str, value: str) -> None:
         self._execute("set_meta", {"name": name, "value": value})

@@ -32,6 +32,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from agenttasks.core.ports import WriteTx
+from agenttasks.store.postgres_news import Announcements
 from agenttasks.store.postgres_tx import Connection, PostgresWriteTx
 
 T = TypeVar("T")
@@ -70,9 +71,18 @@ class PostgresWriter:
     """Owns a pool of one connection (which replaces it when it breaks). Used from one event
     loop, the one that first calls `submit`."""
 
-    def __init__(self, pool: ConnectionPool[Connection], *, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool[Connection],
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        announce: tuple[str, str] | None = None,
+    ) -> None:
+        """`announce` is (channel, origin): where to NOTIFY other servers of each batch's
+        changes (postgres_news), and the name they know this store by; None sends nothing."""
         self._pool = pool
         self._max_batch = max_batch
+        self._announce = announce
         self._pending: collections.deque[_Job] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -177,11 +187,12 @@ class PostgresWriter:
     def _run_in_transaction(self, conn: Connection, fns: Sequence[Callable[[WriteTx], Any]]) -> list[_Outcome | None]:
         single = len(fns) == 1
         outcomes: list[_Outcome | None] = []
+        news = Announcements()
         for index, fn in enumerate(fns):
             self._writes += 1
             if not single:
                 conn.execute("SAVEPOINT write_fn")
-            error, value = _run_one(conn, fn)
+            error, value = _run_one(conn, fn, news)
             if error is not None:
                 try:
                     conn.execute("ROLLBACK" if single else "ROLLBACK TO SAVEPOINT write_fn")
@@ -195,6 +206,11 @@ class PostgresWriter:
                     return [(error, None)]
             outcomes.append((error, value))
         try:
+            if self._announce is not None:
+                # Delivered only if, and once, the COMMIT below succeeds.
+                channel, origin = self._announce
+                for payload in news.payloads(origin):
+                    conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
             conn.execute("COMMIT")
         except psycopg.Error as exc:
             # A function that failed on its own keeps its own error: that is still the truth.
@@ -203,10 +219,13 @@ class PostgresWriter:
         return outcomes
 
 
-def _run_one(conn: Connection, fn: Callable[[WriteTx], Any]) -> _Outcome:
+def _run_one(conn: Connection, fn: Callable[[WriteTx], Any], news: Announcements) -> _Outcome:
+    """Runs fn; what it changed joins `news` only if it succeeded (else it is rolled back)."""
     tx = PostgresWriteTx(conn)
     try:
-        return None, fn(tx)
+        value = fn(tx)
+        news.merge(tx.news)
+        return None, value
     except Exception as exc:
         if isinstance(exc, StopIteration):  # a future cannot carry it (asyncio wraps it too)
             wrapped = RuntimeError("a write function raised StopIteration")
