@@ -3,6 +3,7 @@
 python -m bench                 # the full run (several minutes)
 python -m bench --quick         # a few seconds per workload (CI)
 python -m bench --only submit_grpc,e2e --profile bench/results/profile
+python -m bench --db postgresql://postgres@127.0.0.1:5432/test --replicas 2   # also on PostgreSQL
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -24,11 +26,13 @@ from bench.outcome import Outcome
 from bench.peers.a2a_peer import a2a_peer
 from bench.peers.huey_peer import huey_peer
 from bench.plan import FULL, QUICK, Context, Plan
+from bench.postgres import Postgres, is_postgres, shown
 from bench.profiling import summarise
 from bench.workloads.ceiling import echo
 from bench.workloads.e2e import end_to_end, end_to_end_batched, end_to_end_watched
 from bench.workloads.fanout import fan_out
 from bench.workloads.latency import latency
+from bench.workloads.on_postgres import on_postgres
 from bench.workloads.relay import bare_relay
 from bench.workloads.stream_many import stream_many
 from bench.workloads.stream_one import stream_one
@@ -42,17 +46,30 @@ WORKLOADS: dict[str, tuple[Workload, str]] = {
     "submit_grpc": (submit_grpc, "Submit over gRPC, durable, 64 in flight"),
     "submit_rest": (submit_rest, "Submit over REST through Envoy"),
     "e2e": (end_to_end, "N tasks submitted while one worker process completes them"),
+    "e2e_pg": (on_postgres(end_to_end), "end to end on PostgreSQL (--db)"),
+    "e2e_pg_replicas": (
+        on_postgres(end_to_end, replicas=True),
+        "end to end on PostgreSQL, --replicas servers, Submits spread, a worker on each",
+    ),
     "e2e_batch": (end_to_end_batched, "end to end, tasks submitted 100 at a time with BatchSubmit"),
     "e2e_watch": (end_to_end_watched, "end to end with one WatchTask per task (--watch)"),
     "huey": (huey_peer, "peer: huey with SqliteHuey, same N tasks"),
     "a2a": (a2a_peer, "peer: A2A Python SDK with its SQLite task store, same N tasks"),
     "latency": (latency, "dispatch and cancel latency at each of --rates tasks/s"),
+    "latency_pg": (on_postgres(latency), "dispatch and cancel latency on PostgreSQL (--db)"),
+    "latency_pg_replicas": (
+        on_postgres(latency, replicas=True),
+        "dispatch and cancel latency on PostgreSQL, --replicas servers, a worker on each",
+    ),
     "fanout": (fan_out, "watch fan-out vs a bare grpc.aio broadcast"),
+    "fanout_pg": (on_postgres(fan_out), "watch fan-out on PostgreSQL (--db), against fanout on SQLite"),
     "stream_one": (stream_one, "one task streams 1 MiB in 32-byte chunks to one watcher"),
     "relay": (bare_relay, "bare grpc.aio relay: the loads of stream_many and of stream_one (their baselines)"),
     "stream_many": (stream_many, "many tasks stream paced chunks, one watcher each: gRPC, then SSE via Envoy"),
 }
 RESULTS = Path(__file__).resolve().parent / "results"
+NEEDS_POSTGRES = {"e2e_pg", "e2e_pg_replicas", "latency_pg", "latency_pg_replicas", "fanout_pg"}
+NEEDS_REPLICAS = {"e2e_pg_replicas", "latency_pg_replicas"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -73,7 +90,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--profile", type=Path, help="py-spy the server during Submit, end to end, latency and streaming, into this dir"
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (databases, process logs)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--db",
+        metavar="postgresql://USER@HOST:PORT/DBNAME",
+        help="also run end to end, latency and fan-out on this PostgreSQL, each "
+        "workload gets a fresh database DBNAME_bench_PID_WORKLOAD, dropped afterwards",
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="with --db: also run end to end and latency on N serve replicas"
+    )
+    args = parser.parse_args(argv)
+    if args.db is not None and not is_postgres(args.db):
+        parser.error("--db takes a postgresql:// URL (the SQLite workloads always run)")
+    if args.replicas < 1 or (args.replicas > 1 and args.db is None):
+        parser.error("--replicas N (N >= 1) needs --db postgresql://...")
+    return args
 
 
 def plan_for(args: argparse.Namespace) -> Plan:
@@ -86,7 +117,7 @@ def plan_for(args: argparse.Namespace) -> Plan:
         plan = plan.but(rates=tuple(float(r) for r in args.rates.split(",")))
     if args.watchers:
         plan = plan.but(watchers=tuple(int(w) for w in args.watchers.split(",")))
-    return plan.but(watch=args.watch)
+    return plan.but(watch=args.watch, replicas=args.replicas)
 
 
 def selected(args: argparse.Namespace, plan: Plan) -> list[str]:
@@ -95,8 +126,18 @@ def selected(args: argparse.Namespace, plan: Plan) -> list[str]:
         unknown = [name for name in names if name not in WORKLOADS]
         if unknown:
             raise SystemExit(f"unknown workloads: {', '.join(unknown)} (known: {', '.join(WORKLOADS)})")
+        if args.db is None and (needing := [name for name in names if name in NEEDS_POSTGRES]):
+            raise SystemExit(f"{', '.join(needing)} run on PostgreSQL: give --db postgresql://user@host:port/dbname")
+        if plan.replicas == 1 and (needing := [name for name in names if name in NEEDS_REPLICAS]):
+            raise SystemExit(f"{', '.join(needing)} compare replicas with one: give --replicas N (N >= 2)")
         return names
-    return [name for name in WORKLOADS if name != "e2e_watch" or plan.watch]
+    return [
+        name
+        for name in WORKLOADS
+        if (name != "e2e_watch" or plan.watch)
+        and (name not in NEEDS_POSTGRES or args.db is not None)
+        and (name not in NEEDS_REPLICAS or plan.replicas > 1)
+    ]
 
 
 async def run_all(names: list[str], ctx: Context) -> dict[str, Outcome]:
@@ -146,17 +187,32 @@ def main(argv: list[str] | None = None) -> int:
     names = selected(args, plan)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="agenttasks-bench-"))
-    ctx = Context(plan, scratch, args.profile, keep=args.keep)
+    postgres = Postgres(args.db, keep=args.keep) if args.db else None
     meta = {"mode": plan.mode, "plan": {k: getattr(plan, k) for k in plan.__slots__}, **report.machine()}
+    if postgres is not None:
+        try:
+            meta["postgres"] = postgres.describe()
+        except Exception as error:
+            raise SystemExit(f"cannot use the PostgreSQL of --db {shown(args.db)}: {error}") from None
+        if stale := postgres.stale():
+            print(f"[bench] left by runs that were killed (drop them by hand): {', '.join(stale)}", file=sys.stderr)
+    scratch = Path(tempfile.mkdtemp(prefix="agenttasks-bench-"))
+    ctx = Context(plan, scratch, args.profile, keep=args.keep, postgres=postgres)
     meta["started"] = datetime.now(UTC).isoformat(timespec="seconds")
+    # SIGTERM unwinds like Ctrl-C, so the databases of the run are dropped on the way out.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         outcomes = loadgen.run(run_all(names, ctx))
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if args.keep:
             print(f"[bench] scratch kept in {scratch}", file=sys.stderr)
+            if postgres is not None and postgres.made:
+                print(f"[bench] databases kept: {', '.join(sorted(postgres.made))}", file=sys.stderr)
         else:
             shutil.rmtree(scratch, ignore_errors=True)
+            if postgres is not None and (left := postgres.sweep()):
+                print(f"[bench] dropped databases left by the run: {', '.join(left)}", file=sys.stderr)
     doc = report.document(outcomes, meta)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -167,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     print(report.figures_table(outcomes))
     print()
     print(report.load_table(outcomes))
+    if per_task := report.cpu_per_task_table(outcomes):
+        print()
+        print(per_task)
+    if projection := report.projection(outcomes):
+        print()
+        print(projection)
     if args.profile is not None:
         summary = profile_summary(outcomes)
         (args.profile / "summary.md").write_text(summary + "\n")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.postgres import Postgres
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,8 @@ class Plan:
     """stream_many and relay: how long each task writes (so each writes rate x seconds chunks)."""
     watch: bool = False
     """Also run end to end with one WatchTask per task."""
+    replicas: int = 1
+    """`--replicas N`: the replicas of the `*_pg_replicas` workloads (PostgreSQL only)."""
     limit_seconds: float = 600.0
     """Hard limit of one workload, setup included."""
 
@@ -92,6 +98,27 @@ class Context:
     profile_dir: Path | None = None
     keep: bool = False
     """Keep scratch directories (databases, process logs) for a look afterwards."""
+    postgres: Postgres | None = None
+    """The PostgreSQL of `--db postgresql://...`, when given."""
+    on_postgres: bool = False
+    """Run the workload's servers on a fresh PostgreSQL database instead of a SQLite file."""
+    replicas: int = 1
+    """`agenttasks serve` processes on the workload's one database (PostgreSQL only)."""
+
+    def but(self, **changes: object) -> Context:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @contextlib.asynccontextmanager
+    async def database(self, workdir: Path, name: str) -> AsyncIterator[str]:
+        """The `--db` of the block's servers: a SQLite file in `workdir`, or a fresh PostgreSQL
+        database named for `name`, dropped afterwards."""
+        if not self.on_postgres:
+            yield str(workdir / "agenttasks.db")
+            return
+        if self.postgres is None:
+            raise RuntimeError("this workload runs on PostgreSQL: give --db postgresql://user@host:port/dbname")
+        async with self.postgres.database(name) as url:
+            yield url
 
     def scratch(self, name: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import sqlite3
 import subprocess
 import sys
@@ -45,6 +46,10 @@ TARGETS = [
     Target("end to end, BatchSubmit, vs A2A", "e2e_batch", "rate", ">=", 50.0, "a2a"),
     Target("dispatch p99 at 500 tasks/s (ms)", "latency_500", "dispatch_p99_ms", "<=", 10.0),
     Target("cancel p99 at 500 tasks/s (ms)", "latency_500", "cancel_p99_ms", "<=", 20.0),
+    # On PostgreSQL (--db), beside SQLite in the same run (issue 14).
+    Target("end to end on PostgreSQL vs SQLite", "e2e_pg", "rate", ">=", 0.7, "e2e"),
+    Target("dispatch p99 at 500 tasks/s on PostgreSQL (ms)", "latency_500_pg", "dispatch_p99_ms", "<=", 10.0),
+    Target("cancel p99 at 500 tasks/s on PostgreSQL (ms)", "latency_500_pg", "cancel_p99_ms", "<=", 20.0),
     Target(
         "fan-out to 10,000 vs bare broadcast",
         "fanout_10000",
@@ -85,6 +90,27 @@ TARGETS = [
 ]
 
 
+def replica_names(outcomes: dict[str, Outcome], prefix: str) -> list[tuple[str, int]]:
+    """[(name, replicas)] of the outcomes `PREFIX_pg_rN` of this run."""
+    found = []
+    for name in outcomes:
+        if match := re.fullmatch(re.escape(prefix) + r"_pg_r(\d+)", name):
+            found.append((name, int(match.group(1))))
+    return sorted(found, key=lambda item: item[1])
+
+
+def all_targets(outcomes: dict[str, Outcome]) -> list[Target]:
+    """The fixed targets, and those of the replicas measured in this run (`--replicas N`)."""
+    found = list(TARGETS)
+    for name, n in replica_names(outcomes, "e2e"):
+        found.append(Target(f"end to end, {n} replicas vs one (PostgreSQL)", name, "rate", ">=", 1.25, "e2e_pg"))
+    for name, n in replica_names(outcomes, "latency_500"):
+        across = f"at 500 tasks/s across {n} replicas (ms)"
+        found.append(Target(f"dispatch p99 {across}", name, "dispatch_p99_ms", "<=", 10.0))
+        found.append(Target(f"cancel p99 {across}", name, "cancel_p99_ms", "<=", 20.0))
+    return found
+
+
 def _num(value: float | None, digits: int = 0) -> str:
     if value is None or math.isnan(value):
         return "n/a"
@@ -110,7 +136,7 @@ def evaluate(target: Target, outcomes: dict[str, Outcome]) -> dict[str, Any]:
 
 def _target_cells(outcomes: dict[str, Outcome], workload: str, metric: str, baseline: str | None) -> list[str]:
     """[ratio, target, verdict] cells for the target on this figure, or empty cells."""
-    for target in TARGETS:
+    for target in all_targets(outcomes):
         if (target.workload, target.metric, target.baseline) == (workload, metric, baseline):
             verdict = evaluate(target, outcomes)
             unit = target.unit if target.unit is not None else "x" if baseline else ""
@@ -128,6 +154,19 @@ def _rate(o: Outcome, unit: str) -> str:
     if "server_cpu_us_per_task" in o.metrics:
         text += f" (server {_num(o.metrics['server_cpu_us_per_task'])} µs CPU per task)"
     return text
+
+
+def _on_sqlite(name: str) -> str:
+    """The SQLite outcome a PostgreSQL one (`NAME_pg`, `NAME_pg_rN`) compares with: NAME."""
+    return re.sub(r"_pg(_r\d+)?$", "", name)
+
+
+def _where(name: str) -> str:
+    """The words " on PostgreSQL[, N replicas]" for a PostgreSQL outcome, else nothing."""
+    match = re.search(r"_pg(?:_r(\d+))?$", name)
+    if match is None:
+        return ""
+    return " on PostgreSQL" + (f", {match.group(1)} replicas" if match.group(1) else "")
 
 
 def _times(value: float) -> str:
@@ -206,6 +245,13 @@ def rows(outcomes: dict[str, Outcome]) -> list[list[str]]:
         for peer, label in (("huey", "huey"), ("a2a", "A2A")):
             cells = _target_cells(outcomes, "e2e", "rate", peer)
             table.append([o.title, _rate(o, "tasks/s"), rate_of(peer, label), *cells])
+    if o := ok("e2e_pg"):
+        cells = _target_cells(outcomes, "e2e_pg", "rate", "e2e")
+        table.append([o.title, _rate(o, "tasks/s"), rate_of("e2e", "SQLite"), *cells])
+    for name, _ in replica_names(outcomes, "e2e"):
+        if o := ok(name):
+            cells = _target_cells(outcomes, name, "rate", "e2e_pg")
+            table.append([o.title, _rate(o, "tasks/s"), rate_of("e2e_pg", "one replica"), *cells])
     if o := ok("e2e_batch"):
         for peer, label in (("huey", "huey"), ("a2a", "A2A")):
             cells = _target_cells(outcomes, "e2e_batch", "rate", peer)
@@ -220,11 +266,16 @@ def rows(outcomes: dict[str, Outcome]) -> list[list[str]]:
         if not (o := ok(name)):
             continue
         m = o.metrics
-        at = f" at {_num(m['submit_rate'])} tasks/s (offered {_num(m['offered_rate'])})"
+        sqlite = ok(_on_sqlite(name)) if _on_sqlite(name) != name else None
+        at = f" at {_num(m['submit_rate'])} tasks/s (offered {_num(m['offered_rate'])}){_where(name)}"
         for kind in ("dispatch", "cancel"):
             result = f"p50 {_num(m[f'{kind}_p50_ms'], 1)} ms, p99 {_num(m[f'{kind}_p99_ms'], 1)} ms"
             cells = _target_cells(outcomes, name, f"{kind}_p99_ms", None)
-            table.append([f"{kind.capitalize()} latency{at}", result, "", *cells])
+            base = ""
+            if sqlite is not None:
+                b = sqlite.metrics
+                base = f"SQLite p50 {_num(b[f'{kind}_p50_ms'], 1)} ms, p99 {_num(b[f'{kind}_p99_ms'], 1)} ms"
+            table.append([f"{kind.capitalize()} latency{at}", result, base, *cells])
     if o := ok("relay_one"):
         table.append([f"{o.title}: delivered", _one_rate(o), "", "", "", ""])
     if o := ok("stream_one"):
@@ -248,17 +299,20 @@ def rows(outcomes: dict[str, Outcome]) -> list[list[str]]:
     for name in [n for n in outcomes if n.startswith("fanout_")]:
         if not (o := ok(name)):
             continue
-        watchers = name.removeprefix("fanout_")
-        bare_name = f"broadcast_{watchers}"
-        bare = ok(bare_name)
+        watchers = _on_sqlite(name).removeprefix("fanout_")
         m = o.metrics
-        figure = f"Fan-out to {int(watchers):,} watchers"
-        cells = _target_cells(outcomes, name, "reach_all_ms", bare_name)
-        cells[0] = cells[0] or ratio(name, bare_name, "reach_all_ms")
-        bare_reach = f"bare broadcast {_num(bare.metrics['reach_all_ms'])} ms" if bare else "bare: not measured"
+        figure = f"Fan-out to {int(watchers):,} watchers{_where(name)}"
+        if _on_sqlite(name) != name:  # on PostgreSQL: against ours on SQLite
+            base_name, label = _on_sqlite(name), "SQLite"
+        else:
+            base_name, label = f"broadcast_{watchers}", "bare broadcast"
+        bare = ok(base_name)
+        cells = _target_cells(outcomes, name, "reach_all_ms", base_name)
+        cells[0] = cells[0] or ratio(name, base_name, "reach_all_ms")
+        bare_reach = f"{label} {_num(bare.metrics['reach_all_ms'])} ms" if bare else f"{label}: not measured"
         table.append([f"{figure}: one event reaches all", f"{_num(m['reach_all_ms'])} ms", bare_reach, *cells])
         cells = _target_cells(outcomes, name, "kb_per_stream", None)
-        bare_kb = f"bare broadcast {_num(bare.metrics['kb_per_stream'], 1)} KB" if bare else ""
+        bare_kb = f"{label} {_num(bare.metrics['kb_per_stream'], 1)} KB" if bare else ""
         table.append([f"{figure}: server memory per stream", f"{_num(m['kb_per_stream'], 1)} KB", bare_kb, *cells])
     return table
 
@@ -276,14 +330,89 @@ def figures_table(outcomes: dict[str, Outcome]) -> str:
 def load_table(outcomes: dict[str, Outcome]) -> str:
     table = []
     for o in outcomes.values():
-        roles = [role for role in ("server", "envoy", "worker", "client") if f"{role}_cpu" in o.metrics]
+        roles = [role for role in ROLES if f"{role}_cpu" in o.metrics]
         cpu = ", ".join(f"{role} {o.metrics[f'{role}_cpu']:.2f}" for role in roles)
         table.append([o.name, o.load or o.reason, cpu])
     return markdown(["Workload", "Load", "CPU cores used (server = the system under test)"], table)
 
 
+ROLES = ("server", "envoy", "worker", "postgres", "pg_shared", "client")
+"""Processes whose CPU a workload reports: `postgres` = the backends connected to its database,
+`pg_shared` = the instance's WAL writer, checkpointer and background writer (shared with any
+other database of the instance)."""
+
+
+def cpu_per_task_table(outcomes: dict[str, Outcome]) -> str:
+    """CPU per task of each component, for the outcomes that count tasks (end to end, peers)."""
+    table = []
+    for o in outcomes.values():
+        m = o.metrics
+        if o.status != "ok" or "server_cpu_us_per_task" not in m or "latency" in o.name:
+            continue
+        cells = [_num(m.get(f"{role}_cpu_us_per_task")) if f"{role}_cpu_us_per_task" in m else "" for role in ROLES]
+        system = sum(m.get(f"{role}_cpu_us_per_task", 0.0) for role in ROLES if role != "client")
+        table.append([o.name, _num(m["rate"]), *cells, _num(system)])
+    if not table:
+        return ""
+    header = ["Workload", "tasks/s", *(f"{role} µs" for role in ROLES), "all but client µs"]
+    return "CPU per task (µs of CPU over the run / tasks completed):\n\n" + markdown(header, table)
+
+
+def projection(outcomes: dict[str, Outcome]) -> str:
+    """Tasks/s on 4, 8 and 16 cores, projected from the CPU per task measured in `e2e_pg`."""
+    o = outcomes.get("e2e_pg")
+    if o is None or o.status != "ok":
+        return ""
+    m = o.metrics
+    server = m["server_cpu_us_per_task"]
+    worker = m.get("worker_cpu_us_per_task", 0.0)
+    database = m.get("postgres_cpu_us_per_task", 0.0) + m.get("pg_shared_cpu_us_per_task", 0.0)
+    per_task = server + worker + database
+    # A replica is one Python process: its event loop holds it to about one core (PERF-FACTS).
+    replica_rate = 1e6 / server
+    rows_ = []
+    for cores in PROJECTED_CORES:
+        together = cores * 1e6 / per_task
+        alone = cores * 1e6 / database
+        rows_.append(
+            [
+                str(cores),
+                f"{_num(together)} ({math.ceil(together / replica_rate)} replicas)",
+                f"{_num(alone)} ({_num(alone * server / 1e6, 1)} cores of replicas and "
+                f"{_num(alone * worker / 1e6, 1)} of workers to feed it)",
+            ]
+        )
+    lines = [
+        "PROJECTION, not a measurement: tasks/s from the CPU per task measured in e2e_pg "
+        f"(server {_num(server)} µs, worker {_num(worker)} µs, PostgreSQL {_num(database)} µs of which "
+        f"shared processes {_num(m.get('pg_shared_cpu_us_per_task', 0.0))} µs; the client not counted: "
+        "clients run elsewhere). Assumes CPU is the only limit and that it scales linearly: no lock waits, "
+        "no fsync queue, one replica per core at most.",
+        "",
+        markdown(
+            ["cores", "replicas, workers and PostgreSQL on these cores", "PostgreSQL alone on these cores: its limit"],
+            rows_,
+        ),
+        "",
+        f"One replica reaches at most ~{_num(replica_rate)} tasks/s (one core of server CPU); PostgreSQL's own CPU "
+        f"becomes the limit once replicas use more than {_num(server / database, 1)} cores for each core "
+        "PostgreSQL has.",
+    ]
+    for name, n in replica_names(outcomes, "e2e"):
+        if (r := outcomes[name]).status == "ok":
+            lines.append(
+                f"Measured in this run, for comparison: {n} replicas {_num(r.metrics['rate'])} tasks/s against one "
+                f"replica's {_num(m['rate'])} ({r.metrics['rate'] / m['rate']:.2f}x), all on this machine's "
+                f"{os.cpu_count()} cores with the client."
+            )
+    return "\n".join(lines)
+
+
+PROJECTED_CORES = (4, 8, 16)
+
+
 def targets_json(outcomes: dict[str, Outcome]) -> list[dict[str, Any]]:
-    return [{"target": t.label, "op": t.op, "bound": t.bound, **evaluate(t, outcomes)} for t in TARGETS]
+    return [{"target": t.label, "op": t.op, "bound": t.bound, **evaluate(t, outcomes)} for t in all_targets(outcomes)]
 
 
 def _version(package: str) -> str | None:

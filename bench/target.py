@@ -3,11 +3,16 @@
 `Server` starts the real command (gRPC on a free port, and the REST gateway through the real
 Envoy when asked), reads the admin key it prints on first start, and creates an agent to submit
 to. `Worker` runs `python -m bench.worker` (the Python SDK's `Worker`) as a process of its own.
+`Cluster` is one or more replicas of `serve` on one database (SQLite, or a fresh PostgreSQL
+database with `--db`), with a worker process connected to each.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -17,12 +22,14 @@ import grpc
 from agenttasks.v1 import agent_service_pb2 as apb
 from agenttasks.v1 import agent_service_pb2_grpc, task_service_pb2_grpc
 from bench import loadgen
+from bench.plan import Context
+from bench.postgres import BackendCpu, is_postgres
 from bench.procs import Proc, children
 
 STARTUP_SECONDS = 60.0
 
 
-def serve_command(db: Path, gateway: bool) -> list[str]:
+def serve_command(db: Path | str, gateway: bool) -> list[str]:
     command = [sys.executable, "-m", "agenttasks.cli.main", "serve", "--db", str(db), "--grpc-port", "0"]
     return [*command, "--http-port", "0"] if gateway else [*command, "--no-gateway"]
 
@@ -38,17 +45,31 @@ class Api:
 
 
 class Server:
-    """`agenttasks serve` on `workdir/agenttasks.db`. An async context manager."""
+    """`agenttasks serve` on `db` (default `workdir/agenttasks.db`). An async context manager.
 
-    def __init__(self, workdir: Path, *, gateway: bool = False, name: str = "agenttasks") -> None:
+    A replica started on a database another server set up gets that server's `key` and
+    `agent_id`: it prints no key, and its agent already exists.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        gateway: bool = False,
+        name: str = "agenttasks",
+        db: str | None = None,
+        key: str = "",
+        agent_id: str = "",
+    ) -> None:
         self.workdir = workdir
         self.gateway = gateway
+        self.db = db or str(workdir / "agenttasks.db")
         # A clean environment: no AGENTTASKS_* of the person running the bench leaks in.
-        self.proc = Proc(name, serve_command(workdir / "agenttasks.db", gateway), workdir, cwd=workdir)
+        self.proc = Proc(name, serve_command(self.db, gateway), workdir, cwd=workdir)
         self.address = ""
         self.rest_url = ""
-        self.key = ""
-        self.agent_id = ""
+        self.key = key
+        self.agent_id = agent_id
         self._apis: list[Api] = []
 
     @property
@@ -69,10 +90,14 @@ class Server:
         await self.proc.start()
         try:
             self.address = (await self.proc.wait_for_line(r"gRPC listening on (\S+)", STARTUP_SECONDS)).group(1)
-            self.key = (await self.proc.wait_for_line(r"^admin api key: (\S+)", STARTUP_SECONDS)).group(1)
             if self.gateway:
                 self.rest_url = (await self.proc.wait_for_line(r"REST listening on (\S+)", STARTUP_SECONDS)).group(1)
-            self.agent_id = await self.create_agent("bench")
+            if not self.key:
+                self.key = (await self.proc.wait_for_line(r"^admin api key: (\S+)", STARTUP_SECONDS)).group(1)
+            else:  # a replica: ready once it says where its database is (the last line before serving)
+                await self.proc.wait_for_line(r"^agenttasks database ", STARTUP_SECONDS)
+            if not self.agent_id:
+                self.agent_id = await self.create_agent("bench")
         except BaseException:
             await self.stop()
             raise
@@ -148,6 +173,91 @@ class Worker:
         await self.proc.stop()
 
     async def __aenter__(self) -> Worker:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+class Cluster:
+    """`ctx.replicas` `agenttasks serve --no-gateway` processes on one fresh database (the
+    workload's SQLite file, or a PostgreSQL database of its own on `ctx.postgres`, dropped
+    afterwards). The first sets the database up and makes the key and the agent; the others
+    start on it once it has. An async context manager."""
+
+    def __init__(self, ctx: Context, workdir: Path, name: str) -> None:
+        if ctx.replicas > 1 and not ctx.on_postgres:
+            raise ValueError("replicas share a PostgreSQL database: --replicas needs --db postgresql://")
+        self.ctx = ctx
+        self.workdir = workdir
+        self.name = name
+        self.servers: list[Server] = []
+        self.db = ""
+        self._stack = contextlib.AsyncExitStack()
+
+    @property
+    def first(self) -> Server:
+        return self.servers[0]
+
+    @property
+    def agent_id(self) -> str:
+        return self.first.agent_id
+
+    def pids(self) -> dict[str, list[int]]:
+        """{"server": pids of every replica}."""
+        return {"server": [server.pid for server in self.servers]}
+
+    def backend_cpu(self) -> BackendCpu | None:
+        """A meter of the PostgreSQL backends serving this cluster's database (None on SQLite)."""
+        if not is_postgres(self.db) or self.ctx.postgres is None:
+            return None
+        return BackendCpu(self.ctx.postgres, self.ctx.postgres.name_for(self.name))
+
+    async def start(self) -> Cluster:
+        try:
+            self.db = await self._stack.enter_async_context(self.ctx.database(self.workdir, self.name))
+            first = await self._stack.enter_async_context(Server(self.workdir, db=self.db))
+            self.servers.append(first)
+            replicas = [
+                Server(self.workdir, db=self.db, name=f"agenttasks-{i}", key=first.key, agent_id=first.agent_id)
+                for i in range(1, self.ctx.replicas)
+            ]
+            for replica in replicas:
+                self._stack.push_async_callback(replica.stop)
+            await asyncio.gather(*(replica.start() for replica in replicas))
+            self.servers += replicas
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    @contextlib.asynccontextmanager
+    async def workers(self, capacity: int, *, record: bool = False) -> AsyncIterator[list[Worker]]:
+        """One SDK worker process connected to each replica; with `record`, worker i writes
+        `workdir/worker-record-i.json` when it stops (at the end of the block)."""
+        workers = [
+            Worker(
+                server,
+                capacity=capacity,
+                record=self.workdir / f"worker-record-{i}.json" if record else None,
+                name=f"worker-{i}" if i else "worker",
+            )
+            for i, server in enumerate(self.servers)
+        ]
+        async with contextlib.AsyncExitStack() as stack:
+            for worker in workers:
+                stack.push_async_callback(worker.stop)
+            await asyncio.gather(*(worker.start() for worker in workers))
+            yield workers
+
+    async def stop(self) -> None:
+        """Stop every replica (in reverse), then drop the database. Safe twice."""
+        await self._stack.aclose()
+        self.servers = []
+
+    async def __aenter__(self) -> Cluster:
         return await self.start()
 
     async def __aexit__(

@@ -16,7 +16,7 @@ from agenttasks.v1 import task_service_pb2 as pb
 from bench import loadgen
 from bench.outcome import Outcome
 from bench.plan import Context
-from bench.target import Api, Server, Worker
+from bench.target import Api, Cluster
 from bench.workloads.common import submit_request, window
 
 POLL_SECONDS = 0.05
@@ -68,30 +68,36 @@ async def end_to_end(ctx: Context, *, watch: bool = False, batch: int = 0) -> li
     name = "e2e_watch" if watch else "e2e_batch" if batch else "e2e"
     workdir = ctx.scratch(name)
     n = plan.tasks
-    async with Server(workdir) as server, Worker(server, capacity=plan.capacity) as worker:
-        api = server.api()
-        request = submit_request(server.agent_id)
+    async with Cluster(ctx, workdir, name) as cluster, cluster.workers(plan.capacity) as workers:
+        # Submit calls go round the replicas by slot; each replica has a worker of its own.
+        apis = [server.api() for server in cluster.servers]
+        api = apis[0]
+        agent_id = cluster.agent_id
+        request = submit_request(agent_id)
         watchers: set[asyncio.Task[None]] = set()
         ends: list[int] = []
 
         unsent = n
 
-        async def submit_batch(_: int) -> None:
+        async def submit_batch(slot: int) -> None:
             nonlocal unsent
             size = min(batch, unsent)
             unsent -= size
-            many = pb.BatchSubmitRequest(agent_id=server.agent_id, requests=[request] * size)
-            await api.tasks.BatchSubmit(many, metadata=api.metadata, timeout=60)
+            many = pb.BatchSubmitRequest(agent_id=agent_id, requests=[request] * size)
+            to = apis[slot % len(apis)]
+            await to.tasks.BatchSubmit(many, metadata=to.metadata, timeout=60)
 
-        async def submit(_: int) -> None:
-            answer = await api.tasks.Submit(request, metadata=api.metadata, timeout=60)
+        async def submit(slot: int) -> None:
+            to = apis[slot % len(apis)]
+            answer = await to.tasks.Submit(request, metadata=to.metadata, timeout=60)
             if watch:
-                task = asyncio.create_task(_watch(api, server.agent_id, answer.task_id, ends))
+                task = asyncio.create_task(_watch(to, agent_id, answer.task_id, ends))
                 watchers.add(task)
                 task.add_done_callback(watchers.discard)
 
-        pids = {**server.pids(), "worker": worker.pid}
-        async with window(ctx, pids, profile=name, seconds=plan.limit_seconds) as usage:
+        pids = {**cluster.pids(), "worker": [worker.pid for worker in workers]}
+        meter = cluster.backend_cpu()
+        async with window(ctx, pids, profile=name, seconds=plan.limit_seconds, postgres=meter) as usage:
             started_wall, started = time.time(), loadgen.now_ns()
             if batch:
                 submitted = await loadgen.closed_loop(
@@ -107,9 +113,9 @@ async def end_to_end(ctx: Context, *, watch: bool = False, batch: int = 0) -> li
                         await asyncio.wait(set(watchers))
             else:
                 async with asyncio.timeout(plan.limit_seconds):
-                    while await _unfinished(api, server.agent_id):  # noqa: ASYNC110 - the server is another process
+                    while await _unfinished(api, agent_id):  # noqa: ASYNC110 - the server is another process
                         await asyncio.sleep(POLL_SECONDS)
-        completed, last_completed = await _completions(api, server.agent_id)
+        completed, last_completed = await _completions(api, agent_id)
     if watch:
         seconds = (max(ends) - started) / 1e9 if ends else float("nan")
     else:
@@ -120,10 +126,16 @@ async def end_to_end(ctx: Context, *, watch: bool = False, batch: int = 0) -> li
         if batch
         else f"{plan.concurrency} Submits in flight"
     )
+    store = "SQLite" if not ctx.on_postgres else "PostgreSQL"
+    where = (
+        f"one SDK worker process (capacity {plan.capacity})"
+        if ctx.replicas == 1
+        else f"{ctx.replicas} replicas, calls spread over them, an SDK worker (capacity {plan.capacity}) on each"
+    )
     outcome = Outcome(
         name,
         "End to end, one WatchTask per task" if watch else "End to end, BatchSubmit" if batch else "End to end",
-        load=f"{n} tasks, {submitting}, one SDK worker process (capacity {plan.capacity})",
+        load=f"{n} tasks, {submitting}, {where}; {store}",
         metrics={
             "rate": round(completed / seconds, 1),
             "tasks": n,
@@ -132,7 +144,8 @@ async def end_to_end(ctx: Context, *, watch: bool = False, batch: int = 0) -> li
             "submit_errors": submitted.errors,
             **({"watched": len(ends)} if watch else {}),
             # The window runs from the first Submit until all are seen finished.
-            "server_cpu_us_per_task": usage.cpu_us_per("server", completed),
+            **usage.cpu_us_per_task(completed),
+            "replicas": ctx.replicas,
             **usage.metrics,
         },
         details={**usage.details, "first_error": submitted.first_error},

@@ -25,7 +25,7 @@ from bench.echo_server import BROADCAST_PUBLISH, BROADCAST_WATCH
 from bench.outcome import Outcome
 from bench.plan import Context
 from bench.procs import Proc, cpu_sample, rss_bytes
-from bench.target import Server
+from bench.target import Cluster
 from bench.workloads.ceiling import ECHO_COMMAND, FAKE_AGENT, FAKE_KEY
 from bench.workloads.common import submit_request
 
@@ -136,7 +136,8 @@ async def _first_failure_or(wait: Awaitable[object], followers: list[asyncio.Tas
 
 async def ours(ctx: Context, watchers: int) -> Outcome:
     workdir = ctx.scratch(f"fanout-{watchers}")
-    async with Server(workdir) as server:
+    async with Cluster(ctx.but(replicas=1), workdir, f"fanout_{watchers}") as cluster:
+        server = cluster.first
         api = server.api()
         answer = await api.tasks.Submit(submit_request(server.agent_id), metadata=api.metadata, timeout=30)
         request = pb.WatchTaskRequest(agent_id=server.agent_id, task_id=answer.task_id)
@@ -158,7 +159,7 @@ async def ours(ctx: Context, watchers: int) -> Outcome:
     return Outcome(
         f"fanout_{watchers}",
         f"Watch fan-out, {watchers:,} watchers",
-        load=_load(ctx, watchers, "WatchTask streams on one task"),
+        load=_load(ctx, watchers, f"WatchTask streams on one task ({'PostgreSQL' if ctx.on_postgres else 'SQLite'})"),
         metrics=metrics,
         details=details,
     )
@@ -212,8 +213,11 @@ def _load(ctx: Context, watchers: int, what: str) -> str:
 
 
 async def fan_out(ctx: Context) -> list[Outcome]:
+    """Ours and the bare broadcast at each watcher count; on PostgreSQL ours alone (its baseline
+    is then ours on SQLite, from the `fanout` workload of the same run)."""
     outcomes = []
     for watchers in ctx.plan.watchers:
-        outcomes.append(await bare(ctx, watchers))
+        if not ctx.on_postgres:
+            outcomes.append(await bare(ctx, watchers))
         outcomes.append(await ours(ctx, watchers))
     return outcomes

@@ -23,7 +23,7 @@ from agenttasks.v1 import task_service_pb2 as pb
 from bench import loadgen
 from bench.outcome import Outcome
 from bench.plan import Context
-from bench.target import Server, Worker
+from bench.target import Cluster
 from bench.worker import HOLD
 from bench.workloads.common import submit_request, window
 
@@ -42,7 +42,6 @@ async def latency(ctx: Context) -> list[Outcome]:
 async def _at(ctx: Context, rate: float) -> Outcome:
     plan = ctx.plan
     workdir = ctx.scratch(f"latency-{rate:g}")
-    record = workdir / "worker-record.json"
     count = round(rate * plan.latency_seconds)
     every = max(1, round(1 / plan.cancel_fraction)) if plan.cancel_fraction > 0 else 0
     acked: dict[str, int] = {}
@@ -50,14 +49,18 @@ async def _at(ctx: Context, rate: float) -> Outcome:
     submit_ns: list[int] = []
     errors: list[str] = []
     cancelled_queued = 0
-    async with Server(workdir) as server:
-        api = server.api()
-        hold, go = submit_request(server.agent_id, HOLD), submit_request(server.agent_id, "go")
-        async with Worker(server, capacity=plan.capacity, record=record) as worker:
+    async with Cluster(ctx, workdir, f"latency_{rate:g}") as cluster:
+        # Submit calls go round the replicas; a task is cancelled through the replica that took it.
+        apis = [server.api() for server in cluster.servers]
+        agent_id = cluster.agent_id
+        hold, go = submit_request(agent_id, HOLD), submit_request(agent_id, "go")
+        async with cluster.workers(plan.capacity, record=True) as workers:
 
             async def fire(i: int) -> None:
                 nonlocal cancelled_queued
                 held = every > 0 and i % every == 0
+                # Not i % replicas: with two replicas every held task would go to the first.
+                api = apis[(i // every if every else i) % len(apis)]
                 try:
                     t0 = loadgen.now_ns()
                     answer = await api.tasks.Submit(hold if held else go, metadata=api.metadata, timeout=30)
@@ -66,7 +69,7 @@ async def _at(ctx: Context, rate: float) -> Outcome:
                     if not held:
                         return
                     await _sleep_until(t1 + int(plan.cancel_after * 1e9))
-                    cancel = pb.CancelRequest(agent_id=server.agent_id, task_id=answer.task_id)
+                    cancel = pb.CancelRequest(agent_id=agent_id, task_id=answer.task_id)
                     task = (await api.tasks.Cancel(cancel, metadata=api.metadata, timeout=30)).task
                     cancel_acked[answer.task_id] = loadgen.now_ns()
                     if not task.HasField("started_at"):
@@ -74,17 +77,22 @@ async def _at(ctx: Context, rate: float) -> Outcome:
                 except Exception as error:
                     errors.append(f"{type(error).__name__}: {error}"[:300])
 
-            pids = {**server.pids(), "worker": worker.pid}
-            async with window(ctx, pids, profile=f"latency_{rate:g}", seconds=plan.latency_seconds) as usage:
+            pids = {**cluster.pids(), "worker": [worker.pid for worker in workers]}
+            meter = cluster.backend_cpu()
+            profile = f"latency_{rate:g}"
+            async with window(ctx, pids, profile=profile, seconds=plan.latency_seconds, postgres=meter) as usage:
                 started = loadgen.now_ns()
                 skipped = await loadgen.paced(rate, count, plan.latency_seconds, fire, MAX_UNANSWERED)
                 offered_seconds = (loadgen.now_ns() - started) / 1e9
             await _sleep_until(loadgen.now_ns() + int(SETTLE_SECONDS * 1e9))
-        # The worker has stopped and written what it saw.
-        seen = json.loads(record.read_text())
+        # The workers have stopped and written what they saw.
+        assigned: dict[str, int] = {}
+        told: dict[str, int] = {}
+        for i in range(len(apis)):
+            seen = json.loads((workdir / f"worker-record-{i}.json").read_text())
+            assigned.update(seen["assigned"])
+            told.update(seen["cancelled"])
     ctx.discard(workdir)
-    assigned: dict[str, int] = seen["assigned"]
-    told: dict[str, int] = seen["cancelled"]
     dispatch = _clamped([assigned[t] - acked[t] for t in acked if t in assigned])
     cancel = _clamped([told[t] - cancel_acked[t] for t in cancel_acked if t in told])
     d, c = loadgen.latency_ms(dispatch), loadgen.latency_ms(cancel)
@@ -92,9 +100,15 @@ async def _at(ctx: Context, rate: float) -> Outcome:
         f"latency_{rate:g}",
         f"Dispatch and cancel latency at {rate:g} tasks/s",
         load=(
-            f"{rate:g} tasks/s offered open-loop for {plan.latency_seconds:g} s, one SDK worker process "
-            f"(capacity {plan.capacity}); {plan.cancel_fraction:.0%} cancelled {plan.cancel_after * 1000:g} ms "
-            "after Submit answered, the rest completed"
+            f"{rate:g} tasks/s offered open-loop for {plan.latency_seconds:g} s, "
+            + (
+                f"one SDK worker process (capacity {plan.capacity})"
+                if ctx.replicas == 1
+                else f"{ctx.replicas} replicas, Submits spread over them, one SDK worker (capacity "
+                f"{plan.capacity}) on each"
+            )
+            + f"; {plan.cancel_fraction:.0%} cancelled {plan.cancel_after * 1000:g} ms "
+            f"after Submit answered, the rest completed; {'PostgreSQL' if ctx.on_postgres else 'SQLite'}"
         ),
         metrics={
             "offered_rate": rate,
@@ -111,6 +125,8 @@ async def _at(ctx: Context, rate: float) -> Outcome:
             "cancelled_before_dispatch": cancelled_queued,
             "skipped_starts": skipped,
             "errors": len(errors),
+            "replicas": ctx.replicas,
+            **usage.cpu_us_per_task(len(acked)),
             **usage.metrics,
         },
         details={**usage.details, "first_error": errors[0] if errors else ""},
