@@ -25,6 +25,7 @@ from bench import loadgen, report
 from bench.outcome import Outcome
 from bench.peers.a2a_peer import a2a_peer
 from bench.peers.huey_peer import huey_peer
+from bench.peers.pgqueuer_peer import pgqueuer_peer
 from bench.plan import FULL, QUICK, Context, Plan
 from bench.postgres import Postgres, is_postgres, shown
 from bench.profiling import summarise
@@ -55,6 +56,7 @@ WORKLOADS: dict[str, tuple[Workload, str]] = {
     "e2e_watch": (end_to_end_watched, "end to end with one WatchTask per task (--watch)"),
     "huey": (huey_peer, "peer: huey with SqliteHuey, same N tasks"),
     "a2a": (a2a_peer, "peer: A2A Python SDK with its SQLite task store, same N tasks"),
+    "pgqueuer": (pgqueuer_peer, "peer: pgqueuer on the same PostgreSQL (--db), same N tasks"),
     "latency": (latency, "dispatch and cancel latency at each of --rates tasks/s"),
     "latency_pg": (on_postgres(latency), "dispatch and cancel latency on PostgreSQL (--db)"),
     "latency_pg_replicas": (
@@ -68,7 +70,7 @@ WORKLOADS: dict[str, tuple[Workload, str]] = {
     "stream_many": (stream_many, "many tasks stream paced chunks, one watcher each: gRPC, then SSE via Envoy"),
 }
 RESULTS = Path(__file__).resolve().parent / "results"
-NEEDS_POSTGRES = {"e2e_pg", "e2e_pg_replicas", "latency_pg", "latency_pg_replicas", "fanout_pg"}
+NEEDS_POSTGRES = {"e2e_pg", "e2e_pg_replicas", "pgqueuer", "latency_pg", "latency_pg_replicas", "fanout_pg"}
 NEEDS_REPLICAS = {"e2e_pg_replicas", "latency_pg_replicas"}
 
 
@@ -93,7 +95,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--db",
         metavar="postgresql://USER@HOST:PORT/DBNAME",
-        help="also run end to end, latency and fan-out on this PostgreSQL, each "
+        help="also run end to end, latency and fan-out on this PostgreSQL, and pgqueuer beside them; each "
         "workload gets a fresh database DBNAME_bench_PID_WORKLOAD, dropped afterwards",
     )
     parser.add_argument(

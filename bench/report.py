@@ -46,8 +46,9 @@ TARGETS = [
     Target("end to end, BatchSubmit, vs A2A", "e2e_batch", "rate", ">=", 50.0, "a2a"),
     Target("dispatch p99 at 500 tasks/s (ms)", "latency_500", "dispatch_p99_ms", "<=", 10.0),
     Target("cancel p99 at 500 tasks/s (ms)", "latency_500", "cancel_p99_ms", "<=", 20.0),
-    # On PostgreSQL (--db), beside SQLite in the same run (issue 14).
+    # On PostgreSQL (--db), beside SQLite and pgqueuer in the same run (issue 14).
     Target("end to end on PostgreSQL vs SQLite", "e2e_pg", "rate", ">=", 0.7, "e2e"),
+    Target("end to end on PostgreSQL vs pgqueuer", "e2e_pg", "rate", ">=", 1.0, "pgqueuer"),
     Target("dispatch p99 at 500 tasks/s on PostgreSQL (ms)", "latency_500_pg", "dispatch_p99_ms", "<=", 10.0),
     Target("cancel p99 at 500 tasks/s on PostgreSQL (ms)", "latency_500_pg", "cancel_p99_ms", "<=", 20.0),
     Target(
@@ -248,6 +249,8 @@ def rows(outcomes: dict[str, Outcome]) -> list[list[str]]:
     if o := ok("e2e_pg"):
         cells = _target_cells(outcomes, "e2e_pg", "rate", "e2e")
         table.append([o.title, _rate(o, "tasks/s"), rate_of("e2e", "SQLite"), *cells])
+        cells = _target_cells(outcomes, "e2e_pg", "rate", "pgqueuer")
+        table.append([o.title, _rate(o, "tasks/s"), rate_of("pgqueuer", "pgqueuer"), *cells])
     for name, _ in replica_names(outcomes, "e2e"):
         if o := ok(name):
             cells = _target_cells(outcomes, name, "rate", "e2e_pg")
@@ -258,7 +261,7 @@ def rows(outcomes: dict[str, Outcome]) -> list[list[str]]:
             table.append([o.title, _rate(o, "tasks/s"), rate_of(peer, label), *cells])
     if o := ok("e2e_watch"):
         table.append([o.title, _rate(o, "tasks/s"), rate_of("e2e", "end to end"), ratio("e2e_watch", "e2e"), "", ""])
-    for name in ("huey", "a2a"):
+    for name in ("huey", "a2a", "pgqueuer"):
         if o := ok(name):
             note = f" ({o.reason})" if o.reason else ""
             table.append([o.title, _rate(o, "tasks/s") + note, "", "", "", ""])

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # bench/peers imports these; without them mypy cannot check those modules.
-PEER_MODULES = ("huey", "a2a", "sqlalchemy", "starlette", "uvicorn")
+PEER_MODULES = ("huey", "a2a", "sqlalchemy", "starlette", "uvicorn", "pgqueuer", "psycopg")
 
 
 def tool(name: str) -> str:
