@@ -106,8 +106,8 @@ def copy_store(
     thread of its own, or from a command line."""
     if batch_rows < 1:
         raise ValueError("batch_rows must be at least 1")
-    path = source_file(source)
     pg_url = target_url(target)
+    path = source_file(source)
     _migrate_source(path)
     try:
         pg = psycopg.connect(pg_url, autocommit=True, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_SECONDS)
