@@ -60,6 +60,8 @@ HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 BOOTSTRAP_TENANT = "default"
 _BOOTSTRAP_MARK = "bootstrap_admin_key_issued"
 PURGE_INTERVAL_SECONDS = 3600.0
+# How often health checks look at whether the store is reachable.
+HEALTH_SECONDS = 0.2
 # Expired idempotency keys deleted per write: a day of keyed Submits can expire at once.
 PURGE_BATCH = 5_000
 
@@ -221,6 +223,22 @@ class Service:
         sup.start("deliver-webhooks", self.deliverer.run)
         if self.replicas is not None and isinstance(store, SharedStore):
             sup.start("hear-other-servers", functools.partial(store.follow_others, self.replicas))
+            sup.start("show-store-health", functools.partial(self._health_loop, store, services))
+
+    async def _health_loop(self, store: SharedStore, services: list[str], stopping: asyncio.Event) -> None:
+        """NOT_SERVING while the database is out of reach, so a load balancer (the gateway)
+        sends calls to replicas that can answer them; SERVING again once it answers."""
+        shown = True
+
+        async def show() -> None:
+            nonlocal shown
+            if store.available != shown and self._health is not None and not self._stopped:
+                shown = store.available
+                status = health_pb2.HealthCheckResponse.SERVING if shown else health_pb2.HealthCheckResponse.NOT_SERVING
+                for name in ["", *services]:
+                    await self._health.set(name, status)
+
+        await every(HEALTH_SECONDS, stopping, show)
 
     async def _purge_loop(self, stopping: asyncio.Event) -> None:
         store = self.store

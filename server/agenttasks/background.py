@@ -13,6 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from agenttasks.core.errors import StoreUnreachable
+
 log = logging.getLogger(__name__)
 
 Loop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
@@ -57,6 +59,9 @@ class Supervisor:
 async def every(seconds: float, stopping: asyncio.Event, action: Callable[[], Awaitable[object]]) -> None:
     """Run `action` every `seconds` until stopping is set (the shape of most periodic loops)."""
     while not stopping.is_set():
-        await action()
+        try:
+            await action()
+        except StoreUnreachable as error:  # the store says so once; the next round tries again
+            log.debug("%s", error)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), timeout=seconds)

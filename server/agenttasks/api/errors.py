@@ -25,6 +25,7 @@ from agenttasks.core.errors import (
     LeaseLost,
     PermissionDenied,
     ShuttingDown,
+    StoreUnreachable,
     TaskFinished,
     TaskNotFound,
     Unauthenticated,
@@ -52,6 +53,7 @@ ERROR_TABLE: dict[type[DomainError], ErrorMapping] = {
     IdempotencyKeyReused: ErrorMapping(grpc.StatusCode.ALREADY_EXISTS, 409, "IDEMPOTENCY_KEY_REUSED"),
     LeaseLost: ErrorMapping(grpc.StatusCode.FAILED_PRECONDITION, 400, "LEASE_LOST"),
     ShuttingDown: ErrorMapping(grpc.StatusCode.UNAVAILABLE, 503, "SHUTTING_DOWN"),
+    StoreUnreachable: ErrorMapping(grpc.StatusCode.UNAVAILABLE, 503, "STORE_UNAVAILABLE"),
 }
 
 # Anything not a DomainError: a bug. The client gets a generic message; the log gets the trace.

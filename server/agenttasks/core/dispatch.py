@@ -36,7 +36,14 @@ from typing import TypeVar
 
 from agenttasks.core import lifecycle
 from agenttasks.core.agents import find_agent
-from agenttasks.core.errors import DomainError, InvalidArgument, LeaseLost, PermissionDenied, ShuttingDown
+from agenttasks.core.errors import (
+    DomainError,
+    InvalidArgument,
+    LeaseLost,
+    PermissionDenied,
+    ShuttingDown,
+    StoreUnreachable,
+)
 from agenttasks.core.ids import check_id, new_id
 from agenttasks.core.model import (
     AgentStatus,
@@ -327,6 +334,8 @@ class Dispatcher:
                 self._again.discard(key)
                 try:
                     await self._round(*key)
+                except StoreUnreachable:  # said once by the store; it pokes again once back
+                    pass
                 except Exception:  # a failed round must not stop later ones; the next poke retries
                     log.exception("dispatch round for agent %s failed", key[1])
                 if key not in self._again:

@@ -109,3 +109,9 @@ class LeaseLost(DomainError):
 
 class ShuttingDown(DomainError):
     """The server is draining and takes no new work; retry against another replica or later."""
+
+
+class StoreUnreachable(DomainError):
+    """The database cannot be reached (or refused the work for a moment: a deadlock, a lock
+    wait, a restart). Nothing is known to have changed; retry shortly, or through another
+    replica. A Submit retried after this may be a second task unless it carries a request_id."""

@@ -232,9 +232,16 @@ class SharedStore(Protocol):
     announced to the others, so that what a client or worker does through one server reaches
     the watchers and workers connected to another at once, without polling."""
 
+    @property
+    def available(self) -> bool:
+        """False while the database is out of reach: calls fail at once (StoreUnreachable)
+        until it answers again. Health checks show it."""
+        ...
+
     async def follow_others(self, neighbours: Neighbours, stopping: asyncio.Event) -> None:
         """Until `stopping` is set, tell `neighbours` what the other servers commit. Survives a
-        lost connection by itself (reconnecting, then calling `may_have_missed`)."""
+        lost connection by itself (reconnecting, then calling `may_have_missed`, as it also
+        does when the database answers again after being out of reach)."""
         ...
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -22,6 +23,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from agenttasks.core.errors import StoreUnreachable
 from agenttasks.core.ports import Neighbours, ReadTx, WriteTx
 from agenttasks.store import postgres_news, postgres_url, shown_url
 from agenttasks.store.errors import StoreUnavailable
@@ -35,7 +37,26 @@ T = TypeVar("T")
 DEFAULT_READERS = 3
 # How long opening waits for a first connection, and a read for a free one, before failing.
 CONNECT_TIMEOUT_SECONDS = 10.0
-POOL_TIMEOUT_SECONDS = 30.0
+POOL_TIMEOUT_SECONDS = 5.0
+# While PostgreSQL is unreachable, how often to try it again.
+PROBE_SECONDS = 0.5
+
+log = logging.getLogger(__name__)
+
+
+def _connection_lost(error: BaseException) -> bool:
+    """Whether `error` says PostgreSQL itself is out of reach (not merely this statement)."""
+    if isinstance(error, PoolTimeout | psycopg.InterfaceError):
+        return True
+    if not isinstance(error, psycopg.OperationalError):
+        return False
+    state = error.sqlstate
+    # None: the connection broke with no answer; 08: connection exception; 57P: shutdown.
+    return state is None or state.startswith(("08", "57P"))
+
+
+_TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+"""What a read or write may meet that a retry can fix: the connection, a deadlock, a lock wait."""
 
 
 def redact(url: str) -> str:
@@ -124,6 +145,11 @@ class PostgresStore:
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="agenttasks-pg-reader")
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
+        # Why PostgreSQL is out of reach, while it is: calls fail at once instead of each
+        # waiting for a connection, and a probe tries it again (`available`).
+        self._down: str | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self._neighbours: Neighbours | None = None
 
     @classmethod
     async def open(
@@ -152,18 +178,65 @@ class PostgresStore:
         """Write counters, e.g. to show that concurrent writes share commits."""
         return self._writer.stats()
 
+    @property
+    def available(self) -> bool:
+        """False from a lost connection until PostgreSQL answers again (health shows it)."""
+        return self._down is None
+
     async def read(self, fn: Callable[[ReadTx], T]) -> T:
         self._check_open()
+        self._check_up()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._run_read, fn)
+        try:
+            return await loop.run_in_executor(self._readers, self._run_read, fn)
+        except _TRANSIENT as error:
+            raise self._unreachable(error) from None
 
     async def write(self, fn: Callable[[WriteTx], T]) -> T:
         self._check_open()
-        return await self._writer.submit(fn)
+        self._check_up()
+        try:
+            return await self._writer.submit(fn)
+        except _TRANSIENT as error:
+            raise self._unreachable(error) from None
+
+    def _check_up(self) -> None:
+        if self._down is not None:
+            raise StoreUnreachable(f"the database is unreachable ({self._down}); retry shortly")
+
+    def _unreachable(self, error: BaseException) -> StoreUnreachable:
+        """The error a caller gets for `error`; a lost connection also starts the probe."""
+        reason = _first_line(error)
+        if _connection_lost(error) and self._down is None and not self._closed:
+            self._down = reason
+            log.warning(
+                "PostgreSQL at %s is unreachable (%s); failing calls until it answers", redact(self.url), reason
+            )
+            self._probe = asyncio.ensure_future(self._probe_until_up())
+        return StoreUnreachable(f"the database is unreachable or busy ({reason}); retry shortly")
+
+    async def _probe_until_up(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(PROBE_SECONDS)
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=2)
+                async with conn:
+                    await conn.execute("SELECT 1")
+            except (psycopg.Error, OSError):
+                continue
+            # Connections the pools hold may have broken meanwhile: replace them before any
+            # call can meet one and take the store down again.
+            await asyncio.to_thread(_check_pools, self._writer_pool, self._reader_pool)
+            log.warning("PostgreSQL at %s answers again", redact(self.url))
+            self._down = None
+            if self._neighbours is not None:  # work that failed meanwhile is tried again
+                self._neighbours.may_have_missed()
+            return
 
     async def follow_others(self, neighbours: Neighbours, stopping: asyncio.Event) -> None:
         """`SharedStore`: hear the other servers' commits on a connection of its own."""
         self._check_open()
+        self._neighbours = neighbours
         await postgres_news.follow(
             self.url, self.channel, self.origin, neighbours, stopping, int(CONNECT_TIMEOUT_SECONDS)
         )
@@ -201,6 +274,8 @@ class PostgresStore:
                     conn.execute("ROLLBACK")
 
     async def _shutdown(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         await self._writer.close()
         await asyncio.to_thread(self._readers.shutdown, True)
         await asyncio.to_thread(_close_pools, self._writer_pool, self._reader_pool)
@@ -212,6 +287,11 @@ def _open_pools(url: str, *pools: ConnectionPool[Connection]) -> None:
             pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
         except PoolTimeout:
             raise StoreUnavailable(f"cannot connect to PostgreSQL at {redact(url)}: no connection in time") from None
+
+
+def _check_pools(*pools: ConnectionPool[Connection]) -> None:
+    for pool in pools:
+        pool.check()
 
 
 def _close_pools(*pools: ConnectionPool[Connection]) -> None:

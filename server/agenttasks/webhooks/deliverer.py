@@ -35,6 +35,7 @@ from google.protobuf import json_format
 from agenttasks import settings
 from agenttasks.api import convert
 from agenttasks.core.codec import task_from_json
+from agenttasks.core.errors import StoreUnreachable
 from agenttasks.core.model import DeliveryState, Task, TaskEvent, WebhookDelivery, utcnow
 from agenttasks.core.ports import WEBHOOK_EVENTS, Store, WriteTx
 from agenttasks.webhooks import secrets, signing
@@ -128,7 +129,8 @@ class Deliverer:
         self._client = make_client()
         try:
             while not stopping.is_set():
-                await self._round()
+                with contextlib.suppress(StoreUnreachable):  # the store logged it; the next poll tries again
+                    await self._round()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stopping.wait())]

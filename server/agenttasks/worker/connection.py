@@ -25,6 +25,7 @@ from agenttasks.v1 import worker_service_pb2, worker_service_pb2_grpc
 from agenttasks.worker.context import (
     DISCONNECTED,
     LEASE_LOST,
+    STORE_UNAVAILABLE,
     WORKER_ERROR,
     Handler,
     LeaseLost,
@@ -37,6 +38,8 @@ from agenttasks.worker.context import (
 log = logging.getLogger("agenttasks.worker")
 
 HELLO_REQUEST_ID = 1
+STORE_RETRY_FIRST_SECONDS = 0.2
+STORE_RETRY_MAX_SECONDS = 2.0
 WELCOME_TIMEOUT_SECONDS = 30.0
 DEFAULT_HEARTBEAT_SECONDS = 10.0
 # How long a stopping worker waits for the server to end the stream after it half-closed it:
@@ -226,7 +229,23 @@ class Session:
     # --- reports (the context's Reporter) ---
 
     async def report(self, request: worker_service_pb2.ConnectRequest) -> None:
-        """Send one report and wait for its ack; a non-OK ack raises `ReportRejected`/`LeaseLost`."""
+        """Send one report and wait for its ack; a non-OK ack raises `ReportRejected`/`LeaseLost`.
+
+        A report the server could not store because its database was out of reach for a moment
+        (STORE_UNAVAILABLE) is sent again, with backoff, as long as the stream lives: giving up
+        would leave the task running with nobody to finish it."""
+        delay = STORE_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                return await self._report_once(request)
+            except ReportRejected as rejected:
+                if rejected.reason != STORE_UNAVAILABLE or self._closed is not None:
+                    raise
+                log.info("the server's database is out of reach; sending the report again in %.1f s", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_RETRY_MAX_SECONDS)
+
+    async def _report_once(self, request: worker_service_pb2.ConnectRequest) -> None:
         if self._closed is not None:
             raise self._closed
         if (size := request.ByteSize()) > MAX_REPORT_BYTES:

@@ -26,6 +26,8 @@ from agenttasks.worker.output import OutputStream
 CANCELLED = "CANCELLED"
 DISCONNECTED = "DISCONNECTED"
 LEASE_LOST = "LEASE_LOST"
+# The server could not reach its database for a moment: the report changed nothing; send it again.
+STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 WORKER_ERROR = "WORKER_ERROR"
 
 
