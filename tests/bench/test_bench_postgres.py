@@ -1,0 +1,63 @@
+"""`python -m bench --db postgresql://... --replicas 2` in quick mode: the PostgreSQL workloads,
+the replicas and the pgqueuer peer produce numbers, and every database the run made is dropped.
+No timing is asserted. Skipped when the local PostgreSQL (tests/support.py) is not there."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.support import POSTGRES_SERVER
+
+ROOT = Path(__file__).resolve().parents[2]
+URL = f"{POSTGRES_SERVER}/test"
+ONLY = "e2e_pg,e2e_pg_replicas,pgqueuer,latency_pg_replicas"
+HEADLINE = {
+    "e2e_pg": "rate",
+    "e2e_pg_r2": "rate",
+    "pgqueuer": "rate",
+    "latency_500_pg_r2": "dispatched",
+}
+
+
+def _bench_databases() -> list[str]:
+    with psycopg.connect(URL, autocommit=True, connect_timeout=5) as admin:
+        rows = admin.execute("SELECT datname FROM pg_database WHERE datname LIKE 'test\\_bench\\_%'").fetchall()
+    return [row[0] for row in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_quick_bench_on_postgres_with_two_replicas(tmp_path: Path) -> None:
+    try:
+        before = set(_bench_databases())
+    except psycopg.OperationalError as error:
+        pytest.skip(f"no PostgreSQL at {URL}: {error}")
+    out = tmp_path / "quick.json"
+    command = [sys.executable, "-m", "bench", "--quick", "--db", URL, "--replicas", "2", "--only", ONLY]
+    done = subprocess.run(
+        [*command, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=110, check=False
+    )
+    report = json.loads(out.read_text())
+    workloads = report["workloads"]
+    assert sorted(workloads) == sorted(HEADLINE), done.stderr[-3000:]
+    for name, outcome in workloads.items():
+        if name == "pgqueuer" and outcome["status"] == "skipped":
+            assert "pgqueuer" in outcome["reason"]
+            continue
+        metrics = outcome["metrics"]
+        # Numbers even when a workload failed: errors of the server under test are reported, not hidden.
+        assert math.isfinite(metrics[HEADLINE[name]]) and metrics[HEADLINE[name]] > 0, (name, outcome)
+        if name.startswith("e2e") or name == "pgqueuer":
+            assert outcome["status"] == "ok", f"{name}: {outcome['reason']}"
+            assert metrics["postgres_cpu_us_per_task"] > 0, metrics
+    assert report["meta"]["postgres"]["server_version"]
+    assert "PROJECTION, not a measurement" in done.stdout, done.stdout[-3000:]
+    # Every database of the run is gone (those of runs beside this one may come and go).
+    assert not [name for name in set(_bench_databases()) - before if "_bench_" in name], done.stderr[-2000:]
