@@ -26,6 +26,7 @@ from agenttasks.v1 import task_service_pb2 as tpb
 from agenttasks.v1 import worker_service_pb2 as wpb
 from tests.dispatch.raw_worker import RawWorker, ref
 from tests.support import Api, PostgresDatabases, api_for, make_settings
+from tests.webhooks.receiver import Receiver
 
 pytestmark = pytest.mark.asyncio
 
@@ -276,3 +277,40 @@ async def test_a_lost_lease_is_taken_back_once_though_every_server_sweeps(
             "SELECT count(*) FROM task_events WHERE task_id = %s AND data->>'reason' = 'LEASE_LOST'", (task_id,)
         ).fetchone()
     assert lost == (1,)
+
+
+async def test_webhooks_are_sent_once_though_every_server_runs_the_outbox(
+    url: str,
+    servers: Servers,
+    apis: Callable[[str, str], Api],
+    client_key: str,
+    agent_id: str,
+) -> None:
+    for name in ("A", "B", "C"):  # replicas share one configuration: these may not call 127.0.0.1
+        await servers[name].stop(grace=1)
+    for name in ("D", "E", "F"):  # three servers that all poll the outbox often
+        settings = make_settings(url, webhook_allow="127.0.0.0/8", sweep_seconds=0.02)
+        servers[name] = await Service(settings).__aenter__()
+    async with Receiver() as receiver:
+        submitters = [apis(name, client_key) for name in ("D", "E", "F")]
+        ids = [
+            (
+                await submitters[i % 3].submit(
+                    agent_id, f"hook {i}", callback_mode="webhook", webhook_url=receiver.url()
+                )
+            ).task_id
+            for i in range(60)
+        ]
+        for i, task_id in enumerate(ids):  # each ends (cancelled) through another server
+            api = submitters[(i + 1) % 3]
+            await api.tasks.Cancel(tpb.CancelRequest(agent_id=agent_id, task_id=task_id), metadata=api.metadata)
+
+        async def all_arrived() -> None:
+            while len({r.headers["webhook-id"] for r in receiver.requests}) < len(ids):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+
+        await within(all_arrived())
+        await asyncio.sleep(0.5)  # a second sending, if any, would have come by now
+        sent = Counter(r.headers["webhook-id"] for r in receiver.requests)
+    assert set(sent.values()) == {1}, sent.most_common(3)
+    assert sorted(r.json()["data"]["task_id"] for r in receiver.requests) == sorted(ids)
