@@ -13,6 +13,7 @@ import dataclasses
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -414,3 +415,34 @@ async def test_views_refuse_naive_datetimes_and_use_after_their_function(
     await pg_store.read(kept.append)
     with pytest.raises(RuntimeError, match="after its function returned"):
         kept[0].get_meta("x")
+
+
+@pytest.mark.asyncio
+async def test_task_lookups_stay_one_row_as_the_table_grows(
+    pg_store: PostgresStore, url: str, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    """A plan PostgreSQL made while the table was nearly empty must not stay: reading one task
+    walked all the tenant's tasks once the server had prepared the statement (generic plan)."""
+    agent = make_agent()
+    await pg_store.write(lambda tx: tx.insert_agent(agent))
+    first = await pg_store.write(lambda tx: tx.insert_task(make_task("first")))
+    for _ in range(20):  # prepared, and planned, while the table holds one task
+        await pg_store.read(lambda tx: tx.get_task(first.tenant, first.task_id))
+        await pg_store.write(lambda tx: tx.update_task(first))
+    await pg_store.write(lambda tx: [tx.insert_task(make_task(f"more-{i}")) for i in range(3000)])
+
+    def walked() -> int:
+        time.sleep(1.2)  # a backend reports its statistics at most once a second
+        with connect(url) as conn:
+            row = conn.execute(
+                "SELECT coalesce(sum(idx_tup_read), 0) FROM pg_stat_user_indexes "
+                "WHERE schemaname = current_schema() AND indexrelname = 'tasks_by_agent'"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    before = await asyncio.to_thread(walked)
+    for _ in range(20):
+        await pg_store.read(lambda tx: tx.get_task(first.tenant, first.task_id))
+        await pg_store.write(lambda tx: tx.update_task(first))
+    after = await asyncio.to_thread(walked)
+    assert after - before < 3000, f"{after - before} index entries read for 40 one-row lookups"

@@ -68,6 +68,12 @@ def _configure(conn: Connection) -> None:
     # Times come back in UTC (psycopg then gives them timezone.utc), whatever the server's or the
     # role's default zone.
     conn.execute("SET TIME ZONE 'UTC'")
+    # psycopg prepares a statement on its fifth run, and PostgreSQL may then keep one generic
+    # plan for it, made while the tables were nearly empty: `tenant = $1 AND task_id = $2` was
+    # planned as a scan of the tenant's tasks through tasks_by_agent, so every task read and
+    # update grew with the table (a 5,000-task bench read 53 million index entries). Plans made
+    # for the actual values pick the unique task_id index; planning them costs microseconds.
+    conn.execute("SET plan_cache_mode = force_custom_plan")
 
 
 def _connect(url: str) -> Connection:
