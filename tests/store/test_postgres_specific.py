@@ -374,6 +374,41 @@ async def test_write_functions_run_one_at_a_time_in_submission_order(pg_store: P
 
 
 @pytest.mark.asyncio
+async def test_a_pipelined_statement_that_fails_fails_its_own_function_only(
+    pg_store: PostgresStore, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    """The writer sends statements whose results a function does not read without waiting
+    (pipeline mode): their failures must still fail that function, undo all it wrote, and leave
+    the functions beside it in the batch committed."""
+    agent = make_agent()
+    await pg_store.write(lambda tx: tx.insert_agent(agent))
+    ghost = make_task("never-inserted")
+
+    def writes_then_updates_a_missing_task(tx: WriteTx) -> None:
+        tx.set_meta("undone", "1")
+        tx.update_task(ghost)  # no such row: found out only when the function's statements settle
+        tx.set_meta("also-undone", "1")
+
+    def duplicate_key(tx: WriteTx) -> None:
+        tx.set_meta("undone-too", "1")
+        tx.insert_agent(agent)
+
+    results = await asyncio.gather(
+        pg_store.write(lambda tx: tx.set_meta("kept-1", "1")),
+        pg_store.write(writes_then_updates_a_missing_task),
+        pg_store.write(duplicate_key),
+        pg_store.write(lambda tx: tx.set_meta("kept-2", "1")),
+        return_exceptions=True,
+    )
+    assert results[0] is None and results[3] is None
+    assert isinstance(results[1], LookupError)
+    assert isinstance(results[2], psycopg.errors.UniqueViolation)
+    names = ["kept-1", "kept-2", "undone", "also-undone", "undone-too"]
+    found = await pg_store.read(lambda tx: [tx.get_meta(name) for name in names])
+    assert found == ["1", "1", None, None, None]
+
+
+@pytest.mark.asyncio
 async def test_a_write_after_the_connection_was_killed_still_commits(pg_store: PostgresStore, url: str) -> None:
     """A server restart (or an idle timeout) breaks the writer's connection while idle: the next
     batch finds out at BEGIN, before running anything, and goes to a fresh connection."""

@@ -196,22 +196,59 @@ class PostgresReadTx:
 class PostgresWriteTx(PostgresReadTx):
     """A write view; the writer runs each write function in its batch's transaction, inside a
     savepoint of its own when the batch has more than one. It notes what other servers must
-    hear of (`news`); the writer announces it with the commit (postgres_news)."""
+    hear of (`news`); the writer announces it with the commit (postgres_news).
 
-    __slots__ = ("news",)
+    With a `pipeline` (psycopg pipeline mode), a statement whose result the function does not
+    need is sent without waiting for its answer: only reads (and counts returned to the caller)
+    wait. An UPDATE that must have found its row is checked in `settle`, which the writer calls
+    when the function returns, before it counts as done: so a write function's statement that
+    fails still fails the function, only later in it. Measured: ~12 round trips per task
+    before, each a wait of the writer thread (and a fight for the GIL), one at a time.
+    """
+
+    __slots__ = ("_checks", "_pipeline", "news")
 
     _LOCKING = True
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, pipeline: psycopg.Pipeline | None = None) -> None:
         super().__init__(conn)
         self.news = Announcements()
+        self._pipeline = pipeline
+        # (cursor, error) of each UPDATE that must change one row, checked in `settle`.
+        self._checks: list[tuple[psycopg.Cursor[dict[str, Any]], str]] = []
+
+    def settle(self) -> None:
+        """Waits for every statement sent so far; raises the first failure (a statement's
+        error, or LookupError for an UPDATE that found no row)."""
+        if self._pipeline is None:
+            return
+        self._pipeline.sync()
+        checks, self._checks = self._checks, []
+        for cursor, error in checks:
+            if cursor.rowcount != 1:
+                raise LookupError(error)
+
+    def _one_row(self, name: str, params: dict[str, Any], error: str) -> None:
+        """Runs an UPDATE that must change exactly one row, else LookupError(error)."""
+        cursor = self._execute(name, params)
+        if self._pipeline is not None:
+            self._checks.append((cursor, error))
+        elif cursor.rowcount != 1:
+            raise LookupError(error)
+
+    def _count(self, name: str, params: dict[str, Any]) -> int:
+        """Runs a statement and returns how many rows it changed (waiting for it in a pipeline)."""
+        cursor = self._execute(name, params)
+        if self._pipeline is not None:
+            self._pipeline.sync()
+        return cursor.rowcount
 
     def insert_agent(self, agent: Agent) -> None:
         self._execute("insert_agent", _ROWS.agent_params(agent))
 
     def update_agent(self, agent: Agent) -> None:
-        if self._execute("update_agent", _ROWS.agent_params(agent)).rowcount != 1:
-            raise LookupError(f"no agent {agent.agent_id!r} in tenant {agent.tenant!r} to update")
+        error = f"no agent {agent.agent_id!r} in tenant {agent.tenant!r} to update"
+        self._one_row("update_agent", _ROWS.agent_params(agent), error)
 
     def delete_agent(self, tenant: str, agent_id: str) -> None:
         """Deletes the agent with its tasks and events (by cascade). Idempotency records stay
@@ -220,7 +257,7 @@ class PostgresWriteTx(PostgresReadTx):
 
     def delete_finished_tasks(self, tenant: str, agent_id: str, limit: int) -> int:
         params = {"tenant": tenant, "agent_id": agent_id, "limit": limit}
-        return self._execute("delete_finished_tasks", params).rowcount
+        return self._count("delete_finished_tasks", params)
 
     def insert_task(self, task: Task) -> Task:
         row = self._execute("insert_task", _ROWS.task_params(task)).fetchone()
@@ -230,12 +267,12 @@ class PostgresWriteTx(PostgresReadTx):
         return dataclasses.replace(task, seq=row["seq"])
 
     def update_task(self, task: Task) -> None:
-        if self._execute("update_task", _ROWS.task_params(task)).rowcount != 1:
-            raise LookupError(f"no task {task.task_id!r} in tenant {task.tenant!r} to update")
+        error = f"no task {task.task_id!r} in tenant {task.tenant!r} to update"
+        self._one_row("update_task", _ROWS.task_params(task), error)
         self.news.task(task)
 
     def renew_leases(self, worker_id: str, until: datetime) -> int:
-        return self._execute("renew_leases", {"worker_id": worker_id, "until": aware(until)}).rowcount
+        return self._count("renew_leases", {"worker_id": worker_id, "until": aware(until)})
 
     def append_event(self, event: TaskEvent) -> None:
         self._execute("append_event", _ROWS.event_params(event))
@@ -245,13 +282,13 @@ class PostgresWriteTx(PostgresReadTx):
         self._execute("put_idempotency", _ROWS.idempotency_params(record))
 
     def purge_idempotency(self, now: datetime, limit: int) -> int:
-        return self._execute("purge_idempotency", {"now": aware(now), "limit": limit}).rowcount
+        return self._count("purge_idempotency", {"now": aware(now), "limit": limit})
 
     def put_api_key(self, record: ApiKeyRecord) -> None:
         self._execute("put_api_key", _ROWS.api_key_params(record))
 
     def revoke_api_key(self, key_id: str, at: datetime) -> bool:
-        if self._execute("revoke_api_key", {"key_id": key_id, "at": aware(at)}).rowcount != 1:
+        if self._count("revoke_api_key", {"key_id": key_id, "at": aware(at)}) != 1:
             return False
         self.news.key_revoked(key_id)
         return True
@@ -263,8 +300,8 @@ class PostgresWriteTx(PostgresReadTx):
         self._execute("insert_delivery", _ROWS.delivery_params(delivery))
 
     def update_delivery(self, delivery: WebhookDelivery) -> None:
-        if self._execute("update_delivery", _ROWS.delivery_params(delivery)).rowcount != 1:
-            raise LookupError(f"no delivery {delivery.delivery_id!r} in tenant {delivery.tenant!r} to update")
+        error = f"no delivery {delivery.delivery_id!r} in tenant {delivery.tenant!r} to update"
+        self._one_row("update_delivery", _ROWS.delivery_params(delivery), error)
 
     def put_signing_secret(self, secret: SigningSecret) -> None:
         self._execute("put_signing_secret", _ROWS.signing_secret_params(secret))

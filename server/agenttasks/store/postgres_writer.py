@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -181,10 +182,25 @@ class PostgresWriter:
                     if retry:
                         continue
                     raise
-                return self._run_in_transaction(conn, fns)
+                outcomes: list[_Outcome | None] | None = None
+                try:
+                    with conn.pipeline() as pipeline:
+                        outcomes = self._run_in_transaction(conn, pipeline, fns)
+                except psycopg.Error:
+                    # Leaving the pipeline syncs once more: on a connection that broke after
+                    # the outcomes were settled, that says nothing new.
+                    if outcomes is None:
+                        raise
+                return outcomes
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _run_in_transaction(self, conn: Connection, fns: Sequence[Callable[[WriteTx], Any]]) -> list[_Outcome | None]:
+    def _run_in_transaction(
+        self, conn: Connection, pipeline: psycopg.Pipeline, fns: Sequence[Callable[[WriteTx], Any]]
+    ) -> list[_Outcome | None]:
+        """In pipeline mode: SAVEPOINT, the statements whose results a function does not read,
+        the NOTIFYs and the COMMIT go with the next statement that waits for an answer, instead
+        of each waiting for its own; the writer still waits at the end of each function
+        (`PostgresWriteTx.settle`), so each function's outcome is known before the next runs."""
         single = len(fns) == 1
         outcomes: list[_Outcome | None] = []
         news = Announcements()
@@ -192,10 +208,13 @@ class PostgresWriter:
             self._writes += 1
             if not single:
                 conn.execute("SAVEPOINT write_fn")
-            error, value = _run_one(conn, fn, news)
+            error, value = _run_one(conn, pipeline, fn, news)
             if error is not None:
                 try:
+                    with contextlib.suppress(psycopg.Error):
+                        pipeline.sync()  # leaves the aborted state the failure may have left
                     conn.execute("ROLLBACK" if single else "ROLLBACK TO SAVEPOINT write_fn")
+                    pipeline.sync()
                 except psycopg.Error as gone:
                     # The transaction went with the connection: earlier successes are gone too.
                     lost = TransactionLost(f"the batch's transaction was lost after {error!r}; this write was lost")
@@ -212,6 +231,7 @@ class PostgresWriter:
                 for payload in news.payloads(origin):
                     conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
             conn.execute("COMMIT")
+            pipeline.sync()
         except psycopg.Error as exc:
             # A function that failed on its own keeps its own error: that is still the truth.
             return [(exc if o[0] is None else o[0], None) for o in outcomes if o]
@@ -219,11 +239,15 @@ class PostgresWriter:
         return outcomes
 
 
-def _run_one(conn: Connection, fn: Callable[[WriteTx], Any], news: Announcements) -> _Outcome:
-    """Runs fn; what it changed joins `news` only if it succeeded (else it is rolled back)."""
-    tx = PostgresWriteTx(conn)
+def _run_one(
+    conn: Connection, pipeline: psycopg.Pipeline, fn: Callable[[WriteTx], Any], news: Announcements
+) -> _Outcome:
+    """Runs fn and waits for its statements; what it changed joins `news` only if it succeeded
+    (else it is rolled back)."""
+    tx = PostgresWriteTx(conn, pipeline)
     try:
         value = fn(tx)
+        tx.settle()
         news.merge(tx.news)
         return None, value
     except Exception as exc:
