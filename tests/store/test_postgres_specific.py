@@ -259,6 +259,41 @@ def _placeholders(query: str) -> set[str]:
     return set(re.findall(r"%\((\w+)\)s", query))
 
 
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [
+        ("get_task", "tasks_task_id_key"),
+        ("get_task_locked", "tasks_task_id_key"),
+        ("update_task", "tasks_task_id_key"),
+        ("get_agent", "agents_pkey"),
+        ("update_agent", "agents_pkey"),
+        ("delete_agent", "agents_pkey"),
+        ("get_delivery", "webhook_deliveries_pkey"),
+        ("get_delivery_locked", "webhook_deliveries_pkey"),
+        ("update_delivery", "webhook_deliveries_pkey"),
+    ],
+)
+def test_lookups_by_id_keep_their_unique_index_in_a_generic_plan(url: str, name: str, index: str) -> None:
+    """Connections keep generic plans of prepared statements; one made on empty tables must not
+    search a tenant-led index with the id as a mere filter (that walked the whole tenant)."""
+    import re
+
+    names: list[str] = []
+
+    def numbered(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    body = re.sub(r"%\((\w+)\)s", numbered, load_queries("postgresql")[name])
+    with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        conn.execute(f"PREPARE lookup AS {body}")  # type: ignore[call-overload]
+        nulls = ", ".join(["NULL"] * len(names))
+        plan = "\n".join(str(row[0]) for row in conn.execute(f"EXPLAIN EXECUTE lookup({nulls})"))  # type: ignore[call-overload]
+    assert f"Index Scan using {index} " in plan, plan
+
+
 def test_the_claim_uses_the_partial_queue_index(url: str) -> None:
     query = load_queries("postgresql")["next_queued_locked"]
     with connect(url) as conn:
