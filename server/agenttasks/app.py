@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agenttasks.api.agent_servicer import AgentServicer
+from agenttasks.api.decoding import register
 from agenttasks.api.gate import Gate
 from agenttasks.api.task_servicer import TaskServicer
 from agenttasks.api.webhook_servicer import WebhookServicer
@@ -191,10 +192,15 @@ class Service:
         )
 
         self._server = server = grpc.aio.server(options=GRPC_OPTIONS)
-        task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(self.tasks, gate), server)
-        agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.agents, gate), server)
-        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self.dispatcher, gate), server)
-        webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(self.webhooks, gate), server)
+        # Through `decoding.register`: a request grpcio cannot decode is INVALID_ARGUMENT.
+        register(task_service_pb2_grpc.add_TaskServiceServicer_to_server, TaskServicer(self.tasks, gate), server)
+        register(agent_service_pb2_grpc.add_AgentServiceServicer_to_server, AgentServicer(self.agents, gate), server)
+        register(
+            worker_service_pb2_grpc.add_WorkerServiceServicer_to_server, WorkerServicer(self.dispatcher, gate), server
+        )
+        register(
+            webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server, WebhookServicer(self.webhooks, gate), server
+        )
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         services = [

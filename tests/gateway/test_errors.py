@@ -3,6 +3,7 @@ errors Envoy makes itself come out in the same JSON shape, never empty or plain 
 
 from __future__ import annotations
 
+import logging
 import re
 
 import httpx
@@ -419,3 +420,17 @@ async def test_the_gateways_ranges_are_the_servers(rest: httpx.AsyncClient, agen
     assert await accepted(low) and not await accepted(low - 1)
     if high is not None:
         assert await accepted(high) and not await accepted(high + 1)
+
+
+async def test_a_path_that_is_not_utf8_is_400_not_500(
+    anonymous: httpx.AsyncClient, rest: httpx.AsyncClient, agent: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Envoy passes `%ff` on as a string field holding a byte that is not UTF-8, which grpcio
+    cannot decode: the answer is the project's 400, with or without credentials, and no traceback."""
+    caplog.set_level(logging.WARNING)
+    for client in (anonymous, rest):
+        response = await client.get(f"/agent/{agent}/task/%ff")
+        assert_error(response, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", field="request")
+        response = await client.post(f"/agent/{agent}/task/%C3%28/cancel")
+        assert_error(response, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", field="request")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
