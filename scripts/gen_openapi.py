@@ -119,7 +119,7 @@ STATUS = status_pb2.Status.DESCRIPTOR.full_name
 ERROR_DETAILS = [error_details_pb2.ErrorInfo.DESCRIPTOR.full_name, error_details_pb2.BadRequest.DESCRIPTOR.full_name]
 HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 ERROR_TITLES = {400: "Bad request", 401: "Unauthenticated", 403: "Permission denied", 404: "Not found"}
-ERROR_TITLES |= {409: "Conflict", 503: "Unavailable"}
+ERROR_TITLES |= {409: "Conflict", 429: "Too many requests", 503: "Unavailable"}
 
 
 class GenerationError(Exception):
@@ -519,6 +519,7 @@ class Generator:
             statuses.append(404)
         if IDEMPOTENCY_FIELD in request_fields:
             statuses.append(409)
+        statuses.append(429)  # every call counts against its credential's rate
         statuses.append(503)  # a draining server refuses every call
         responses = {str(s): {"$ref": f"#/components/responses/Error{s}"} for s in statuses}
         responses["default"] = {"$ref": "#/components/responses/Error"}
@@ -608,6 +609,10 @@ class Generator:
             )
             if status == ERROR_TABLE[InvalidArgument].http_status:
                 description += "\n\n`INVALID_ARGUMENT` also has a `google.rpc.BadRequest` naming each bad field."
+            if status == 429:
+                description += (
+                    "\n\nA `google.rpc.RetryInfo` detail and the `Retry-After` header say when to call again."
+                )
             responses[f"Error{status}"] = {"description": description, "content": content}
         responses["Error"] = {
             "description": f"Any other error, e.g. {INTERNAL.http_status} with reason `{INTERNAL.reason}` (a bug; "

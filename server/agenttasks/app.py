@@ -33,6 +33,7 @@ from agenttasks.core.dispatch import Dispatcher
 from agenttasks.core.model import Role, utcnow
 from agenttasks.core.paging import PageTokens
 from agenttasks.core.ports import SharedStore, Store, WriteTx, in_bounded_writes
+from agenttasks.core.rate_limit import TokenBuckets
 from agenttasks.core.replicas import Replicas
 from agenttasks.core.tasks import TaskCore
 from agenttasks.core.validation import Limits
@@ -185,7 +186,8 @@ class Service:
         self.tasks.dispatcher = self.dispatcher
         self._dispatcher_started = True
         authenticator = Authenticator(store, s, jwt_secret, api_key_cache_ttl=s.api_key_cache_seconds)
-        self._gate = gate = Gate(authenticator)
+        rate_limit = TokenBuckets(s.rate_limit_per_second, s.rate_limit_burst) if s.rate_limit_per_second else None
+        self._gate = gate = Gate(authenticator, rate_limit)
         # Several servers on one PostgreSQL database: hear what the others commit.
         self.replicas = (
             Replicas(store, self.hub, self.dispatcher, authenticator.forget) if isinstance(store, SharedStore) else None

@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     max_metadata_depth: int = Field(8, gt=0, description="Deepest nesting of metadata.")
     max_timeout_seconds: int = Field(7 * 86400, gt=0, description="Largest timeout_override.")
     idempotency_ttl_seconds: int = Field(86400, ge=86400, description="How long client keys are remembered.")
+    rate_limit_per_second: float = Field(
+        1000.0, ge=0, description="Calls one credential may make per second on average, per server (0: no limit)."
+    )
+    rate_limit_burst: int = Field(2000, ge=1, description="Calls one credential may make at once, above that rate.")
 
     # --- client commands ---
     server: str = Field("127.0.0.1:50051", description="gRPC address the client commands call.")

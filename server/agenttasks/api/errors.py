@@ -8,6 +8,7 @@ naming each field.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import grpc
@@ -24,6 +25,7 @@ from agenttasks.core.errors import (
     InvalidArgument,
     LeaseLost,
     PermissionDenied,
+    RateLimited,
     ShuttingDown,
     StoreUnreachable,
     TaskFinished,
@@ -54,6 +56,7 @@ ERROR_TABLE: dict[type[DomainError], ErrorMapping] = {
     LeaseLost: ErrorMapping(grpc.StatusCode.FAILED_PRECONDITION, 400, "LEASE_LOST"),
     ShuttingDown: ErrorMapping(grpc.StatusCode.UNAVAILABLE, 503, "SHUTTING_DOWN"),
     StoreUnreachable: ErrorMapping(grpc.StatusCode.UNAVAILABLE, 503, "STORE_UNAVAILABLE"),
+    RateLimited: ErrorMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "RATE_LIMITED"),
 }
 
 # Anything not a DomainError: a bug. The client gets a generic message; the log gets the trace.
@@ -88,10 +91,25 @@ def rich_status(error: BaseException) -> status_pb2.Status:
             for v in error.violations
         ]
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
+    if isinstance(error, RateLimited):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(int(error.retry_after * 1e9))
+        details.append(_pack(retry))
     return status_pb2.Status(code=getattr(code_pb2, mapping.code.name), message=message, details=details)
 
 
 def to_status(error: BaseException) -> grpc.Status:
     """The rich status a client receives for `error`, ready for `context.abort`."""
     status: grpc.Status = rpc_status.to_status(rich_status(error))
+    if isinstance(error, RateLimited):
+        # Whole seconds, as HTTP's Retry-After has them; Envoy passes it on as a header.
+        wait = str(max(1, math.ceil(error.retry_after)))
+        status = _Status(status.code, status.details, (*status.trailing_metadata, ("retry-after", wait)))
     return status
+
+
+@dataclass(frozen=True, slots=True)
+class _Status(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]

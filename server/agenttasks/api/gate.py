@@ -17,8 +17,9 @@ import grpc
 from agenttasks.api.body_fields import BODY_FIELDS_HEADER, check_body_fields
 from agenttasks.api.errors import to_status
 from agenttasks.auth.roles import authorize
-from agenttasks.core.errors import DomainError, ShuttingDown
+from agenttasks.core.errors import DomainError, RateLimited, ShuttingDown
 from agenttasks.core.model import Principal
+from agenttasks.core.rate_limit import TokenBuckets
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,10 @@ def call_metadata(context: grpc.aio.ServicerContext[object, object]) -> dict[str
 
 
 class Gate:
-    def __init__(self, authenticator: Authenticates) -> None:
+    def __init__(self, authenticator: Authenticates, rate_limit: TokenBuckets | None = None) -> None:
+        """`rate_limit`: calls allowed per credential (None: no limit)."""
         self._auth = authenticator
+        self._rate_limit = rate_limit
         self.draining = False
 
     async def _principal(self, context: grpc.aio.ServicerContext[object, object], method: str) -> Principal:
@@ -44,6 +47,8 @@ class Gate:
             raise ShuttingDown("server is shutting down; retry shortly")
         metadata = call_metadata(context)
         principal = await self._auth.authenticate(metadata)
+        if self._rate_limit is not None and (wait := self._rate_limit.take(principal.subject)):
+            raise RateLimited(wait)
         authorize(principal, method)
         if (body_fields := metadata.get(BODY_FIELDS_HEADER)) is not None:  # a REST call with a body
             check_body_fields(method, body_fields)

@@ -115,3 +115,15 @@ class StoreUnreachable(DomainError):
     """The database cannot be reached (or refused the work for a moment: a deadlock, a lock
     wait, a restart). Nothing is known to have changed; retry shortly, or through another
     replica. A Submit retried after this may be a second task unless it carries a request_id."""
+
+
+class RateLimited(DomainError):
+    """The credential made more calls than its rate allows; retry after `retry_after` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        seconds = max(retry_after, 0.001)
+        super().__init__(
+            f"too many calls with this credential; retry in {seconds:.3g} s",
+            metadata={"retry_after_seconds": f"{seconds:.3f}"},
+        )
+        self.retry_after = seconds

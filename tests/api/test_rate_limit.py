@@ -1,0 +1,103 @@
+"""A credential over its rate is refused with RESOURCE_EXHAUSTED / 429 and told when to retry;
+other credentials are untouched. Over gRPC and through the real Envoy."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from agenttasks.app import Service
+from agenttasks.auth import create_api_key
+from agenttasks.core.model import Role
+from agenttasks.core.rate_limit import TokenBuckets
+from agenttasks.gateway import Gateway
+from agenttasks.v1 import task_service_pb2 as tpb
+from tests.gateway.support import assert_error, http_client
+from tests.support import Api, api_for, error_info, make_settings
+
+RATE, BURST = 4.0, 10
+
+
+def test_a_bucket_gives_its_burst_then_one_token_per_interval() -> None:
+    now = [0.0]
+    buckets = TokenBuckets(rate=2.0, burst=3, clock=lambda: now[0])
+    assert [buckets.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.take("a") == pytest.approx(0.5)  # one token comes back every 1/rate s
+    assert buckets.take("b") == 0.0  # another credential has its own bucket
+    now[0] += 0.5
+    assert buckets.take("a") == 0.0
+    now[0] += 100
+    assert [buckets.take("a") for _ in range(4)][:3] == [0.0, 0.0, 0.0]  # never more than the burst
+
+
+def test_the_number_of_buckets_is_bounded() -> None:
+    buckets = TokenBuckets(rate=1.0, burst=1, max_buckets=100)
+    for i in range(1000):
+        buckets.take(f"key-{i}")
+    assert len(buckets._buckets) == 100
+
+
+@pytest_asyncio.fixture
+async def limited(db_path: Path) -> AsyncIterator[Service]:
+    settings = make_settings(db_path, rate_limit_per_second=RATE, rate_limit_burst=BURST)
+    async with Service(settings) as service:
+        yield service
+
+
+async def list_tasks(api: Api, agent_id: str) -> None:
+    await api.tasks.ListTasks(tpb.ListTasksRequest(agent_id=agent_id), metadata=api.metadata)
+
+
+@pytest.mark.asyncio
+async def test_over_its_rate_a_credential_is_refused_and_told_when_to_retry(limited: Service) -> None:
+    flood = api_for(limited.address, await create_api_key(limited.store, "default", Role.CLIENT))
+    calm = api_for(limited.address, await create_api_key(limited.store, "default", Role.CLIENT))
+    try:
+        agent_id = await flood.create_agent()
+        for _ in range(BURST - 1):
+            await list_tasks(flood, agent_id)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await list_tasks(flood, agent_id)
+        await list_tasks(calm, agent_id)  # the other key is untouched
+
+        code, reason, _ = error_info(caught.value)
+        assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+        status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
+        assert status is not None
+        retry = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+        info = error_details_pb2.RetryInfo()
+        retry[0].Unpack(info)
+        delay = info.retry_delay.ToTimedelta().total_seconds()
+        assert 0 < delay <= 1 / RATE
+        trailers = dict(caught.value.trailing_metadata() or ())
+        assert trailers["retry-after"] == "1"
+
+        await asyncio.sleep(delay)
+        await list_tasks(flood, agent_id)  # a token came back
+    finally:
+        await flood.channel.close()
+        await calm.channel.close()
+
+
+@pytest.mark.asyncio
+async def test_over_rest_it_is_429_with_retry_after(limited: Service) -> None:
+    key = await create_api_key(limited.store, "default", Role.CLIENT)
+    answers: list[httpx.Response] = []
+    async with (
+        Gateway("127.0.0.1", 0, limited.settings.grpc_host, limited.port) as gateway,
+        http_client(gateway, {"x-api-key": key}) as rest,
+    ):
+        for _ in range(BURST + 2):
+            answers.append(await rest.get("/agent/list"))
+    assert [a.status_code for a in answers[:BURST]] == [200] * BURST
+    refused = answers[-1]
+    assert_error(refused, 429, "RATE_LIMITED", "RESOURCE_EXHAUSTED")
+    assert refused.headers["retry-after"] == "1"
