@@ -11,7 +11,6 @@ row <-> record mapping itself is shared with PostgreSQL: `rows.py`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,7 @@ from agenttasks.core.model import (
     TaskEvent,
     TaskStatus,
     WebhookDelivery,
+    replace_task,
     utcnow,
 )
 from agenttasks.store.rows import Rows, check_object
@@ -242,7 +242,7 @@ class SqliteWriteTx(SqliteReadTx):
         seq = self._execute("insert_task", _ROWS.task_params(task)).lastrowid
         if seq is None:  # pragma: no cover - an INSERT into a rowid table always has one
             raise RuntimeError("SQLite assigned no seq to an inserted task")
-        return dataclasses.replace(task, seq=seq)
+        return replace_task(task, seq=seq)
 
     def update_task(self, task: Task) -> None:
         if self._execute("update_task", _ROWS.task_params(task)).rowcount != 1:
