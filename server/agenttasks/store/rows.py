@@ -40,6 +40,12 @@ from agenttasks.core.model import (
 )
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
+# Enum members by stored value: a dict lookup costs a twentieth of calling the Enum class (~0.03
+# against ~0.65 us), and a task row has three of them. An unknown value still goes through the
+# class, which raises ValueError as before.
+_STATUSES = {status.value: status for status in TaskStatus}
+_CALLBACK_MODES = {mode.value: mode for mode in CallbackMode}
+_EVENT_TYPES = {etype.value: etype for etype in EventType}
 
 
 def dump_json(value: object) -> str:
@@ -168,10 +174,10 @@ class Rows:
             task_id=row["task_id"],
             agent_id=row["agent_id"],
             message=row["message"],
-            status=TaskStatus(row["status"]),
+            status=_STATUSES.get(row["status"]) or TaskStatus(row["status"]),
             priority=row["priority"],
             metadata=object_in(row["metadata"]),
-            callback_mode=CallbackMode(row["callback_mode"]),
+            callback_mode=_CALLBACK_MODES.get(row["callback_mode"]) or CallbackMode(row["callback_mode"]),
             webhook_url=row["webhook_url"],
             timeout_seconds=row["timeout_seconds"],
             created_at=time_in(row["created_at"]),
@@ -210,8 +216,8 @@ class Rows:
             tenant=row["tenant"],
             task_id=row["task_id"],
             sequence=row["sequence"],
-            type=EventType(row["type"]),
-            status=TaskStatus(row["status"]),
+            type=_EVENT_TYPES.get(row["type"]) or EventType(row["type"]),
+            status=_STATUSES.get(row["status"]) or TaskStatus(row["status"]),
             time=self._time_in(row["time"]),
             data=self._object_in(row["data"]),
         )

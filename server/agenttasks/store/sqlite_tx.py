@@ -45,10 +45,14 @@ AGENT_CACHE_SIZE = 10_000
 
 
 def to_micros(value: datetime) -> int:
-    """Microseconds since the epoch. Naive datetimes are refused: their zone is a guess."""
-    if value.utcoffset() is None:
+    """Microseconds since the epoch. Naive datetimes are refused: their zone is a guess.
+
+    Integer arithmetic on the difference's parts: exact, and half the cost of dividing the
+    timedelta by a microsecond (~0.4 against ~0.8 us; a task row holds up to seven times)."""
+    if value.tzinfo is not UTC and value.utcoffset() is None:
         raise ValueError(f"naive datetime {value!r}: the store keeps aware UTC times only")
-    return (value - _EPOCH) // _MICROSECOND
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def from_micros(value: int) -> datetime:
