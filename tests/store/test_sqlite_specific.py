@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -693,6 +694,75 @@ async def test_agent_writes_are_seen_by_later_writes_in_the_same_batch(
     _, paused, _, deleted = await writes
     assert paused is not None and paused.status is AgentStatus.PAUSED
     assert deleted is None
+
+
+# --- the writer's task cache ---
+
+
+def _running(task: Task) -> Task:
+    return replace(task, status=TaskStatus.RUNNING, worker_id="w1", attempt=1, last_sequence=2)
+
+
+@pytest.mark.asyncio
+async def test_a_write_reads_back_a_task_exactly_as_stored(
+    sqlite_store: SqliteStore, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    """Inserted, then updated: what a later write reads (from the writer's cache) equals what a
+    reader decodes from the row."""
+    await sqlite_store.write(lambda tx: tx.insert_agent(make_agent()))
+    inserted = await sqlite_store.write(lambda tx: tx.insert_task(make_task("t1", metadata={"k": [1, 2.5]})))
+    stored = await sqlite_store.read(lambda tx: tx.get_task("tenant-a", "t1"))
+    assert await sqlite_store.write(lambda tx: tx.get_task("tenant-a", "t1")) == stored == inserted
+    await sqlite_store.write(lambda tx: tx.update_task(_running(inserted)))
+    stored = await sqlite_store.read(lambda tx: tx.get_task("tenant-a", "t1"))
+    assert await sqlite_store.write(lambda tx: tx.get_task("tenant-a", "t1")) == stored
+    assert stored is not None and stored.status is TaskStatus.RUNNING
+
+
+@pytest.mark.asyncio
+async def test_the_writer_sees_a_task_changed_by_another_connection(
+    sqlite_store: SqliteStore, tmp_path: Path, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    await sqlite_store.write(lambda tx: tx.insert_agent(make_agent()))
+    await sqlite_store.write(lambda tx: tx.insert_task(make_task("t1")))
+    other = sqlite3.connect(tmp_path / "agenttasks.db", isolation_level=None)
+    try:
+        other.execute("UPDATE tasks SET message = 'changed' WHERE task_id = 't1'")
+    finally:
+        other.close()
+    again = await sqlite_store.write(lambda tx: tx.get_task("tenant-a", "t1"))
+    assert again is not None and again.message == "changed"
+
+
+@pytest.mark.asyncio
+async def test_a_failed_write_leaves_no_task_it_wrote_in_the_cache(
+    sqlite_store: SqliteStore, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    await sqlite_store.write(lambda tx: tx.insert_agent(make_agent()))
+    inserted = await sqlite_store.write(lambda tx: tx.insert_task(make_task("t1")))
+
+    def start_then_fail(tx: WriteTx) -> None:
+        tx.update_task(_running(inserted))
+        raise KeyError("on purpose")
+
+    with pytest.raises(KeyError):
+        await sqlite_store.write(start_then_fail)
+    again = await sqlite_store.write(lambda tx: tx.get_task("tenant-a", "t1"))
+    assert again is not None and again.status is TaskStatus.QUEUED
+
+
+@pytest.mark.asyncio
+async def test_renewed_leases_and_deleted_tasks_are_read_as_stored(
+    sqlite_store: SqliteStore, make_agent: MakeAgent, make_task: MakeTask, when: Callable[[float], Any]
+) -> None:
+    await sqlite_store.write(lambda tx: tx.insert_agent(make_agent()))
+    inserted = await sqlite_store.write(lambda tx: tx.insert_task(make_task("t1")))
+    await sqlite_store.write(lambda tx: tx.update_task(replace(_running(inserted), lease_expires_at=when(10))))
+    await sqlite_store.write(lambda tx: tx.renew_leases("w1", when(99)))
+    renewed = await sqlite_store.write(lambda tx: tx.get_task("tenant-a", "t1"))
+    assert renewed is not None and renewed.lease_expires_at == when(99)
+    await sqlite_store.write(lambda tx: tx.delete_agent("tenant-a", "agent-1"))
+    assert await sqlite_store.write(lambda tx: tx.get_task("tenant-a", "t1")) is None
 
 
 @pytest.mark.asyncio

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from agenttasks.core.ports import WriteTx
-from agenttasks.store.sqlite_tx import AgentCache, SqliteWriteTx
+from agenttasks.store.sqlite_tx import AgentCache, SqliteWriteTx, TaskCache
 
 T = TypeVar("T")
 
@@ -77,9 +77,10 @@ class GroupCommitWriter:
         self._writes = 0
         self._batches = 0
         self._commits = 0
-        # Agents read or written by this writer (see SqliteWriteTx), valid while data_version
-        # shows no commit by another connection.
+        # Agents read or written and unfinished tasks written by this writer (see SqliteWriteTx),
+        # valid while data_version shows no commit by another connection.
         self._agents: AgentCache = {}
+        self._tasks: TaskCache = {}
         self._data_version = -1
         self._cancelled = False
         # As the store set it on the connection, restored after each lock-free BEGIN.
@@ -161,7 +162,7 @@ class GroupCommitWriter:
                         raise asyncio.CancelledError
                 except BaseException as exc:  # no caller may wait forever, whatever went wrong
                     begun = None
-                    self._agents.clear()  # a rolled-back write function may have filled it
+                    self._forget()  # a rolled-back write function may have filled them
                     if self._conn.in_transaction:  # the commit thread is idle: _wait_for saw to it
                         self._conn.execute("ROLLBACK")
                     if isinstance(exc, Exception):
@@ -189,18 +190,18 @@ class GroupCommitWriter:
                 _resolve([(job.future, exc, None) for job in jobs])
                 return None
         if version != self._data_version:  # another connection (an admin command) committed
-            self._agents.clear()
+            self._forget()
             self._data_version = version
         outcomes: list[_Outcome] = []
         for index, job in enumerate(jobs):
             self._writes += 1
-            error, value = self._run_one(conn, job.fn, self._agents)
-            if error is not None:  # its rolled-back reads may have filled the cache
-                self._agents.clear()
+            error, value = self._run_one(conn, job.fn, self._agents, self._tasks)
+            if error is not None:  # its rolled-back reads or writes may have filled the caches
+                self._forget()
             outcomes.append((job.future, error, value))
             if not conn.in_transaction:
                 # SQLite dropped the whole transaction: earlier successes are gone with it.
-                self._agents.clear()
+                self._forget()
                 reason = f" after {error!r}" if error is not None else ""
                 lost = TransactionLost(f"SQLite rolled back the batch transaction{reason}; this write was lost")
                 lost.__cause__ = error
@@ -213,7 +214,7 @@ class GroupCommitWriter:
         try:
             began = await self._wait_for(self.on_commit_thread(lambda: self._commit(begin_next)))
         except sqlite3.Error as exc:
-            self._agents.clear()
+            self._forget()
             # A function that failed on its own keeps its own error: that is still the truth.
             outcomes = [(f, e if e is not None else exc, None) for f, e, _ in outcomes]
             began = None
@@ -233,6 +234,11 @@ class GroupCommitWriter:
             except asyncio.CancelledError:
                 self._cancelled = True
         return step.result()
+
+    def _forget(self) -> None:
+        """Drop what the write views remember (see SqliteWriteTx): the store may not hold it."""
+        self._agents.clear()
+        self._tasks.clear()
 
     def _begin(self) -> int:
         conn = self._conn
@@ -268,10 +274,10 @@ class GroupCommitWriter:
 
     @staticmethod
     def _run_one(
-        conn: sqlite3.Connection, fn: Callable[[WriteTx], Any], agents: AgentCache
+        conn: sqlite3.Connection, fn: Callable[[WriteTx], Any], agents: AgentCache, tasks: TaskCache
     ) -> tuple[Exception | None, Any]:
         conn.execute("SAVEPOINT write_fn")
-        tx = SqliteWriteTx(conn, agents)
+        tx = SqliteWriteTx(conn, agents, tasks)
         try:
             value = fn(tx)
         except Exception as exc:
