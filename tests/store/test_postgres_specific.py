@@ -21,7 +21,7 @@ import psycopg
 import pytest
 import pytest_asyncio
 
-from agenttasks.core.model import Agent, Task, TaskStatus
+from agenttasks.core.model import Agent, AgentStatus, Task, TaskStatus
 from agenttasks.core.ports import ReadTx, WriteTx
 from agenttasks.store import StoreUnavailable, open_store, postgres_url, shown_url, sqlite_path
 from agenttasks.store.migrations import Migration, load_migrations
@@ -441,6 +441,53 @@ async def test_a_pipelined_statement_that_fails_fails_its_own_function_only(
     names = ["kept-1", "kept-2", "undone", "also-undone", "undone-too"]
     found = await pg_store.read(lambda tx: [tx.get_meta(name) for name in names])
     assert found == ["1", "1", None, None, None]
+
+
+@pytest.mark.asyncio
+async def test_agent_rows_read_in_a_batch_follow_its_own_agent_writes(
+    pg_store: PostgresStore, make_agent: MakeAgent
+) -> None:
+    """A batch reads each agent once and remembers it: its own agent writes, and a failed
+    function's rolled-back ones, must show in what the functions after them read."""
+    agent = make_agent()
+    await pg_store.write(lambda tx: tx.insert_agent(agent))
+    paused = dataclasses.replace(agent, status=AgentStatus.PAUSED)
+
+    def status(tx: WriteTx) -> AgentStatus | None:
+        found = tx.get_agent(agent.tenant, agent.agent_id)
+        return None if found is None else found.status
+
+    def pause_then_fail(tx: WriteTx) -> None:
+        status(tx)
+        tx.update_agent(paused)
+        assert status(tx) is AgentStatus.PAUSED
+        raise ValueError("refused")
+
+    def pause(tx: WriteTx) -> AgentStatus | None:
+        tx.update_agent(paused)
+        return status(tx)
+
+    def delete(tx: WriteTx) -> None:
+        tx.delete_agent(agent.tenant, agent.agent_id)
+
+    results = await asyncio.gather(
+        pg_store.write(status),
+        pg_store.write(pause_then_fail),
+        pg_store.write(status),
+        pg_store.write(pause),
+        pg_store.write(status),
+        pg_store.write(delete),
+        pg_store.write(status),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], ValueError)
+    assert [results[i] for i in (0, 2, 3, 4, 6)] == [
+        AgentStatus.ACTIVE,
+        AgentStatus.ACTIVE,
+        AgentStatus.PAUSED,
+        AgentStatus.PAUSED,
+        None,
+    ]
 
 
 @pytest.mark.asyncio

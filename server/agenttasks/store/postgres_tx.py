@@ -204,16 +204,30 @@ class PostgresWriteTx(PostgresReadTx):
     when the function returns, before it counts as done: so a write function's statement that
     fails still fails the function, only later in it. Measured: ~12 round trips per task
     before, each a wait of the writer thread (and a fight for the GIL), one at a time.
+
+    `agents` is the batch's cache of agent rows: every Submit and every dispatch round reads
+    its agent, two round trips per task, and a batch's functions mostly read the same one.
+    It lives for one transaction only (the writer starts a new one with each batch and clears
+    it when a function fails, whose rolled-back read may have filled it), and this view's own
+    agent writes drop their entry. Within the batch a function sees the agent as the batch
+    first read it; what another server commits meanwhile is seen by the next batch, as an
+    unlocked read in the same transaction would have let it commit after the read anyway.
     """
 
-    __slots__ = ("_checks", "_pipeline", "news")
+    __slots__ = ("_agents", "_checks", "_pipeline", "news")
 
     _LOCKING = True
 
-    def __init__(self, conn: Connection, pipeline: psycopg.Pipeline | None = None) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        pipeline: psycopg.Pipeline | None = None,
+        agents: dict[tuple[str, str], Agent] | None = None,
+    ) -> None:
         super().__init__(conn)
         self.news = Announcements()
         self._pipeline = pipeline
+        self._agents: dict[tuple[str, str], Agent] = {} if agents is None else agents
         # (cursor, error) of each UPDATE that must change one row, checked in `settle`.
         self._checks: list[tuple[psycopg.Cursor[dict[str, Any]], str]] = []
 
@@ -243,16 +257,30 @@ class PostgresWriteTx(PostgresReadTx):
             self._pipeline.sync()
         return cursor.rowcount
 
+    def get_agent(self, tenant: str, agent_id: str) -> Agent | None:
+        if self._conn is None:  # a detached view fails even when the cache could answer
+            raise RuntimeError("a store transaction view was used after its function returned")
+        key = (tenant, agent_id)
+        agent = self._agents.get(key)
+        if agent is None:
+            agent = super().get_agent(tenant, agent_id)
+            if agent is not None:
+                self._agents[key] = agent
+        return agent
+
     def insert_agent(self, agent: Agent) -> None:
+        self._agents.pop((agent.tenant, agent.agent_id), None)
         self._execute("insert_agent", _ROWS.agent_params(agent))
 
     def update_agent(self, agent: Agent) -> None:
+        self._agents.pop((agent.tenant, agent.agent_id), None)
         error = f"no agent {agent.agent_id!r} in tenant {agent.tenant!r} to update"
         self._one_row("update_agent", _ROWS.agent_params(agent), error)
 
     def delete_agent(self, tenant: str, agent_id: str) -> None:
         """Deletes the agent with its tasks and events (by cascade). Idempotency records stay
         until they expire: a retry after the deletion still gets its original answer."""
+        self._agents.pop((tenant, agent_id), None)
         self._execute("delete_agent", {"tenant": tenant, "agent_id": agent_id})
 
     def delete_finished_tasks(self, tenant: str, agent_id: str, limit: int) -> int:

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from agenttasks.core.model import Agent
 from agenttasks.core.ports import WriteTx
 from agenttasks.store.postgres_news import Announcements
 from agenttasks.store.postgres_tx import Connection, PostgresWriteTx
@@ -204,12 +205,14 @@ class PostgresWriter:
         single = len(fns) == 1
         outcomes: list[_Outcome | None] = []
         news = Announcements()
+        agents: dict[tuple[str, str], Agent] = {}  # this transaction's agent rows (PostgresWriteTx)
         for index, fn in enumerate(fns):
             self._writes += 1
             if not single:
                 conn.execute("SAVEPOINT write_fn")
-            error, value = _run_one(conn, pipeline, fn, news)
+            error, value = _run_one(conn, pipeline, fn, news, agents)
             if error is not None:
+                agents.clear()  # a rolled-back read may have filled it
                 try:
                     with contextlib.suppress(psycopg.Error):
                         pipeline.sync()  # leaves the aborted state the failure may have left
@@ -240,11 +243,15 @@ class PostgresWriter:
 
 
 def _run_one(
-    conn: Connection, pipeline: psycopg.Pipeline, fn: Callable[[WriteTx], Any], news: Announcements
+    conn: Connection,
+    pipeline: psycopg.Pipeline,
+    fn: Callable[[WriteTx], Any],
+    news: Announcements,
+    agents: dict[tuple[str, str], Agent],
 ) -> _Outcome:
     """Runs fn and waits for its statements; what it changed joins `news` only if it succeeded
     (else it is rolled back)."""
-    tx = PostgresWriteTx(conn, pipeline)
+    tx = PostgresWriteTx(conn, pipeline, agents)
     try:
         value = fn(tx)
         tx.settle()
