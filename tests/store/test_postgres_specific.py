@@ -491,6 +491,51 @@ async def test_agent_rows_read_in_a_batch_follow_its_own_agent_writes(
 
 
 @pytest.mark.asyncio
+async def test_two_servers_batches_locking_tasks_in_opposite_orders_do_not_deadlock(
+    pg_store: PostgresStore, url: str, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    """Server A's batch locks task X, then a later function of it wants Y; server B's locked Y,
+    then wants X. Both waiting while holding their batch's earlier locks was a deadlock (one
+    side failed after deadlock_timeout); a function that would wait first commits the ones
+    before it, so both batches go through."""
+    x, y = await _queue(pg_store, make_agent, make_task, 2)
+    other = await PostgresStore.open(url)
+    a_locked, b_locked = threading.Event(), threading.Event()
+
+    def lock_then_wait(task: Task, mine: threading.Event, theirs: threading.Event) -> Callable[[WriteTx], None]:
+        def op(tx: WriteTx) -> None:
+            tx.get_task(task.tenant, task.task_id)  # locks the row until the batch commits
+            mine.set()
+            assert theirs.wait(10)
+
+        return op
+
+    def touch(task: Task) -> Callable[[WriteTx], str]:
+        def op(tx: WriteTx) -> str:
+            found = tx.get_task(task.tenant, task.task_id)
+            assert found is not None
+            tx.update_task(dataclasses.replace(found, progress=found.progress))
+            return found.task_id
+
+        return op
+
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                pg_store.write(lock_then_wait(x, a_locked, b_locked)),
+                pg_store.write(touch(y)),
+                other.write(lock_then_wait(y, b_locked, a_locked)),
+                other.write(touch(x)),
+                return_exceptions=True,
+            ),
+            timeout=30,
+        )
+    finally:
+        await other.close()
+    assert results == [None, y.task_id, None, x.task_id]
+
+
+@pytest.mark.asyncio
 async def test_a_write_after_the_connection_was_killed_still_commits(pg_store: PostgresStore, url: str) -> None:
     """A server restart (or an idle timeout) breaks the writer's connection while idle: the next
     batch finds out at BEGIN, before running anything, and goes to a fresh connection."""

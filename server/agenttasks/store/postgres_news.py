@@ -77,6 +77,11 @@ class Announcements:
     def key_revoked(self, key_id: str) -> None:
         self.keys.append(key_id)
 
+    def clear(self) -> None:
+        """Forget everything noted (it was announced with a commit)."""
+        self.tasks.clear()
+        self.keys.clear()
+
     def merge(self, other: Announcements) -> None:
         for task_id, theirs in other.tasks.items():
             if theirs[2] == 0:

@@ -13,7 +13,7 @@ mapping itself is shared with SQLite: `rows.py`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,6 +59,26 @@ def _as_read(value: datetime) -> datetime:
 
 
 _ROWS = Rows(time_out=aware, time_in=_as_read, object_in=check_object)
+
+# What a write view may run without locking a row or writing: the reads that have no _locked form.
+_LOCK_FREE = frozenset(
+    {
+        "get_agent",
+        "list_agents",
+        "list_tasks",
+        "events_after",
+        "events_of_type",
+        "task_output",
+        "queued_at_or_above",
+        "recent_run_seconds",
+        "get_api_key",
+        "list_api_keys",
+        "get_idempotency",
+        "get_meta",
+        "task_deliveries",
+        "get_signing_secret",
+    }
+)
 
 
 class PostgresReadTx:
@@ -214,7 +234,7 @@ class PostgresWriteTx(PostgresReadTx):
     unlocked read in the same transaction would have let it commit after the read anyway.
     """
 
-    __slots__ = ("_agents", "_checks", "_pipeline", "news")
+    __slots__ = ("_agents", "_checks", "_pipeline", "_release", "_touched", "news")
 
     _LOCKING = True
 
@@ -223,13 +243,35 @@ class PostgresWriteTx(PostgresReadTx):
         conn: Connection,
         pipeline: psycopg.Pipeline | None = None,
         agents: dict[tuple[str, str], Agent] | None = None,
+        release: Callable[[], None] | None = None,
     ) -> None:
+        """`release`, if given, commits the functions that ran before this one in its batch;
+        `get_task` calls it before it would wait for a row lock while this function has
+        locked and written nothing (see PostgresWriter._run_in_transaction)."""
         super().__init__(conn)
         self.news = Announcements()
         self._pipeline = pipeline
         self._agents: dict[tuple[str, str], Agent] = {} if agents is None else agents
+        self._release = release
+        self._touched = False  # whether a statement that writes or locks has been sent
         # (cursor, error) of each UPDATE that must change one row, checked in `settle`.
         self._checks: list[tuple[psycopg.Cursor[dict[str, Any]], str]] = []
+
+    def _execute(self, name: str, params: dict[str, Any]) -> psycopg.Cursor[dict[str, Any]]:
+        if name not in _LOCK_FREE:
+            self._touched = True
+        return super()._execute(name, params)
+
+    def get_task(self, tenant: str, task_id: str) -> Task | None:
+        params = {"tenant": tenant, "task_id": task_id}
+        if self._release is not None and not self._touched:
+            row = self._one("get_task_if_free", params)
+            if row is not None:
+                return _ROWS.task(row)
+            # Locked by another transaction (or no such task): wait holding no other locks.
+            self._release()
+        row = self._one("get_task_locked", params)
+        return None if row is None else _ROWS.task(row)
 
     def settle(self) -> None:
         """Waits for every statement sent so far; raises the first failure (a statement's

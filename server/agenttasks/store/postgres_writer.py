@@ -201,16 +201,44 @@ class PostgresWriter:
         """In pipeline mode: SAVEPOINT, the statements whose results a function does not read,
         the NOTIFYs and the COMMIT go with the next statement that waits for an answer, instead
         of each waiting for its own; the writer still waits at the end of each function
-        (`PostgresWriteTx.settle`), so each function's outcome is known before the next runs."""
+        (`PostgresWriteTx.settle`), so each function's outcome is known before the next runs.
+
+        A function about to wait for a row another transaction has locked, before it has locked
+        or written anything itself, first commits the functions before it (`release`): waiting
+        while holding their row locks, in whatever order the batch's functions took them, is
+        how two servers' batches deadlocked (each waiting for a row the other had locked)."""
         single = len(fns) == 1
         outcomes: list[_Outcome | None] = []
+        committed = 0  # outcomes[:committed] are committed already, by `release`
         news = Announcements()
         agents: dict[tuple[str, str], Agent] = {}  # this transaction's agent rows (PostgresWriteTx)
+
+        def commit() -> None:
+            if self._announce is not None:
+                # Delivered only if, and once, the COMMIT succeeds.
+                channel, origin = self._announce
+                for payload in news.payloads(origin):
+                    conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+            conn.execute("COMMIT")
+            pipeline.sync()
+            self._commits += 1
+
+        def release() -> None:
+            nonlocal committed
+            if not any(o is not None and o[0] is None for o in outcomes[committed:]):
+                return  # nothing before it in this transaction holds a lock
+            commit()
+            committed = len(outcomes)
+            news.clear()
+            agents.clear()
+            conn.execute("BEGIN")
+            conn.execute("SAVEPOINT write_fn")
+
         for index, fn in enumerate(fns):
             self._writes += 1
             if not single:
                 conn.execute("SAVEPOINT write_fn")
-            error, value = _run_one(conn, pipeline, fn, news, agents)
+            error, value = _run_one(conn, pipeline, fn, news, agents, None if single else release)
             if error is not None:
                 agents.clear()  # a rolled-back read may have filled it
                 try:
@@ -219,26 +247,24 @@ class PostgresWriter:
                     conn.execute("ROLLBACK" if single else "ROLLBACK TO SAVEPOINT write_fn")
                     pipeline.sync()
                 except psycopg.Error as gone:
-                    # The transaction went with the connection: earlier successes are gone too.
+                    # The transaction went with the connection: earlier successes since the
+                    # last commit are gone too.
                     lost = TransactionLost(f"the batch's transaction was lost after {error!r}; this write was lost")
                     lost.__cause__ = gone
-                    before: list[_Outcome | None] = [(lost if o[0] is None else o[0], None) for o in outcomes if o]
-                    return [*before, (error, None), *[None] * (len(fns) - index - 1)]
+                    return [
+                        *outcomes[:committed],
+                        *[(lost if o[0] is None else o[0], None) for o in outcomes[committed:] if o],
+                        (error, None),
+                        *[None] * (len(fns) - index - 1),
+                    ]
                 if single:
                     return [(error, None)]
             outcomes.append((error, value))
         try:
-            if self._announce is not None:
-                # Delivered only if, and once, the COMMIT below succeeds.
-                channel, origin = self._announce
-                for payload in news.payloads(origin):
-                    conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
-            conn.execute("COMMIT")
-            pipeline.sync()
+            commit()
         except psycopg.Error as exc:
             # A function that failed on its own keeps its own error: that is still the truth.
-            return [(exc if o[0] is None else o[0], None) for o in outcomes if o]
-        self._commits += 1
+            return [*outcomes[:committed], *[(exc if o[0] is None else o[0], None) for o in outcomes[committed:] if o]]
         return outcomes
 
 
@@ -248,10 +274,11 @@ def _run_one(
     fn: Callable[[WriteTx], Any],
     news: Announcements,
     agents: dict[tuple[str, str], Agent],
+    release: Callable[[], None] | None,
 ) -> _Outcome:
     """Runs fn and waits for its statements; what it changed joins `news` only if it succeeded
     (else it is rolled back)."""
-    tx = PostgresWriteTx(conn, pipeline, agents)
+    tx = PostgresWriteTx(conn, pipeline, agents, release)
     try:
         value = fn(tx)
         tx.settle()

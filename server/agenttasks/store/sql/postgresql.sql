@@ -93,6 +93,12 @@ SELECT * FROM tasks WHERE task_id = %(task_id)s AND tenant || '' = %(tenant)s;
 -- name: get_task_locked
 SELECT * FROM tasks WHERE task_id = %(task_id)s AND tenant || '' = %(tenant)s FOR NO KEY UPDATE;
 
+-- name: get_task_if_free
+-- get_task_locked that does not wait: no row if another transaction holds the lock (or there
+-- is no such task). The writer tries it first, so it never waits while holding locks it need
+-- not hold (postgres_writer).
+SELECT * FROM tasks WHERE task_id = %(task_id)s AND tenant || '' = %(tenant)s FOR NO KEY UPDATE SKIP LOCKED;
+
 -- name: list_tasks
 -- before_seq is always bound (a huge value when there is no cursor), so this stays one range
 -- scan of tasks_by_agent from the newest row, whichever page is asked for.
