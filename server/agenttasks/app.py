@@ -27,6 +27,7 @@ from agenttasks.api.task_servicer import TaskServicer
 from agenttasks.api.webhook_servicer import WebhookServicer
 from agenttasks.api.worker_servicer import WorkerServicer
 from agenttasks.auth import Authenticator, create_api_key, server_jwt_secret
+from agenttasks.auth.api_keys import notice_revocations
 from agenttasks.background import Loop, Supervisor, every
 from agenttasks.core.agents import AgentCore
 from agenttasks.core.dispatch import Dispatcher
@@ -185,7 +186,9 @@ class Service:
         self.agents.on_status_change = self.dispatcher.poke
         self.tasks.dispatcher = self.dispatcher
         self._dispatcher_started = True
-        authenticator = Authenticator(store, s, jwt_secret, api_key_cache_ttl=s.api_key_cache_seconds)
+        self._authenticator = authenticator = Authenticator(
+            store, s, jwt_secret, api_key_cache_ttl=s.api_key_cache_seconds
+        )
         rate_limit = TokenBuckets(s.rate_limit_per_second, s.rate_limit_burst) if s.rate_limit_per_second else None
         self._gate = gate = Gate(authenticator, rate_limit)
         # Several servers on one PostgreSQL database: hear what the others commit.
@@ -229,6 +232,7 @@ class Service:
         sup.start("expire-leases", self._sweep_loop(self.dispatcher.expire_leases))
         sup.start("enforce-deadlines", self._sweep_loop(self.dispatcher.enforce_deadlines))
         sup.start("deliver-webhooks", self.deliverer.run)
+        sup.start("notice-key-revocations", functools.partial(notice_revocations, store, self._authenticator.forget))
         if self.replicas is not None and isinstance(store, SharedStore):
             sup.start("hear-other-servers", functools.partial(store.follow_others, self.replicas))
             sup.start("show-store-health", functools.partial(self._health_loop, store, services))

@@ -7,14 +7,20 @@ secret, so a leaked database does not leak usable credentials.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
 import secrets
 import string
+from collections.abc import Callable
 
 from agenttasks.core.ids import agent_scope
 from agenttasks.core.model import ApiKeyRecord, Role, utcnow
 from agenttasks.core.ports import Store, WriteTx
+
+log = logging.getLogger(__name__)
 
 PREFIX = "atk"
 """First part of every key, so keys are recognisable (secret scanners, the bearer header)."""
@@ -110,15 +116,38 @@ async def create_api_key(store: Store, tenant: str, role: Role | str, descriptio
     return key
 
 
-async def revoke_api_key(store: Store, key_id: str) -> bool:
-    """Marks the key revoked now; False when there is no such key.
+# The meta row a revocation moves, in the revocation's own write: servers that cache verified
+# keys (`Authenticator`) look at it every REVOCATION_POLL_SECONDS and drop their cache when it
+# moved, so a key revoked from another process (`agenttasks keys revoke`) stops working at once.
+REVOCATIONS_META = "api_key_revocations"
+REVOCATION_POLL_SECONDS = 0.2
 
-    A running server may still accept the key until its authenticator cache entry expires (see
-    `Authenticator`).
-    """
+
+async def revoke_api_key(store: Store, key_id: str) -> bool:
+    """Marks the key revoked now; False when there is no such key. Running servers notice
+    within REVOCATION_POLL_SECONDS (at once on PostgreSQL, where the revocation is announced)."""
     at = utcnow()
 
     def revoke(tx: WriteTx) -> bool:
-        return tx.revoke_api_key(key_id, at)
+        if not tx.revoke_api_key(key_id, at):
+            return False
+        tx.set_meta(REVOCATIONS_META, f"{at.isoformat()} {key_id}")
+        return True
 
     return await store.write(revoke)
+
+
+async def notice_revocations(store: Store, forget: Callable[[list[str] | None], None], stopping: asyncio.Event) -> None:
+    """Until `stopping`: drop cached keys whenever a revocation was stored (by anyone)."""
+    seen = await store.read(lambda tx: tx.get_meta(REVOCATIONS_META))
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=REVOCATION_POLL_SECONDS)
+        try:
+            now = await store.read(lambda tx: tx.get_meta(REVOCATIONS_META))
+        except Exception:  # the store says why; keys stay cached no longer than their TTL
+            log.debug("could not look for revocations", exc_info=True)
+            continue
+        if now != seen:
+            seen = now
+            forget(None)

@@ -35,10 +35,10 @@ class Authenticator:
 
     Verified API keys are remembered for `api_key_cache_ttl` seconds (at most `api_key_cache_size`
     of them, least recently used dropped first) to spare a store read on every call. The cache
-    holds the stored record, not the answer, so the secret is still checked on every call; the
-    cost is that a revoked key keeps working for up to the TTL where nothing tells this process
-    of the revocation (SQLite: `agenttasks keys revoke` runs in another process). On PostgreSQL
-    every revocation is announced to every server, which calls `forget`: it stops at once.
+    holds the stored record, not the answer, so the secret is still checked on every call. A
+    revocation must not wait for the TTL: the service calls `forget` when one is stored (it
+    looks every 0.2 s, `api_keys.notice_revocations`; on PostgreSQL each revocation is also
+    announced to every server), and `agenttasks keys revoke` returns only after that.
     Only successes are cached: a key that fails is looked up again next time. A TTL of 0
     disables the cache.
     """

@@ -11,10 +11,12 @@ import argparse
 import asyncio
 import sqlite3
 import sys
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
 from agenttasks.auth import create_api_key, issue_token, revoke_api_key, server_jwt_secret
+from agenttasks.auth.api_keys import REVOCATION_POLL_SECONDS
 from agenttasks.cli import render
 from agenttasks.cli.client import CliError
 from agenttasks.core.ids import agent_scope
@@ -170,6 +172,8 @@ def keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
     key_id = args.key_id.split("_")[1] if args.key_id.startswith("atk_") else args.key_id
     if not asyncio.run(_keys_revoke(settings, key_id)):
         raise CliError(f"no API key with id {key_id}")
+    # Running servers look for revocations this often: once this returns, none accepts the key.
+    time.sleep(REVOCATION_POLL_SECONDS * 1.5)
     if args.json:
         print(render.json_document({"key_id": key_id, "revoked": True}))
     else:
