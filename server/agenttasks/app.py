@@ -159,6 +159,7 @@ class Service:
             max_metadata_bytes=s.max_metadata_bytes,
             max_metadata_depth=s.max_metadata_depth,
             max_timeout_seconds=s.max_timeout_seconds,
+            max_watches_per_credential=s.max_watches_per_credential,
         )
         allow = ssrf.parse_allow(s.webhook_allow)
         self.tasks = TaskCore(

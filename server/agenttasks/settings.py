@@ -90,6 +90,9 @@ class Settings(BaseSettings):
         1000.0, ge=0, description="Calls one credential may make per second on average, per server (0: no limit)."
     )
     rate_limit_burst: int = Field(2000, ge=1, description="Calls one credential may make at once, above that rate.")
+    max_watches_per_credential: int = Field(
+        1000, ge=0, description="Open WatchTask streams one credential may hold on one server (0: no cap)."
+    )
 
     # --- client commands ---
     server: str = Field("127.0.0.1:50051", description="gRPC address the client commands call.")

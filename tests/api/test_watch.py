@@ -197,3 +197,33 @@ async def test_an_event_is_converted_once_for_all_its_watchers() -> None:
         convert.watch_item(event(n))
     assert len(convert._converted) == convert._CONVERTED_EVENTS
     assert convert.watch_item(published) is not first  # evicted long ago, built afresh
+
+
+async def test_open_watch_streams_are_capped_per_credential(db_path: Path) -> None:
+    async with Service(make_settings(db_path, max_watches_per_credential=3)) as service:
+        first = api_for(service.address, await create_api_key(service.store, "default", Role.CLIENT))
+        second = api_for(service.address, await create_api_key(service.store, "default", Role.CLIENT))
+        try:
+            agent_id = await first.create_agent()
+            task_id = (await first.submit(agent_id)).task_id
+            calls = [watch(first, agent_id, task_id) for _ in range(3)]
+            streams = [aiter(call) for call in calls]
+            assert [(await anext(s)).type for s in streams] == ["snapshot"] * 3
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await anext(aiter(watch(first, agent_id, task_id)))
+            assert error_info(caught.value)[:2] == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_WATCHES")
+            assert (await anext(aiter(watch(second, agent_id, task_id)))).type == "snapshot"  # its own cap
+
+            calls[0].cancel()  # type: ignore[attr-defined]
+
+            async def reopened() -> str:
+                while True:
+                    try:
+                        return str((await anext(aiter(watch(first, agent_id, task_id)))).type)
+                    except grpc.aio.AioRpcError:
+                        await asyncio.sleep(0.02)
+
+            assert await asyncio.wait_for(reopened(), 10) == "snapshot"
+        finally:
+            await first.channel.close()
+            await second.channel.close()

@@ -30,6 +30,7 @@ from agenttasks.core.errors import (
     StoreUnreachable,
     TaskFinished,
     TaskNotFound,
+    TooManyWatches,
     Unauthenticated,
 )
 
@@ -57,6 +58,7 @@ ERROR_TABLE: dict[type[DomainError], ErrorMapping] = {
     ShuttingDown: ErrorMapping(grpc.StatusCode.UNAVAILABLE, 503, "SHUTTING_DOWN"),
     StoreUnreachable: ErrorMapping(grpc.StatusCode.UNAVAILABLE, 503, "STORE_UNAVAILABLE"),
     RateLimited: ErrorMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "RATE_LIMITED"),
+    TooManyWatches: ErrorMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "TOO_MANY_WATCHES"),
 }
 
 # Anything not a DomainError: a bug. The client gets a generic message; the log gets the trace.

@@ -117,6 +117,16 @@ class StoreUnreachable(DomainError):
     replica. A Submit retried after this may be a second task unless it carries a request_id."""
 
 
+class TooManyWatches(DomainError):
+    """The credential already holds as many open watch streams as one server allows it."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"this credential already has {limit} open watch streams on this server; close one first",
+            metadata={"limit": str(limit)},
+        )
+
+
 class RateLimited(DomainError):
     """The credential made more calls than its rate allows; retry after `retry_after` seconds."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from agenttasks.core import idempotency, lifecycle, validation
 from agenttasks.core.agents import find_agent
-from agenttasks.core.errors import AgentUnavailable, InvalidArgument, TaskNotFound
+from agenttasks.core.errors import AgentUnavailable, InvalidArgument, TaskNotFound, TooManyWatches
 from agenttasks.core.ids import check_id, new_id
 from agenttasks.core.model import (
     Agent,
@@ -189,6 +190,8 @@ class TaskCore:
         # Why a webhook_url must be refused at once (a literal private address...), or None.
         self._check_webhook_url = check_webhook_url
         self._run_estimates: dict[tuple[str, str], tuple[float, float]] = {}
+        # Open watch streams per credential (subject), for Limits.max_watches_per_credential.
+        self._watching: Counter[str] = Counter()
         # Set once the dispatcher exists: a Submit then starts its task at once for a worker
         # with a free place, in the same write (see Dispatcher.start_new).
         self.dispatcher: Dispatcher | None = None
@@ -475,6 +478,10 @@ class TaskCore:
         if after_sequence < 0:
             raise InvalidArgument.field("after_sequence", "must not be negative")
         tenant = principal.tenant
+        cap, who = self._limits.max_watches_per_credential, principal.subject
+        if cap and self._watching[who] >= cap:
+            raise TooManyWatches(cap)
+        self._watching[who] += 1
         sub = self._hub.subscribe(task_id)  # before the snapshot, so no event falls in between
         try:
             task = await self._store.read(lambda tx: with_output(tx, find_task(tx, tenant, agent_id, task_id)))
@@ -486,3 +493,7 @@ class TaskCore:
                 yield item
         finally:
             sub.close()
+            if (left := self._watching[who] - 1) > 0:
+                self._watching[who] = left
+            else:
+                del self._watching[who]

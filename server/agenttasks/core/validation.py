@@ -31,6 +31,8 @@ class Limits:
     max_metadata_bytes: int = 16 * 1024
     max_metadata_depth: int = 8
     max_timeout_seconds: int = 7 * 86400
+    # Open WatchTask streams one credential may hold on one server (0: no cap).
+    max_watches_per_credential: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
