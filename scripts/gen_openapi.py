@@ -119,7 +119,7 @@ STATUS = status_pb2.Status.DESCRIPTOR.full_name
 ERROR_DETAILS = [error_details_pb2.ErrorInfo.DESCRIPTOR.full_name, error_details_pb2.BadRequest.DESCRIPTOR.full_name]
 HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 ERROR_TITLES = {400: "Bad request", 401: "Unauthenticated", 403: "Permission denied", 404: "Not found"}
-ERROR_TITLES |= {409: "Conflict", 429: "Too many requests", 503: "Unavailable"}
+ERROR_TITLES |= {409: "Conflict", 429: "Too many requests", 503: "Unavailable", 504: "Timed out"}
 
 
 class GenerationError(Exception):
@@ -521,6 +521,7 @@ class Generator:
             statuses.append(409)
         statuses.append(429)  # every call counts against its credential's rate
         statuses.append(503)  # a draining server refuses every call
+        statuses.append(504)  # every call has the server's deadline
         responses = {str(s): {"$ref": f"#/components/responses/Error{s}"} for s in statuses}
         responses["default"] = {"$ref": "#/components/responses/Error"}
         return responses

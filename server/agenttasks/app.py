@@ -191,7 +191,7 @@ class Service:
             store, s, jwt_secret, api_key_cache_ttl=s.api_key_cache_seconds
         )
         rate_limit = TokenBuckets(s.rate_limit_per_second, s.rate_limit_burst) if s.rate_limit_per_second else None
-        self._gate = gate = Gate(authenticator, rate_limit)
+        self._gate = gate = Gate(authenticator, rate_limit, s.call_deadline_seconds or None)
         # Several servers on one PostgreSQL database: hear what the others commit.
         self.replicas = (
             Replicas(store, self.hub, self.dispatcher, authenticator.forget) if isinstance(store, SharedStore) else None

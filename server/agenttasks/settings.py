@@ -90,6 +90,9 @@ class Settings(BaseSettings):
         1000.0, ge=0, description="Calls one credential may make per second on average, per server (0: no limit)."
     )
     rate_limit_burst: int = Field(2000, ge=1, description="Calls one credential may make at once, above that rate.")
+    call_deadline_seconds: float = Field(
+        30.0, ge=0, description="Longest a unary call may take on the server (0: no limit); then DEADLINE_EXCEEDED."
+    )
     max_watches_per_credential: int = Field(
         1000, ge=0, description="Open WatchTask streams one credential may hold on one server (0: no cap)."
     )

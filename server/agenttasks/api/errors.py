@@ -19,6 +19,7 @@ from grpc_status import rpc_status
 from agenttasks.core.errors import (
     AgentNotFound,
     AgentUnavailable,
+    CallTimedOut,
     DeliveryNotFound,
     DomainError,
     IdempotencyKeyReused,
@@ -59,6 +60,7 @@ ERROR_TABLE: dict[type[DomainError], ErrorMapping] = {
     StoreUnreachable: ErrorMapping(grpc.StatusCode.UNAVAILABLE, 503, "STORE_UNAVAILABLE"),
     RateLimited: ErrorMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "RATE_LIMITED"),
     TooManyWatches: ErrorMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "TOO_MANY_WATCHES"),
+    CallTimedOut: ErrorMapping(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "DEADLINE_EXCEEDED"),
 }
 
 # Anything not a DomainError: a bug. The client gets a generic message; the log gets the trace.

@@ -8,6 +8,7 @@ status, because an error after the first message is invisible to HTTP/1.1 client
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Protocol, TypeVar
@@ -17,7 +18,7 @@ import grpc
 from agenttasks.api.body_fields import BODY_FIELDS_HEADER, check_body_fields
 from agenttasks.api.errors import to_status
 from agenttasks.auth.roles import authorize
-from agenttasks.core.errors import DomainError, RateLimited, ShuttingDown
+from agenttasks.core.errors import CallTimedOut, DomainError, RateLimited, ShuttingDown
 from agenttasks.core.model import Principal
 from agenttasks.core.rate_limit import TokenBuckets
 
@@ -36,10 +37,14 @@ def call_metadata(context: grpc.aio.ServicerContext[object, object]) -> dict[str
 
 
 class Gate:
-    def __init__(self, authenticator: Authenticates, rate_limit: TokenBuckets | None = None) -> None:
-        """`rate_limit`: calls allowed per credential (None: no limit)."""
+    def __init__(
+        self, authenticator: Authenticates, rate_limit: TokenBuckets | None = None, deadline: float | None = None
+    ) -> None:
+        """`rate_limit`: calls allowed per credential (None: no limit). `deadline`: seconds a
+        unary call may take on the server, whatever deadline its client set (None: none)."""
         self._auth = authenticator
         self._rate_limit = rate_limit
+        self._deadline = deadline
         self.draining = False
 
     async def _principal(self, context: grpc.aio.ServicerContext[object, object], method: str) -> Principal:
@@ -61,9 +66,14 @@ class Gate:
         handler: Callable[[Principal], Awaitable[Resp]],
     ) -> Resp:
         try:
-            return await handler(await self._principal(context, method))
+            async with asyncio.timeout(self._deadline):
+                return await handler(await self._principal(context, method))
+        except TimeoutError:
+            # What it had started may still finish (a queued write commits), as for a client's
+            # own deadline; the client hears that it took too long.
+            failure: BaseException = CallTimedOut(self._deadline or 0.0)
         except Exception as error:
-            failure: BaseException = error
+            failure = error
         await self._abort(context, method, failure)
         raise AssertionError("unreachable: abort raises")
 

@@ -117,6 +117,13 @@ class StoreUnreachable(DomainError):
     replica. A Submit retried after this may be a second task unless it carries a request_id."""
 
 
+class CallTimedOut(DomainError):
+    """The call took longer than the server allows one call (it may still have taken effect)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the call took longer than the server's limit of {seconds:g} s; it may have taken effect")
+
+
 class TooManyWatches(DomainError):
     """The credential already holds as many open watch streams as one server allows it."""
 

@@ -1,5 +1,6 @@
-"""A credential over its rate is refused with RESOURCE_EXHAUSTED / 429 and told when to retry;
-other credentials are untouched. Over gRPC and through the real Envoy."""
+"""Limits that protect the service. A credential over its rate is refused with RESOURCE_EXHAUSTED /
+429 and told when to retry, other credentials untouched (over gRPC and through the real Envoy);
+a unary call past the server's own deadline is DEADLINE_EXCEEDED."""
 
 from __future__ import annotations
 
@@ -101,3 +102,16 @@ async def test_over_rest_it_is_429_with_retry_after(limited: Service) -> None:
     refused = answers[-1]
     assert_error(refused, 429, "RATE_LIMITED", "RESOURCE_EXHAUSTED")
     assert refused.headers["retry-after"] == "1"
+
+
+@pytest.mark.asyncio
+async def test_a_call_past_the_servers_deadline_is_deadline_exceeded(db_path: Path) -> None:
+    """Whatever deadline the client set (here none), the server bounds each unary call."""
+    async with Service(make_settings(db_path, call_deadline_seconds=1e-6)) as service:
+        api = api_for(service.address, await create_api_key(service.store, "default", Role.CLIENT))
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await api.create_agent()
+        finally:
+            await api.channel.close()
+    assert error_info(caught.value)[:2] == (grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED")
