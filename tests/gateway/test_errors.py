@@ -434,3 +434,14 @@ async def test_a_path_that_is_not_utf8_is_400_not_500(
         response = await client.post(f"/agent/{agent}/task/%C3%28/cancel")
         assert_error(response, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", field="request")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_big_headers_are_served_up_to_the_gateways_limit_and_431_past_it(
+    rest: httpx.AsyncClient,
+) -> None:
+    """A 40 KB header (past grpcio's 16 KB default for metadata) is served; past the gateway's
+    limit (60 KB) the answer is 431 with the error shape, never a 429 or a bare body."""
+    response = await rest.get("/agent/list", headers={"x-trace-note": "a" * 40_000})
+    assert response.status_code == 200, response.text
+    response = await rest.get("/agent/list", headers={"x-trace-note": "a" * 100_000})
+    assert_error(response, 431, "BAD_REQUEST", "INVALID_ARGUMENT")
