@@ -445,3 +445,9 @@ async def test_big_headers_are_served_up_to_the_gateways_limit_and_431_past_it(
     assert response.status_code == 200, response.text
     response = await rest.get("/agent/list", headers={"x-trace-note": "a" * 100_000})
     assert_error(response, 431, "BAD_REQUEST", "INVALID_ARGUMENT")
+
+
+async def test_a_body_field_with_an_empty_name_is_named_plainly(rest: httpx.AsyncClient, agent: str) -> None:
+    response = await rest.post(f"/agent/request/{agent}", content=b'{"": 1, "message": "x"}')
+    body = assert_error(response, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
+    assert body["message"] == "request body has a field with an empty name"
