@@ -9,6 +9,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from subprocess import PIPE
 
 import psycopg
 import pytest
@@ -41,9 +42,12 @@ def test_quick_bench_on_postgres_with_two_replicas(tmp_path: Path) -> None:
         pytest.skip(f"no PostgreSQL at {URL}: {error}")
     out = tmp_path / "quick.json"
     command = [sys.executable, "-m", "bench", "--quick", "--db", URL, "--replicas", "2", "--only", ONLY]
-    done = subprocess.run(
-        [*command, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=110, check=False
-    )
+    run = subprocess.Popen([*command, "--json", str(out)], cwd=ROOT, stdout=PIPE, stderr=PIPE, text=True)
+    try:
+        stdout, stderr = run.communicate(timeout=110)
+    finally:
+        run.kill()
+    done = subprocess.CompletedProcess(run.args, run.returncode, stdout, stderr)
     report = json.loads(out.read_text())
     workloads = report["workloads"]
     assert sorted(workloads) == sorted(HEADLINE), done.stderr[-3000:]
@@ -59,5 +63,7 @@ def test_quick_bench_on_postgres_with_two_replicas(tmp_path: Path) -> None:
             assert metrics["postgres_cpu_us_per_task"] > 0, metrics
     assert report["meta"]["postgres"]["server_version"]
     assert "PROJECTION, not a measurement" in done.stdout, done.stdout[-3000:]
-    # Every database of the run is gone (those of runs beside this one may come and go).
-    assert not [name for name in set(_bench_databases()) - before if "_bench_" in name], done.stderr[-2000:]
+    # Every database of the run is gone (those of other runs beside this one may come and go:
+    # the bench names its databases after its pid).
+    mine = f"_bench_{run.pid}_"
+    assert not [name for name in set(_bench_databases()) - before if mine in name], done.stderr[-2000:]

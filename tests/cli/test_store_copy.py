@@ -39,7 +39,8 @@ from tests.support import Api, PostgresDatabases, api_for, make_settings
 from .support import failed, free_port, ok, run_cli
 
 TENANTS = ("default", "other")
-META = ("jwt_hs256_secret", "page_token_secret", "bootstrap_admin_key_issued")
+# The server's generated secrets and marks, and the row a key revocation moves (REVOCATIONS_META).
+META = ("jwt_hs256_secret", "page_token_secret", "bootstrap_admin_key_issued", "api_key_revocations")
 # Long enough that nothing expires or is retried while a test runs: the copy must see the
 # same rows as the reads before and after it.
 QUIET = {"lease_seconds": 3600.0, "webhook_allow": "127.0.0.0/8", "webhook_retry_schedule": [0]}
