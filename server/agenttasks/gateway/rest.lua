@@ -197,6 +197,9 @@ local function reworded(message)
   if message == ": Root element must be a message." then
     return "request body must be a JSON object"
   end
+  if message == ": Proto fields must have a name." then
+    return "request body has a field with an empty name"
+  end
   local bound = message:match('^The binding value ".-" of the field ([%w_]+) is conflicting with the value ".-" in the body%.$')
   if bound ~= nil then
     return bound .. " comes from the path; the body may not set it"
