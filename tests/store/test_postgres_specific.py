@@ -536,6 +536,25 @@ async def test_two_servers_batches_locking_tasks_in_opposite_orders_do_not_deadl
 
 
 @pytest.mark.asyncio
+async def test_tasks_a_batch_inserts_are_numbered_in_submission_order(
+    pg_store: PostgresStore, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    """The writer numbers inserted tasks from seqs it takes per batch (no RETURNING each): the
+    numbers are the stored ones, rise in submission order, also past the first block taken."""
+    await pg_store.write(lambda tx: tx.insert_agent(make_agent()))
+    results = await asyncio.gather(
+        pg_store.write(lambda tx: tx.insert_task(make_task("one"))),
+        pg_store.write(lambda tx: [tx.insert_task(make_task(f"many-{i}")) for i in range(10)]),
+        pg_store.write(lambda tx: tx.insert_task(make_task("last"))),
+    )
+    inserted = [results[0], *results[1], results[2]]
+    seqs = [task.seq for task in inserted]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and seqs[0] > 0
+    stored = await pg_store.read(lambda tx: [tx.get_task(t.tenant, t.task_id) for t in inserted])
+    assert [task.seq for task in stored if task is not None] == seqs
+
+
+@pytest.mark.asyncio
 async def test_a_write_after_the_connection_was_killed_still_commits(pg_store: PostgresStore, url: str) -> None:
     """A server restart (or an idle timeout) breaks the writer's connection while idle: the next
     batch finds out at BEGIN, before running anything, and goes to a fresh connection."""

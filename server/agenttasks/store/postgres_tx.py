@@ -234,7 +234,7 @@ class PostgresWriteTx(PostgresReadTx):
     unlocked read in the same transaction would have let it commit after the read anyway.
     """
 
-    __slots__ = ("_agents", "_checks", "_pipeline", "_release", "_touched", "news")
+    __slots__ = ("_agents", "_checks", "_next_seq", "_pipeline", "_release", "_touched", "news")
 
     _LOCKING = True
 
@@ -244,15 +244,19 @@ class PostgresWriteTx(PostgresReadTx):
         pipeline: psycopg.Pipeline | None = None,
         agents: dict[tuple[str, str], Agent] | None = None,
         release: Callable[[], None] | None = None,
+        next_seq: Callable[[], int] | None = None,
     ) -> None:
         """`release`, if given, commits the functions that ran before this one in its batch;
         `get_task` calls it before it would wait for a row lock while this function has
-        locked and written nothing (see PostgresWriter._run_in_transaction)."""
+        locked and written nothing (see PostgresWriter._run_in_transaction). `next_seq`, if
+        given, numbers inserted tasks (take_task_seqs), so an insert need not wait for its
+        RETURNING."""
         super().__init__(conn)
         self.news = Announcements()
         self._pipeline = pipeline
         self._agents: dict[tuple[str, str], Agent] = {} if agents is None else agents
         self._release = release
+        self._next_seq = next_seq
         self._touched = False  # whether a statement that writes or locks has been sent
         # (cursor, error) of each UPDATE that must change one row, checked in `settle`.
         self._checks: list[tuple[psycopg.Cursor[dict[str, Any]], str]] = []
@@ -330,6 +334,11 @@ class PostgresWriteTx(PostgresReadTx):
         return self._count("delete_finished_tasks", params)
 
     def insert_task(self, task: Task) -> Task:
+        if self._next_seq is not None:
+            seq = self._next_seq()
+            self._execute("insert_task_numbered", {**_ROWS.task_params(task), "seq": seq})
+            self.news.task(task)
+            return dataclasses.replace(task, seq=seq)
         row = self._execute("insert_task", _ROWS.task_params(task)).fetchone()
         if row is None:  # pragma: no cover - INSERT ... RETURNING always returns the row
             raise RuntimeError("PostgreSQL assigned no seq to an inserted task")

@@ -35,7 +35,7 @@ from psycopg_pool import ConnectionPool
 from agenttasks.core.model import Agent
 from agenttasks.core.ports import WriteTx
 from agenttasks.store.postgres_news import Announcements
-from agenttasks.store.postgres_tx import Connection, PostgresWriteTx
+from agenttasks.store.postgres_tx import Connection, PostgresWriteTx, Q
 
 T = TypeVar("T")
 
@@ -212,6 +212,20 @@ class PostgresWriter:
         committed = 0  # outcomes[:committed] are committed already, by `release`
         news = Announcements()
         agents: dict[tuple[str, str], Agent] = {}  # this transaction's agent rows (PostgresWriteTx)
+        seqs: collections.deque[int] = collections.deque()  # taken for this batch's task inserts
+        taken = 0
+        index = 0
+
+        def next_seq() -> int:
+            nonlocal taken
+            if not seqs:
+                # Enough for every function left to insert one task; a batch that used them all
+                # (BatchSubmit inserts many in one function) gets twice as many each time.
+                count = min(max(len(fns) - index, 2 * taken), 1024)
+                rows = conn.execute(Q["take_task_seqs"], {"count": count}).fetchall()
+                seqs.extend(int(row["seq"]) for row in rows)
+                taken += count
+            return seqs.popleft()
 
         def commit() -> None:
             if self._announce is not None:
@@ -238,7 +252,7 @@ class PostgresWriter:
             self._writes += 1
             if not single:
                 conn.execute("SAVEPOINT write_fn")
-            error, value = _run_one(conn, pipeline, fn, news, agents, None if single else release)
+            error, value = _run_one(conn, pipeline, fn, news, agents, None if single else release, next_seq)
             if error is not None:
                 agents.clear()  # a rolled-back read may have filled it
                 try:
@@ -275,10 +289,11 @@ def _run_one(
     news: Announcements,
     agents: dict[tuple[str, str], Agent],
     release: Callable[[], None] | None,
+    next_seq: Callable[[], int],
 ) -> _Outcome:
     """Runs fn and waits for its statements; what it changed joins `news` only if it succeeded
     (else it is rolled back)."""
-    tx = PostgresWriteTx(conn, pipeline, agents, release)
+    tx = PostgresWriteTx(conn, pipeline, agents, release, next_seq)
     try:
         value = fn(tx)
         tx.settle()

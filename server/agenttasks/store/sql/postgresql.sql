@@ -137,6 +137,28 @@ INSERT INTO tasks (
 )
 RETURNING seq;
 
+-- name: take_task_seqs
+-- Seqs for the tasks a batch may insert, in one round trip instead of a RETURNING each: the
+-- writer numbers its inserts itself (insert_task_numbered). Taken per batch and dropped after
+-- it, so a task's seq is still taken within its batch's transaction, as with RETURNING; the
+-- unused ones are gaps, which an identity column has anyway.
+SELECT nextval(pg_get_serial_sequence('tasks', 'seq')) AS seq FROM generate_series(1, %(count)s);
+
+-- name: insert_task_numbered
+-- insert_task with a seq from take_task_seqs (OVERRIDING SYSTEM VALUE: seq is GENERATED ALWAYS).
+INSERT INTO tasks (
+    seq, task_id, tenant, agent_id, message, status, priority, metadata, callback_mode, webhook_url,
+    timeout_seconds, created_at, updated_at, started_at, completed_at, progress, output_bytes,
+    output_after, result, error, input_prompt, attempt, last_sequence, status_reason, worker_id,
+    lease_expires_at, deadline_at, run_seconds_left
+) OVERRIDING SYSTEM VALUE VALUES (
+    %(seq)s, %(task_id)s, %(tenant)s, %(agent_id)s, %(message)s, %(status)s, %(priority)s, %(metadata)s,
+    %(callback_mode)s, %(webhook_url)s, %(timeout_seconds)s, %(created_at)s, %(updated_at)s,
+    %(started_at)s, %(completed_at)s, %(progress)s, %(output_bytes)s, %(output_after)s, %(result)s,
+    %(error)s, %(input_prompt)s, %(attempt)s, %(last_sequence)s, %(status_reason)s, %(worker_id)s,
+    %(lease_expires_at)s, %(deadline_at)s, %(run_seconds_left)s
+);
+
 -- name: update_task
 -- Identity (tenant, task_id, agent_id, seq) and created_at never change.
 UPDATE tasks SET
