@@ -7,7 +7,8 @@ from pathlib import Path
 
 from agenttasks.settings import Settings
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
 
 def test_every_setting_is_in_the_readme_configuration_table() -> None:
@@ -25,3 +26,16 @@ def test_ci_runs_the_readmes_test_command_verbatim() -> None:
     assert serve.startswith(prefix) and test.startswith(prefix)
     ci_lines = (README.parent / ".ci" / "run").read_text().splitlines()
     assert test.removeprefix(prefix) in ci_lines
+
+
+def test_every_test_docs_reliability_cites_exists() -> None:
+    """docs/reliability.md names the test behind each guarantee: each file, and each test by
+    name, must be there (a renamed test would otherwise leave a guarantee unproven in silence)."""
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    cited = re.findall(r"`(tests/[\w/]+(?:\.py)?)(?:::(\w+))?`", text)
+    assert len(cited) > 20
+    for path, name in cited:
+        target = ROOT / path
+        assert target.exists(), path
+        if name:
+            assert f"def {name}(" in target.read_text(), f"{path}::{name}"
