@@ -44,6 +44,8 @@ def make_settings(db: Path | str, **overrides: object) -> Settings:
         "gateway": False,
         "public_base_url": "http://api.test",
         "shutdown_grace_seconds": 1.0,
+        # In-process tests stop a service after every test: no notice period for clients to move.
+        "drain_notice_seconds": 0.0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
@@ -63,6 +64,8 @@ HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 BOOTSTRAP_TENANT = "default"
 _BOOTSTRAP_MARK = "bootstrap_admin_key_issued"
 PURGE_INTERVAL_SECONDS = 3600.0
+# A draining server stops listening once no call came for this long (or its notice is over).
+DRAIN_QUIET_SECONDS = 0.05
 # How often health checks look at whether the store is reachable.
 HEALTH_SECONDS = 0.2
 # Expired idempotency keys deleted per write: a day of keyed Submits can expire at once.
@@ -283,12 +286,24 @@ class Service:
         self.hub.close()
         if self._dispatcher_started:
             await self.dispatcher.close()
+        if self._gate is not None:
+            await self._drain_notice(self._gate)
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         if self._supervisor is not None:
             await self._supervisor.stop()
         if self._store is not None:
             await self._store.close()
+
+    async def _drain_notice(self, gate: Gate) -> None:
+        """Refuse new calls with SHUTTING_DOWN (UNAVAILABLE: clients and the gateway retry
+        elsewhere) for a while before the server stops listening. Stopping at once cut off the
+        calls that had reached gRPC but not yet the service: their clients got CANCELLED, which
+        no client retries, and could not tell whether the call had been done."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.settings.drain_notice_seconds
+        while loop.time() < until and time.monotonic() - gate.last_call < DRAIN_QUIET_SECONDS:  # noqa: ASYNC110 - polls a clock
+            await asyncio.sleep(0.01)
 
     async def __aenter__(self) -> Service:
         await self.start()

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
         "", description="Base of poll_url/cancel_url in Submit answers; default http://HTTP_HOST:HTTP_PORT."
     )
     shutdown_grace_seconds: float = Field(5.0, gt=0, description="How long SIGTERM waits for calls to finish.")
+    drain_notice_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="After SIGTERM, how long new calls are refused with SHUTTING_DOWN before the server stops "
+        "listening (ends early once no call came for 50 ms), so clients and load balancers move on cleanly.",
+    )
 
     # --- `agenttasks gateway`: Envoy alone in front of several replicas ---
     upstream: str = Field("", description="The gRPC replicas `agenttasks gateway` serves, as HOST:PORT[,HOST:PORT...].")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Protocol, TypeVar
 
@@ -46,8 +47,11 @@ class Gate:
         self._rate_limit = rate_limit
         self._deadline = deadline
         self.draining = False
+        # When the last call came in (time.monotonic()): a draining server waits for a quiet moment.
+        self.last_call = 0.0
 
     async def _principal(self, context: grpc.aio.ServicerContext[object, object], method: str) -> Principal:
+        self.last_call = time.monotonic()
         if self.draining:
             raise ShuttingDown("server is shutting down; retry shortly")
         metadata = call_metadata(context)
