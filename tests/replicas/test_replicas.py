@@ -239,7 +239,7 @@ async def test_thousands_of_tasks_claimed_by_workers_on_three_servers_go_to_one_
             await asyncio.sleep(0.05)
 
     try:
-        await within(all_done())
+        await asyncio.wait_for(all_done(), 4 * DEADLINE)  # 1,500 round trips on a loaded machine
     finally:
         for task in working:
             task.cancel()
