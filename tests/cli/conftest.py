@@ -33,6 +33,18 @@ def start_server() -> Iterator[StartServer]:
             server.kill()
 
 
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Path | PostgresUrl:
+    """A store of the test's own for `serve` processes it starts and restarts itself: a SQLite
+    file that does not exist yet, or a new PostgreSQL database (dropped after the test)."""
+    if request.param == "sqlite":
+        return tmp_path / "agenttasks.db"
+    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    url = databases.create()
+    request.addfinalizer(lambda: databases.drop(url))
+    return PostgresUrl(url, tmp_path)
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def server_process(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One `serve` on a free port and a fresh database, shared by the tests of a module: once

@@ -16,25 +16,15 @@ import grpc
 import pytest
 
 from agenttasks.v1 import task_service_pb2 as tpb
-from tests.support import BACKENDS, Api, PostgresDatabases, api_for
+from tests.support import Api, api_for
 
-from .support import PostgresUrl, ServerProcess
+from .support import ServerProcess
 
 pytestmark = pytest.mark.asyncio
 
 SUBMITS = 1000
 CONCURRENCY = 64
 KILL_AFTER = 300
-
-
-@pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> object:
-    if request.param == "sqlite":
-        return tmp_path / "agenttasks.db"
-    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
-    url = databases.create()
-    request.addfinalizer(lambda: databases.drop(url))
-    return PostgresUrl(url, tmp_path)
 
 
 async def submit(api: Api, agent_id: str, i: int) -> str:

@@ -20,23 +20,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agenttasks.v1 import task_service_pb2 as tpb
 from agenttasks.v1 import worker_service_pb2 as wpb
 from tests.dispatch.raw_worker import RawWorker, ref
-from tests.support import BACKENDS, PostgresDatabases, api_for
+from tests.support import api_for
 
-from .support import PostgresUrl, ServerProcess
+from .support import ServerProcess
 
 pytestmark = pytest.mark.asyncio
 
 ENV = {"AGENTTASKS_SHUTDOWN_GRACE_SECONDS": "3"}
-
-
-@pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> object:
-    if request.param == "sqlite":
-        return tmp_path / "agenttasks.db"
-    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
-    url = databases.create()
-    request.addfinalizer(lambda: databases.drop(url))
-    return PostgresUrl(url, tmp_path)
 
 
 async def test_sigterm_drains_under_load_and_the_restarted_server_resumes(store: Path) -> None:
