@@ -75,7 +75,9 @@ def _task_params(row: Row) -> dict[str, Any]:
 # table -> (the postgresql.sql statement that writes a row, how a SQLite row becomes its params)
 _WRITES: dict[str, tuple[str, Callable[[Row], dict[str, Any]]]] = {
     "agents": ("insert_agent", lambda row: _POSTGRES_ROWS.agent_params(_SQLITE_ROWS.agent(row))),
-    "tasks": ("insert_task_with_seq", _task_params),
+    # Keeping the task's seq (its place in its agent's FIFO and the cursor of task lists), as the
+    # writer's numbered insert does; the queue-count trigger counts each queued task as it goes in.
+    "tasks": ("insert_task_numbered", _task_params),
     "task_events": ("append_event", lambda row: _POSTGRES_ROWS.event_params(_SQLITE_ROWS.event(row))),
     "api_keys": ("put_api_key", lambda row: _POSTGRES_ROWS.api_key_params(_SQLITE_ROWS.api_key(row))),
     "idempotency": ("put_idempotency", lambda row: _POSTGRES_ROWS.idempotency_params(_SQLITE_ROWS.idempotency(row))),
@@ -212,7 +214,7 @@ def _copy_table(
     progress: Progress,
 ) -> int:
     name, params_of = _WRITES[table]
-    statement = load_queries("copy_postgresql" if name == "insert_task_with_seq" else "postgresql")[name]
+    statement = load_queries("postgresql")[name]
     done = 0
     with pg.cursor() as cursor:
         for batch in _batches(reader.execute(load_queries("copy_sqlite")[f"all_{table}"]), batch_rows):
