@@ -214,12 +214,15 @@ async def test_thousands_of_tasks_claimed_by_workers_on_three_servers_go_to_one_
     count = 1500
     racing = [await workers(server, agent_id, capacity=8) for server in ("A", "B", "C") for _ in range(2)]
     done: Counter[str] = Counter()
+    acked: list[str] = []
 
     async def work(worker: RawWorker) -> None:
         while True:
             assignment = await worker.next_assignment()
             done[assignment.task.task_id] += 1
-            await worker.send(complete=wpb.CompleteTask(task=ref(assignment), text=worker.agent_id))
+            ack = await worker.send(complete=wpb.CompleteTask(task=ref(assignment), text=worker.agent_id))
+            if ack.code == 0:
+                acked.append(assignment.task.task_id)
 
     working = [asyncio.create_task(work(w)) for w in racing]
     submitters = [apis(server, client_key) for server in ("A", "B", "C")]
@@ -235,7 +238,9 @@ async def test_thousands_of_tasks_claimed_by_workers_on_three_servers_go_to_one_
         ids.extend(r.task_id for r in answer.responses)
 
     async def all_done() -> None:
-        while len(done) < count:  # noqa: ASYNC110 - a deadline on a count the workers move
+        # Until every completion is acknowledged (stored), not merely every task assigned: the
+        # workers are stopped next, and a completion still on its way would be lost with them.
+        while len(acked) < count:  # noqa: ASYNC110 - a deadline on a count the workers move
             await asyncio.sleep(0.05)
 
     try:
