@@ -702,3 +702,37 @@ async def test_delete_finished_tasks_takes_only_finished_ones_within_its_limit(
     assert await store.read(left) == ["awaiting_input-1", "queued-1", "running-1"]
     assert await store.read(lambda tx: tx.events_after("tenant-a", "completed-1", 0, 10)) == []
     assert await store.read(lambda tx: tx.get_task("tenant-a", "other-agent")) is not None
+
+
+async def test_open_task_counts_and_pending_deliveries_are_store_wide(
+    store: Store, make_agent: MakeAgent, make_task: MakeTask, when: When
+) -> None:
+    """The figures /metrics shows per agent: queued (from the queue counts), running and
+    awaiting input, across tenants; finished tasks and delivered or dead deliveries are left out."""
+    await add_agent(store, make_agent())
+    await add_agent(store, make_agent("agent-2"))
+    await add_agent(store, make_agent("agent-3", tenant="tenant-b"))
+    statuses = [TaskStatus.QUEUED] * 3 + [TaskStatus.RUNNING, TaskStatus.AWAITING_INPUT, TaskStatus.COMPLETED]
+    for i, status in enumerate(statuses):
+        await add_task(
+            store, make_task(f"a{i}", status=status, worker_id="w" if status is not TaskStatus.QUEUED else "")
+        )
+    await add_task(store, make_task("b0", agent_id="agent-2", priority=9))
+    await add_task(
+        store, make_task("c0", agent_id="agent-3", tenant="tenant-b", status=TaskStatus.RUNNING, worker_id="w")
+    )
+    assert sorted(await store.read(lambda tx: tx.open_task_counts())) == [
+        ("tenant-a", "agent-1", "awaiting_input", 1),
+        ("tenant-a", "agent-1", "queued", 3),
+        ("tenant-a", "agent-1", "running", 1),
+        ("tenant-a", "agent-2", "queued", 1),
+        ("tenant-b", "agent-3", "running", 1),
+    ]
+
+    assert await store.read(lambda tx: tx.pending_delivery_count()) == 0
+    for i in range(3):
+        await store.write(lambda tx, i=i: tx.insert_delivery(_delivery(f"p{i}", "tenant-a", when(i))))
+    await store.write(lambda tx: tx.insert_delivery(_delivery("b", "tenant-b", when(0))))
+    dead = _delivery("dead", "tenant-b", when(0), state=DeliveryState.DEAD, next_attempt_at=None)
+    await store.write(lambda tx: tx.insert_delivery(dead))
+    assert await store.read(lambda tx: tx.pending_delivery_count()) == 4

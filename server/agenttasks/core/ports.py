@@ -127,6 +127,16 @@ class ReadTx(Protocol):
 
     def get_signing_secret(self, tenant: str) -> SigningSecret | None: ...
 
+    def open_task_counts(self) -> list[tuple[str, str, str, int]]:
+        """(tenant, agent_id, status, count) of every agent's queued, running and awaiting
+        tasks, store-wide (metrics). Reads only unfinished rows, however many finished ones
+        the store keeps."""
+        ...
+
+    def pending_delivery_count(self) -> int:
+        """Webhook deliveries still pending, store-wide (metrics)."""
+        ...
+
 
 class WriteTx(ReadTx, Protocol):
     """A read view that can also write; everything done through it commits atomically."""
@@ -195,6 +205,18 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+# Told of each committed batch of writes: when the batch began and was committed, and when each
+# of its writes was queued (time.perf_counter()).
+WriteObserver = Callable[[float, float, list[float]], None]
+
+
+@runtime_checkable
+class ObservableWrites(Protocol):
+    """A store that tells an observer (metrics) of each committed batch of writes."""
+
+    def observe_writes(self, observer: WriteObserver | None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

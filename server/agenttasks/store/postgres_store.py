@@ -24,7 +24,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from agenttasks.core.errors import StoreUnreachable
-from agenttasks.core.ports import Neighbours, ReadTx, WriteTx
+from agenttasks.core.ports import Neighbours, ReadTx, WriteObserver, WriteTx
 from agenttasks.store import postgres_news, postgres_url, shown_url
 from agenttasks.store.errors import StoreUnavailable
 from agenttasks.store.postgres_migrations import has_schema, migrate
@@ -181,6 +181,10 @@ class PostgresStore:
     def stats(self) -> WriterStats:
         """Write counters, e.g. to show that concurrent writes share commits."""
         return self._writer.stats()
+
+    def observe_writes(self, observer: WriteObserver | None) -> None:
+        """Tell `observer` of each committed batch of writes (metrics); None stops it."""
+        self._writer.observe = observer
 
     @property
     def available(self) -> bool:

@@ -77,6 +77,8 @@ _LOCK_FREE = frozenset(
         "get_meta",
         "task_deliveries",
         "get_signing_secret",
+        "open_task_counts",
+        "pending_delivery_count",
     }
 )
 
@@ -211,6 +213,14 @@ class PostgresReadTx:
     def get_signing_secret(self, tenant: str) -> SigningSecret | None:
         row = self._one("get_signing_secret", {"tenant": tenant})
         return None if row is None else _ROWS.signing_secret(row)
+
+    def open_task_counts(self) -> list[tuple[str, str, str, int]]:
+        rows = self._all("open_task_counts", {})
+        return [(row["tenant"], row["agent_id"], row["status"], int(row["n"])) for row in rows]
+
+    def pending_delivery_count(self) -> int:
+        row = self._one("pending_delivery_count", {})
+        return 0 if row is None else int(row["n"])
 
 
 class PostgresWriteTx(PostgresReadTx):

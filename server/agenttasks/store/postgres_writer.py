@@ -24,16 +24,17 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
 from agenttasks.core.model import Agent
-from agenttasks.core.ports import WriteTx
+from agenttasks.core.ports import WriteObserver, WriteTx
 from agenttasks.store.postgres_news import Announcements
 from agenttasks.store.postgres_tx import Connection, PostgresWriteTx, Q
 
@@ -57,6 +58,7 @@ class WriterStats:
 class _Job:
     fn: Callable[[WriteTx], Any]
     future: asyncio.Future[Any]
+    queued: float = field(default_factory=time.perf_counter)
 
 
 class TransactionLost(psycopg.OperationalError):
@@ -94,6 +96,8 @@ class PostgresWriter:
         self._writes = 0
         self._batches = 0
         self._commits = 0
+        # Told of every committed batch (metrics); None costs nothing.
+        self.observe: WriteObserver | None = None
 
     def stats(self) -> WriterStats:
         return WriterStats(writes=self._writes, batches=self._batches, commits=self._commits)
@@ -141,8 +145,12 @@ class PostgresWriter:
                 jobs = [self._pending.popleft() for _ in range(count)]
                 self._batches += 1
                 try:
+                    began = time.perf_counter()
                     step = loop.run_in_executor(self._thread, self._run_batch, [job.fn for job in jobs])
                     outcomes = await self._wait_for(step)
+                    if self.observe is not None:
+                        done = [job.queued for job, outcome in zip(jobs, outcomes, strict=True) if outcome is not None]
+                        self.observe(began, time.perf_counter(), done)
                 except BaseException as exc:  # no caller may wait forever, whatever went wrong
                     if isinstance(exc, Exception):
                         log.exception("PostgreSQL write batch failed")

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from agenttasks.core.ports import ReadTx, WriteTx
+from agenttasks.core.ports import ReadTx, WriteObserver, WriteTx
 from agenttasks.store.migrations import migrate
 from agenttasks.store.sqlite_tx import SqliteReadTx
 from agenttasks.store.sqlite_writer import GroupCommitWriter, WriterStats
@@ -128,6 +128,10 @@ class SqliteStore:
     def stats(self) -> WriterStats:
         """Write counters, e.g. to show that concurrent writes share commits."""
         return self._writer.stats()
+
+    def observe_writes(self, observer: WriteObserver | None) -> None:
+        """Tell `observer` of each committed batch of writes (metrics); None stops it."""
+        self._writer.observe = observer
 
     async def read(self, fn: Callable[[ReadTx], T]) -> T:
         self._check_open()

@@ -143,6 +143,12 @@ class SqliteReadTx:
         rows = self._all("get_signing_secret", {"tenant": tenant})
         return _ROWS.signing_secret(rows[0]) if rows else None
 
+    def open_task_counts(self) -> list[tuple[str, str, str, int]]:
+        return [(row[0], row[1], row[2], int(row[3])) for row in self._all("open_task_counts", {})]
+
+    def pending_delivery_count(self) -> int:
+        return int(self._one("pending_delivery_count", {})[0])
+
     def events_of_type(self, tenant: str, task_id: str, type: EventType) -> list[TaskEvent]:
         params = {"tenant": tenant, "task_id": task_id, "type": type.value}
         return [_ROWS.event(row) for row in self._all("events_of_type", params)]

@@ -25,12 +25,13 @@ import asyncio
 import collections
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from agenttasks.core.ports import WriteTx
+from agenttasks.core.ports import WriteObserver, WriteTx
 from agenttasks.store.sqlite_tx import AgentCache, SqliteWriteTx, TaskCache
 
 T = TypeVar("T")
@@ -51,6 +52,7 @@ class WriterStats:
 class _Job:
     fn: Callable[[WriteTx], Any]
     future: asyncio.Future[Any]
+    queued: float = field(default_factory=time.perf_counter)
 
 
 # One outcome per job: (future, exception or None, result).
@@ -85,6 +87,8 @@ class GroupCommitWriter:
         self._cancelled = False
         # As the store set it on the connection, restored after each lock-free BEGIN.
         self._busy_timeout_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+        # Told of every committed batch (metrics); None costs nothing.
+        self.observe: WriteObserver | None = None
 
     def stats(self) -> WriterStats:
         return WriterStats(writes=self._writes, batches=self._batches, commits=self._commits)
@@ -157,7 +161,10 @@ class GroupCommitWriter:
                 count = min(len(self._pending), self._max_batch)
                 jobs = [self._pending.popleft() for _ in range(count)]
                 try:
+                    began = time.perf_counter()
                     begun = await self._run_batch(jobs, begun)
+                    if self.observe is not None:
+                        self.observe(began, time.perf_counter(), [job.queued for job in jobs])
                     if self._cancelled:  # the batch was seen through and its callers told
                         raise asyncio.CancelledError
                 except BaseException as exc:  # no caller may wait forever, whatever went wrong

@@ -414,3 +414,18 @@ ON CONFLICT (tenant) DO UPDATE SET
     created_at = excluded.created_at,
     previous_secret = excluded.previous_secret,
     previous_until = excluded.previous_until;
+
+-- name: open_task_counts
+-- Metrics, store-wide. Queued tasks from queue_counts (its triggers keep it: no scan of a
+-- backlog however long); running and awaiting ones from the rows in flight, through the
+-- partial indexes whose predicate this repeats.
+SELECT tenant, agent_id, 'queued' AS status, sum(queued)::bigint AS n FROM queue_counts
+GROUP BY tenant, agent_id HAVING sum(queued) > 0
+UNION ALL
+SELECT tenant, agent_id, status, count(*) AS n FROM tasks
+WHERE status IN ('running', 'awaiting_input')
+GROUP BY tenant, agent_id, status;
+
+-- name: pending_delivery_count
+-- Metrics, store-wide: the backlog, through the deliveries_due partial index.
+SELECT count(*) AS n FROM webhook_deliveries WHERE state = 'pending';
