@@ -49,6 +49,8 @@ class Gate:
         self.draining = False
         # When the last call came in (time.monotonic()): a draining server waits for a quiet moment.
         self.last_call = 0.0
+        # Told of each call's end: (method, code, seconds for a unary call or None); metrics.
+        self.observe: Callable[[str, grpc.StatusCode, float | None], None] | None = None
 
     async def _principal(self, context: grpc.aio.ServicerContext[object, object], method: str) -> Principal:
         self.last_call = time.monotonic()
@@ -69,16 +71,20 @@ class Gate:
         method: str,
         handler: Callable[[Principal], Awaitable[Resp]],
     ) -> Resp:
+        began = time.perf_counter()
         try:
             async with asyncio.timeout(self._deadline):
-                return await handler(await self._principal(context, method))
+                response = await handler(await self._principal(context, method))
+            if self.observe is not None:
+                self.observe(method, grpc.StatusCode.OK, time.perf_counter() - began)
+            return response
         except TimeoutError:
             # What it had started may still finish (a queued write commits), as for a client's
             # own deadline; the client hears that it took too long.
             failure: BaseException = CallTimedOut(self._deadline or 0.0)
         except Exception as error:
             failure = error
-        await self._abort(context, method, failure)
+        await self._abort(context, method, failure, time.perf_counter() - began)
         raise AssertionError("unreachable: abort raises")
 
     async def stream(
@@ -94,18 +100,33 @@ class Gate:
             async for message in handler(principal):
                 yield message
                 sent = True
+            if self.observe is not None:
+                self.observe(method, grpc.StatusCode.OK, None)
             return
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away
+            if self.observe is not None:
+                self.observe(method, grpc.StatusCode.CANCELLED, None)
+            raise
         except Exception as error:
             failure: BaseException = error
         if sent and on_midstream_error is not None:
             log.error("stream %s failed after its first message", method, exc_info=failure)
+            if self.observe is not None:  # counted under its error, though its status is OK
+                self.observe(method, to_status(failure).code, None)
             yield on_midstream_error(failure)
             return
-        await self._abort(context, method, failure)
+        await self._abort(context, method, failure, None)
 
-    @staticmethod
-    async def _abort(context: grpc.aio.ServicerContext[object, object], method: str, error: BaseException) -> None:
+    async def _abort(
+        self,
+        context: grpc.aio.ServicerContext[object, object],
+        method: str,
+        error: BaseException,
+        seconds: float | None,
+    ) -> None:
         if not isinstance(error, DomainError):
             log.error("unexpected error in %s", method, exc_info=error)
         status = to_status(error)
+        if self.observe is not None:
+            self.observe(method, status.code, seconds)
         await context.abort(status.code, status.details, status.trailing_metadata)

@@ -266,6 +266,8 @@ class Dispatcher:
         self._rounds: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._again: set[tuple[str, str]] = set()
         self._closed = False
+        # Tasks taken back by `expire_leases` since start (metrics read it).
+        self.leases_expired = 0
         hub.listen(self._on_change)
 
     @property
@@ -600,7 +602,9 @@ class Dispatcher:
         now = self._clock()
         if not await self._store.read(lambda tx: tx.expired_leases(now, 1)):
             return 0
-        return await self._take_back(lambda tx, now: tx.expired_leases(now, SWEEP_BATCH))
+        taken = await self._take_back(lambda tx, now: tx.expired_leases(now, SWEEP_BATCH))
+        self.leases_expired += taken
+        return taken
 
     async def enforce_deadlines(self) -> int:
         """Fail tasks that ran (or awaited input) too long; the listener tells their workers."""

@@ -137,7 +137,7 @@ class Replicas:
                     # again; a read begun now sees at least that.
                     self._want(task.task_id, task.tenant, batch[task.task_id].after)
                     continue
-                self._hub.publish(task, events)
+                self._hub.publish_relayed(task, events)
 
 
 def _read(tx: ReadTx, *, batch: dict[str, _Wanted]) -> list[tuple[Task, list[TaskEvent]]]:

@@ -88,10 +88,17 @@ class EventHub:
         self._subs: dict[str, set[Subscription]] = defaultdict(set)
         self._listeners: list[Listener] = []
         self._closed = False
+        # True while a change another server committed is being published here (see
+        # `publish_relayed`): listeners that count work done here (metrics) skip it.
+        self.relaying = False
 
     def listen(self, listener: Listener) -> None:
         """Call `listener(task, events)` after every committed change. It must not block."""
         self._listeners.append(listener)
+
+    def subscription_count(self) -> int:
+        """Open subscriptions: one per WatchTask stream on this server."""
+        return sum(len(subs) for subs in self._subs.values())
 
     def watched(self, task_id: str) -> bool:
         """Whether anyone here watches the task (news of it from other servers is worth a read)."""
@@ -132,6 +139,14 @@ class EventHub:
                 listener(task, events)
             except Exception:
                 log.exception("a listener failed on task %s; the change itself is stored", task.task_id)
+
+    def publish_relayed(self, task: Task, events: list[TaskEvent]) -> None:
+        """`publish` a change another server committed and this one read back from the store."""
+        self.relaying = True
+        try:
+            self.publish(task, events)
+        finally:
+            self.relaying = False
 
     def close(self) -> None:
         """End every watch with a shutdown signal (on server drain)."""

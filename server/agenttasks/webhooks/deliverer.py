@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -113,6 +114,8 @@ class Deliverer:
         self._busy: Counter[str] = Counter()
         self._attempts: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
+        # Told of each attempt's outcome (delivered, retrying, dead, not_recorded) and seconds.
+        self.observe: Callable[[str, float], None] | None = None
 
     def wake(self) -> None:
         """Look for due deliveries now rather than at the next poll."""
@@ -187,6 +190,7 @@ class Deliverer:
             secret = await secrets.signing_secret(self._store, delivery.tenant)
             body = render_body(delivery)
             started = self._clock()
+            began = time.perf_counter()
             headers = signing.headers(delivery.delivery_id, int(started.timestamp()), body, secret.active(started))
             result = await deliver(
                 self._client,
@@ -197,7 +201,9 @@ class Deliverer:
                 timeout=self._timeout,
                 resolver=self._resolver,
             )
-            await self._record(delivery.tenant, delivery.delivery_id, result, started)
+            changed = await self._record(delivery.tenant, delivery.delivery_id, result, started)
+            if self.observe is not None:
+                self.observe(_outcome(changed), time.perf_counter() - began)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug must not kill the loop; the claim lapses and it is retried
@@ -206,7 +212,9 @@ class Deliverer:
             self._busy[delivery.tenant] -= 1
             self._wake.set()
 
-    async def _record(self, tenant: str, delivery_id: str, result: AttemptResult, started: datetime) -> None:
+    async def _record(
+        self, tenant: str, delivery_id: str, result: AttemptResult, started: datetime
+    ) -> WebhookDelivery | None:
         now = self._clock()
 
         def op(tx: WriteTx) -> WebhookDelivery | None:
@@ -241,3 +249,13 @@ class Deliverer:
                 changed.attempts,
                 changed.last_error or changed.last_status_code,
             )
+        return changed
+
+
+def _outcome(changed: WebhookDelivery | None) -> str:
+    """What an attempt came to, as the metrics name it."""
+    if changed is None:  # settled meanwhile (retried by hand, or delivered by another attempt)
+        return "not_recorded"
+    if changed.state is DeliveryState.DELIVERED:
+        return "delivered"
+    return "dead" if changed.state is DeliveryState.DEAD else "retrying"
