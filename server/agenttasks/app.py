@@ -40,6 +40,7 @@ from agenttasks.core.replicas import Replicas
 from agenttasks.core.tasks import TaskCore
 from agenttasks.core.validation import Limits
 from agenttasks.core.watch import EventHub
+from agenttasks.observe.metrics_http import MetricsEndpoint, metrics_endpoint
 from agenttasks.settings import Settings
 from agenttasks.store import StoreUnavailable, open_store
 from agenttasks.v1 import (
@@ -126,6 +127,7 @@ class Service:
         self._supervisor: Supervisor | None = None
         self._dispatcher_started = False
         self._stopped = False
+        self.metrics: MetricsEndpoint | None = None
 
     @property
     def store(self) -> Store:
@@ -225,6 +227,15 @@ class Service:
             self.port = 0
         if self.port == 0:
             raise StartupError(f"cannot listen on {s.grpc_host}:{s.grpc_port} for gRPC: address in use or unavailable")
+        if s.metrics_port:
+            self.metrics = metrics_endpoint(
+                store, self.hub, self.dispatcher, gate, self.deliverer,
+                host=s.metrics_host, port=s.metrics_port, agent_series=s.metrics_agent_series,
+            )  # fmt: skip
+            try:
+                await self.metrics.start()
+            except OSError as error:
+                raise StartupError(f"cannot listen on {s.metrics_host}:{s.metrics_port} for metrics: {error}") from None
         # Only once the port is ours: a start that fails must not use up the key it never showed.
         self.bootstrap_key = await bootstrap_admin_key(store)
         await server.start()
@@ -292,6 +303,8 @@ class Service:
             await self._server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         if self._supervisor is not None:
             await self._supervisor.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self._store is not None:
             await self._store.close()
 

@@ -103,6 +103,21 @@ class Settings(BaseSettings):
         1000, ge=0, description="Open WatchTask streams one credential may hold on one server (0: no cap)."
     )
 
+    # --- metrics (docs/operations.md) ---
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the Prometheus endpoints (/metrics, the gateway's /stats/prometheus) bind."
+    )
+    metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: off).")
+    metrics_agent_series: int = Field(
+        100,
+        ge=0,
+        description="Agents with per-agent metric series of their own (the busiest); the others are summed "
+        "under agent_id _other, so the series stay bounded however many agents there are.",
+    )
+    gateway_metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port where the REST gateway (Envoy) serves its own /stats/prometheus (0: off)."
+    )
+
     # --- client commands ---
     server: str = Field("127.0.0.1:50051", description="gRPC address the client commands call.")
     api_key: SecretStr | None = Field(None, description="API key (or JWT) the client commands send.")

@@ -162,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CIDR[,CIDR...]",
         help="networks webhooks may reach although private, e.g. 127.0.0.0/8,::1/128 for local development",
     )
+    p.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics at /metrics on this port (default 0: off)"
+    )
+    p.add_argument("--metrics-host", help="address the metrics ports bind (default 127.0.0.1)")
+    p.add_argument(
+        "--gateway-metrics-port",
+        type=int,
+        help="serve the REST gateway's (Envoy's) own statistics at /stats/prometheus on this port (default 0: off)",
+    )
     p.set_defaults(serve=True)
 
     p = _add(sub, "gateway", gateway_cmd.HELP, local=_lazy("agenttasks.cli.gateway_cmd", "run"))
@@ -344,6 +353,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "jwt_secret",
         "public_base_url",
         "webhook_allow",
+        "metrics_port",
+        "metrics_host",
+        "gateway_metrics_port",
         "server",
         "api_key",
     ):

@@ -75,6 +75,8 @@ async def run(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(f"agenttasks gRPC listening on {service.address}", flush=True)
+    if service.metrics is not None:
+        print(f"agenttasks metrics on {service.metrics.url}", flush=True)
     gateway: Gateway | None = None
     if settings.gateway:
         gateway = Gateway(settings.http_host, settings.http_port, upstreams=[(settings.grpc_host, service.port)])
