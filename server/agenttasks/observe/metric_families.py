@@ -43,14 +43,14 @@ class StoreFigures:
 
     def __init__(self, store: Store, max_age: float = STORE_FIGURES_MAX_AGE) -> None:
         self._store = store
-        self._max_age = max_age
+        self.max_age = max_age  # tests set 0 to read the store on every scrape
         self._read_at = float("-inf")
         self.open_tasks: dict[tuple[str, str, str], int] = {}  # (tenant, agent_id, status) -> n
         self.pending_deliveries = 0
         self.ok = False
 
     async def refresh(self) -> None:
-        if time.monotonic() - self._read_at < self._max_age:
+        if time.monotonic() - self._read_at < self.max_age:
             return
 
         def read(tx: ReadTx) -> tuple[list[tuple[str, str, str, int]], int]:
