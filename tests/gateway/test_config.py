@@ -314,3 +314,33 @@ def test_the_wheel_ships_the_gateway_files(tmp_path: Path) -> None:
         assert {"agenttasks/gateway/envoy.yaml", "agenttasks/gateway/rest.lua"} <= names
         shipped = yaml.safe_load(archive.read("agenttasks/gateway/envoy.yaml"))
     assert shipped == load_template()
+
+
+def test_the_stats_listener_forwards_only_get_stats_prometheus_to_admin_and_passes_envoy_validate(
+    tmp_path: Path,
+) -> None:
+    """`--gateway-metrics-port`: a listener of its own, one exact route, to the admin port."""
+    descriptor = tmp_path / "d.binpb"
+    descriptor.write_bytes(descriptor_set().SerializeToString())
+    common: dict[str, Any] = {"listen": ("127.0.0.1", 0), "upstreams": [("127.0.0.1", 50051)], "descriptor": descriptor}
+    with pytest.raises(ValueError, match="admin port"):
+        render(**common, stats=("127.0.0.1", 0))
+    config = render(**common, admin=("127.0.0.1", 19901), stats=("0.0.0.0", 0))  # noqa: S104 - a public stats port
+    static = config["static_resources"]
+    assert [found["name"] for found in static["listeners"]] == ["rest", "stats"]
+    (stats,) = [found for found in static["listeners"] if found["name"] == "stats"]
+    assert stats["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 0}  # noqa: S104
+    (host,) = stats["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]
+    (route,) = host["routes"]
+    assert route["match"]["path"] == "/stats/prometheus"
+    assert route["route"]["cluster"] == "envoy_admin"
+    admin = next(c for c in static["clusters"] if c["name"] == "envoy_admin")
+    (group,) = admin["load_assignment"]["endpoints"]
+    assert [e["endpoint"]["address"]["socket_address"] for e in group["lb_endpoints"]] == [
+        {"address": "127.0.0.1", "port_value": 19901}
+    ]
+    validate(write_config(config, tmp_path / "envoy.json"), cwd=tmp_path)
+    # Without it, neither the listener nor the admin cluster is there.
+    plain = render(**common)["static_resources"]
+    assert [c["name"] for c in plain["clusters"]] == ["agenttasks"]
+    assert "stats" not in [found["name"] for found in plain["listeners"]]

@@ -74,6 +74,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         help="native gRPC port (env AGENTTASKS_GRPC_FRONT_PORT; default 50050; 0 picks one)",
     )
+    p.add_argument(
+        "--gateway-metrics-port",
+        type=int,
+        help="serve Envoy's own statistics at /stats/prometheus on this port "
+        "(env AGENTTASKS_GATEWAY_METRICS_PORT; default 0: off)",
+    )
+    p.add_argument("--metrics-host", help="address that port binds (env AGENTTASKS_METRICS_HOST; default 127.0.0.1)")
 
 
 # Envoy's health flags (admin /clusters) in words; others are shown with spaces for underscores.
@@ -139,6 +146,7 @@ async def run_gateway(settings: Settings) -> int:
         settings.http_port,
         upstreams=upstreams,
         grpc_front=(settings.grpc_front_host, settings.grpc_front_port),
+        stats=(settings.metrics_host, settings.gateway_metrics_port) if settings.gateway_metrics_port else None,
         drain_seconds=settings.shutdown_grace_seconds,
     )
     try:
@@ -147,6 +155,8 @@ async def run_gateway(settings: Settings) -> int:
         raise CliError(str(error)) from None
     print(f"agenttasks REST listening on {gateway.url}", flush=True)
     print(f"agenttasks gRPC front listening on {gateway.grpc_front_address}", flush=True)
+    if gateway.stats_url:
+        print(f"agenttasks gateway metrics on {gateway.stats_url}", flush=True)
     print(f"agenttasks upstreams {', '.join(f'{host}:{port}' for host, port in upstreams)}", flush=True)
     log.info("Envoy admin (per-replica health and counts: /clusters) on http://%s", gateway.admin_address)
     watcher = asyncio.create_task(_watch_replicas(gateway), name="watch-replicas")

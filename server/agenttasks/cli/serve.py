@@ -79,7 +79,10 @@ async def run(settings: Settings) -> int:
         print(f"agenttasks metrics on {service.metrics.url}", flush=True)
     gateway: Gateway | None = None
     if settings.gateway:
-        gateway = Gateway(settings.http_host, settings.http_port, upstreams=[(settings.grpc_host, service.port)])
+        stats = (settings.metrics_host, settings.gateway_metrics_port) if settings.gateway_metrics_port else None
+        gateway = Gateway(
+            settings.http_host, settings.http_port, upstreams=[(settings.grpc_host, service.port)], stats=stats
+        )
         try:
             await gateway.start()
         except GatewayError as error:
@@ -89,6 +92,8 @@ async def run(settings: Settings) -> int:
         if not settings.public_base_url:  # the real address, even when the port was 0
             service.tasks.base_url = gateway.url
         print(f"agenttasks REST listening on {gateway.url}", flush=True)
+        if gateway.stats_url:
+            print(f"agenttasks gateway metrics on {gateway.stats_url}", flush=True)
     print(f"agenttasks database {shown_url(settings.db)}", flush=True)
     _show_bootstrap_key(service)
     log.debug("froze %d start-up objects out of garbage collection", freeze_startup_objects())

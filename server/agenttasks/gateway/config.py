@@ -23,7 +23,9 @@ import yaml
 
 LISTENER = "rest"
 GRPC_LISTENER = "grpc"
+STATS_LISTENER = "stats"
 CLUSTER = "agenttasks"
+ADMIN_CLUSTER = "envoy_admin"
 LUA = "envoy.filters.http.lua"
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 
@@ -133,12 +135,27 @@ def render(
     descriptor: Path,
     admin: tuple[str, int] = ("127.0.0.1", 0),
     grpc_front: tuple[str, int] | None = None,
+    stats: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
-    """envoy.yaml as a dict: REST on `listen`, native gRPC on `grpc_front` (None: no such
-    listener), round robin over `upstreams`, and this descriptor file."""
+    """envoy.yaml as a dict: REST on `listen`, native gRPC on `grpc_front` and Envoy's
+    /stats/prometheus on `stats` (None: no such listener), round robin over `upstreams`, and
+    this descriptor file. With `stats`, the admin port must be known (not 0): the stats listener
+    forwards to it."""
     config = load_template()
     config["admin"]["address"] = _socket_address(*admin)
     static = config["static_resources"]
+
+    stats_listener = _named(static["listeners"], STATS_LISTENER, "listener")
+    admin_cluster = _named(static["clusters"], ADMIN_CLUSTER, "cluster")
+    if stats is None:
+        static["listeners"].remove(stats_listener)
+        static["clusters"].remove(admin_cluster)
+    else:
+        if admin[1] == 0:
+            raise ValueError("the stats listener needs the admin port chosen beforehand, not 0")
+        stats_listener["address"] = _socket_address(ip_for(stats[0], stats[1], connect=False), stats[1])
+        endpoint = {"endpoint": {"address": _socket_address(ip_for(admin[0], admin[1], connect=True), admin[1])}}
+        admin_cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": [endpoint]}]
 
     listener = _named(static["listeners"], LISTENER, "listener")
     listener["address"] = _socket_address(ip_for(listen[0], listen[1], connect=False), listen[1])

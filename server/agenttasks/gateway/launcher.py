@@ -41,7 +41,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from agenttasks.gateway.config import CLUSTER, GRPC_LISTENER, LISTENER, GatewayError, ip_for, render, write_config
+from agenttasks.gateway.config import (
+    CLUSTER,
+    GRPC_LISTENER,
+    LISTENER,
+    STATS_LISTENER,
+    GatewayError,
+    ip_for,
+    render,
+    write_config,
+)
 from agenttasks.gateway.descriptor import write_descriptor_set
 
 log = logging.getLogger(__name__)
@@ -123,6 +132,13 @@ def _dying_with_parent(command: list[str]) -> list[str]:
     if not sys.platform.startswith("linux"):
         return command
     return [sys.executable, "-I", "-S", "-c", _EXEC_DYING_WITH_PARENT, str(os.getpid()), *command]
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 def _admin_get(address: str, path: str, method: str = "GET") -> str | None:
@@ -215,6 +231,7 @@ class Gateway:
         *,
         upstreams: Sequence[tuple[str, int]] = (),
         grpc_front: tuple[str, int] | None = None,
+        stats: tuple[str, int] | None = None,
         startup_timeout: float = STARTUP_TIMEOUT,
         drain_seconds: float = STOP_TIMEOUT,
     ) -> None:
@@ -230,6 +247,9 @@ class Gateway:
         self.grpc_front_host = grpc_front[0] if grpc_front else ""
         self.grpc_front_port = grpc_front[1] if grpc_front else 0
         self._grpc_front = grpc_front is not None
+        # Envoy's /stats/prometheus on a listener of its own (None: not served).
+        self.stats_host, self.stats_port = stats if stats else ("", 0)
+        self._stats = stats is not None
         self.startup_timeout = startup_timeout
         self.drain_seconds = drain_seconds
         self.admin_address = ""
@@ -252,6 +272,11 @@ class Gateway:
     def grpc_front_address(self) -> str:
         """HOST:PORT of the native gRPC listener; empty without one."""
         return format_address(self.grpc_front_host, self.grpc_front_port) if self._grpc_front else ""
+
+    @property
+    def stats_url(self) -> str:
+        """Where Envoy's statistics are served in Prometheus format; empty when they are not."""
+        return f"http://{format_address(self.stats_host, self.stats_port)}/stats/prometheus" if self._stats else ""
 
     @property
     def pid(self) -> int | None:
@@ -292,6 +317,8 @@ class Gateway:
             if self.grpc_front_port != 0 and self.address == self.grpc_front_address:
                 raise GatewayError(f"REST and the gRPC front cannot both listen on {self.address}")
             check_port(self.grpc_front_host, self.grpc_front_port, "the gRPC front")
+        if self._stats:
+            check_port(self.stats_host, self.stats_port, "the gateway's metrics")
         self._dir = Path(tempfile.mkdtemp(prefix="agenttasks-envoy-"))
         try:
             descriptor = write_descriptor_set(self._dir / "agenttasks.binpb")
@@ -300,6 +327,10 @@ class Gateway:
                 upstreams=self.upstreams,
                 descriptor=descriptor,
                 grpc_front=(self.grpc_front_host, self.grpc_front_port) if self._grpc_front else None,
+                # The stats listener forwards to admin, so admin's port is chosen here, not by
+                # Envoy: a free one, released just before Envoy binds it (a clash fails the start).
+                admin=("127.0.0.1", _free_loopback_port() if self._stats else 0),
+                stats=(self.stats_host, self.stats_port) if self._stats else None,
             )
             config_path = write_config(config, self._dir / "envoy.json")
             admin_file = self._dir / "admin-address"
@@ -393,12 +424,15 @@ class Gateway:
             status.get("name"): int(status["local_address"]["socket_address"]["port_value"])
             for status in json.loads(listeners or "{}").get("listener_statuses", [])
         }
-        for name in [LISTENER, GRPC_LISTENER] if self._grpc_front else [LISTENER]:
+        wanted = [LISTENER] + [GRPC_LISTENER] * self._grpc_front + [STATS_LISTENER] * self._stats
+        for name in wanted:
             if name not in ports:
                 raise GatewayError(f"REST gateway (Envoy) started without its {name!r} listener")
         self.port = ports[LISTENER]
         if self._grpc_front:
             self.grpc_front_port = ports[GRPC_LISTENER]
+        if self._stats:
+            self.stats_port = ports[STATS_LISTENER]
 
     async def stop(self, grace: float = STOP_TIMEOUT) -> None:
         """Stop Envoy (SIGTERM, then SIGKILL after `grace` seconds), remove its files. Safe twice."""
