@@ -145,8 +145,8 @@ class ServiceCollector(Collector):
             "Calls handled, by service, method and gRPC status code (REST calls arrive as gRPC calls).",
             labels=["service", "method", "code"],
         )
-        for (path, code), n in sorted(m.rpcs.items()):
-            calls.add_metric([*_split(path), code], n)
+        for (path, code), n in sorted(m.rpcs.items(), key=lambda item: (item[0][0], item[0][1].name)):
+            calls.add_metric([*_split(path), code.name], n)
         yield calls
         latency = HistogramMetricFamily(
             "agenttasks_rpc_duration_seconds",

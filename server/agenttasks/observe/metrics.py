@@ -90,7 +90,7 @@ class Metrics:
         self.run_time: dict[str, Histogram] = {
             s.value: Histogram(RUN_BUCKETS) for s in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
         }
-        self.rpcs: Counter[tuple[str, str]] = Counter()  # (method path, code name)
+        self.rpcs: Counter[tuple[str, grpc.StatusCode]] = Counter()  # (method path, code)
         self.rpc_seconds: dict[str, Histogram] = {}  # method path -> unary call latency
         self.write_seconds = Histogram(WRITE_BUCKETS)
         self.batch_seconds = Histogram(WRITE_BUCKETS)
@@ -128,7 +128,7 @@ class Metrics:
 
     def rpc(self, method: str, code: grpc.StatusCode, seconds: float | None) -> None:
         """A call through the gate ended with `code`; `seconds` for unary calls (None for streams)."""
-        self.rpcs[(method, code.name)] += 1
+        self.rpcs[(method, code)] += 1  # the code's name only when rendered: .name is not free
         if seconds is not None:
             histogram = self.rpc_seconds.get(method)
             if histogram is None:  # methods are the service's own: a bounded set
