@@ -108,7 +108,7 @@ class ServiceCollector(Collector):
             labels=["status", "reason"],
         )
         for (status, reason), n in sorted(m.finished.items()):
-            finished.add_metric([status, reason], n)
+            finished.add_metric([status.value, reason], n)
         yield finished
         requeued = CounterMetricFamily(
             "agenttasks_tasks_requeued",
@@ -135,7 +135,7 @@ class ServiceCollector(Collector):
             labels=["status"],
         )
         for status, histogram in m.run_time.items():
-            _histogram(run, [status], histogram)
+            _histogram(run, [status.value], histogram)
         yield run
 
     def _rpcs(self) -> Iterator[Metric]:
