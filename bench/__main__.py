@@ -4,6 +4,7 @@ python -m bench                 # the full run (several minutes)
 python -m bench --quick         # a few seconds per workload (CI)
 python -m bench --only submit_grpc,e2e --profile bench/results/profile
 python -m bench --db postgresql://postgres@127.0.0.1:5432/test --replicas 2   # also on PostgreSQL
+python -m bench --only metrics --tasks 5000   # what metrics cost: Submit and end to end, off vs on
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from bench.workloads.ceiling import echo
 from bench.workloads.e2e import end_to_end, end_to_end_batched, end_to_end_watched
 from bench.workloads.fanout import fan_out
 from bench.workloads.latency import latency
+from bench.workloads.metrics_overhead import metrics_overhead
 from bench.workloads.on_postgres import on_postgres
 from bench.workloads.relay import bare_relay
 from bench.workloads.stream_many import stream_many
@@ -54,6 +56,7 @@ WORKLOADS: dict[str, tuple[Workload, str]] = {
     ),
     "e2e_batch": (end_to_end_batched, "end to end, tasks submitted 100 at a time with BatchSubmit"),
     "e2e_watch": (end_to_end_watched, "end to end with one WatchTask per task (--watch)"),
+    "metrics": (metrics_overhead, "Submit and end to end with Prometheus metrics off and on, alternated"),
     "huey": (huey_peer, "peer: huey with SqliteHuey, same N tasks"),
     "a2a": (a2a_peer, "peer: A2A Python SDK with its SQLite task store, same N tasks"),
     "pgqueuer": (pgqueuer_peer, "peer: pgqueuer on the same PostgreSQL (--db), same N tasks"),

@@ -56,6 +56,8 @@ class Plan:
     """`--replicas N`: the replicas of the `*_pg_replicas` workloads (PostgreSQL only)."""
     limit_seconds: float = 600.0
     """Hard limit of one workload, setup included."""
+    overhead_rounds: int = 3
+    """metrics: rounds of Submit and end to end with metrics off and on, alternated."""
 
     def but(self, **changes: object) -> Plan:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -86,6 +88,7 @@ QUICK = Plan(
     stream_tasks=40,
     stream_seconds=3.0,
     limit_seconds=60.0,
+    overhead_rounds=1,
 )
 
 
@@ -104,6 +107,8 @@ class Context:
     """Run the workload's servers on a fresh PostgreSQL database instead of a SQLite file."""
     replicas: int = 1
     """`agenttasks serve` processes on the workload's one database (PostgreSQL only)."""
+    metrics: bool = False
+    """Run the servers with Prometheus metrics on, scraped every second (the metrics workload)."""
 
     def but(self, **changes: object) -> Context:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -46,6 +46,9 @@ TARGETS = [
     Target("end to end, BatchSubmit, vs A2A", "e2e_batch", "rate", ">=", 50.0, "a2a"),
     Target("dispatch p99 at 500 tasks/s (ms)", "latency_500", "dispatch_p99_ms", "<=", 10.0),
     Target("cancel p99 at 500 tasks/s (ms)", "latency_500", "cancel_p99_ms", "<=", 20.0),
+    # Prometheus metrics on (and scraped every second) vs off, alternated in one run (issue 16).
+    Target("Submit, metrics on vs off", "submit_grpc_metrics_on", "rate", ">=", 0.95, "submit_grpc_metrics_off"),
+    Target("end to end, metrics on vs off", "e2e_metrics_on", "rate", ">=", 0.95, "e2e_metrics_off"),
     # On PostgreSQL (--db), beside SQLite and pgqueuer in the same run (issue 14).
     Target("end to end on PostgreSQL vs SQLite", "e2e_pg", "rate", ">=", 0.7, "e2e"),
     Target("end to end on PostgreSQL vs pgqueuer", "e2e_pg", "rate", ">=", 1.0, "pgqueuer"),
@@ -261,6 +264,11 @@ def rows(outcomes: dict[str, Outcome]) -> list[list[str]]:
             table.append([o.title, _rate(o, "tasks/s"), rate_of(peer, label), *cells])
     if o := ok("e2e_watch"):
         table.append([o.title, _rate(o, "tasks/s"), rate_of("e2e", "end to end"), ratio("e2e_watch", "e2e"), "", ""])
+    for kind in ("submit_grpc", "e2e"):
+        if o := ok(f"{kind}_metrics_on"):
+            off = f"{kind}_metrics_off"
+            cells = _target_cells(outcomes, f"{kind}_metrics_on", "rate", off)
+            table.append([o.title, _rate(o, "tasks/s"), rate_of(off, "metrics off"), *cells])
     for name in ("huey", "a2a", "pgqueuer"):
         if o := ok(name):
             note = f" ({o.reason})" if o.reason else ""

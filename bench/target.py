@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,15 @@ from bench.postgres import BackendCpu, is_postgres
 from bench.procs import Proc, children
 
 STARTUP_SECONDS = 60.0
+# With metrics on, the bench scrapes /metrics this often, as a (busy) Prometheus would.
+SCRAPE_SECONDS = 1.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 def serve_command(db: Path | str, gateway: bool) -> list[str]:
@@ -60,7 +71,9 @@ class Server:
         db: str | None = None,
         key: str = "",
         agent_id: str = "",
+        metrics: bool = False,
     ) -> None:
+        """With `metrics`, the server serves /metrics and the bench scrapes it every second."""
         self.workdir = workdir
         self.gateway = gateway
         self.db = db or str(workdir / "agenttasks.db")
@@ -70,6 +83,11 @@ class Server:
         self.rest_url = ""
         self.key = key
         self.agent_id = agent_id
+        self.metrics = metrics
+        self.metrics_url = ""
+        self.scrapes = 0
+        self.scrape_errors = 0
+        self._scraper: asyncio.Task[None] | None = None
         self._apis: list[Api] = []
 
     @property
@@ -90,9 +108,14 @@ class Server:
         # The bench measures how much one server takes: one credential drives all of it.
         self.proc.env["AGENTTASKS_RATE_LIMIT_PER_SECOND"] = "0"
         self.proc.env["AGENTTASKS_MAX_WATCHES_PER_CREDENTIAL"] = "0"  # fan-out opens 10,000
+        if self.metrics:
+            self.proc.env["AGENTTASKS_METRICS_PORT"] = str(free_port())
         await self.proc.start()
         try:
             self.address = (await self.proc.wait_for_line(r"gRPC listening on (\S+)", STARTUP_SECONDS)).group(1)
+            if self.metrics:
+                self.metrics_url = (await self.proc.wait_for_line(r"metrics on (\S+)", STARTUP_SECONDS)).group(1)
+                self._scraper = asyncio.create_task(self._scrape(), name="bench-scrape")
             if self.gateway:
                 self.rest_url = (await self.proc.wait_for_line(r"REST listening on (\S+)", STARTUP_SECONDS)).group(1)
             if not self.key:
@@ -105,6 +128,21 @@ class Server:
             await self.stop()
             raise
         return self
+
+    async def _scrape(self) -> None:
+        """Read /metrics every SCRAPE_SECONDS, as Prometheus would, so its cost is measured too."""
+
+        def get() -> None:
+            with urllib.request.urlopen(self.metrics_url, timeout=10) as page:  # noqa: S310 - our own server
+                page.read()
+
+        while True:
+            try:
+                await asyncio.to_thread(get)
+                self.scrapes += 1
+            except OSError:
+                self.scrape_errors += 1
+            await asyncio.sleep(SCRAPE_SECONDS)
 
     def api(self) -> Api:
         """Stubs on a new channel (closed by `stop`)."""
@@ -124,6 +162,11 @@ class Server:
         return str(answer.agent.agent_id)
 
     async def stop(self) -> None:
+        if self._scraper is not None:
+            self._scraper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scraper
+            self._scraper = None
         for api in self._apis:
             await api.channel.close(grace=None)
         self._apis.clear()
@@ -221,10 +264,17 @@ class Cluster:
     async def start(self) -> Cluster:
         try:
             self.db = await self._stack.enter_async_context(self.ctx.database(self.workdir, self.name))
-            first = await self._stack.enter_async_context(Server(self.workdir, db=self.db))
+            first = await self._stack.enter_async_context(Server(self.workdir, db=self.db, metrics=self.ctx.metrics))
             self.servers.append(first)
             replicas = [
-                Server(self.workdir, db=self.db, name=f"agenttasks-{i}", key=first.key, agent_id=first.agent_id)
+                Server(
+                    self.workdir,
+                    db=self.db,
+                    name=f"agenttasks-{i}",
+                    key=first.key,
+                    agent_id=first.agent_id,
+                    metrics=self.ctx.metrics,
+                )
                 for i in range(1, self.ctx.replicas)
             ]
             for replica in replicas:

@@ -116,6 +116,10 @@ async def end_to_end(ctx: Context, *, watch: bool = False, batch: int = 0) -> li
                     while await _unfinished(api, agent_id):  # noqa: ASYNC110 - the server is another process
                         await asyncio.sleep(POLL_SECONDS)
         completed, last_completed = await _completions(api, agent_id)
+        scrapes = {
+            "scrapes": sum(server.scrapes for server in cluster.servers),
+            "scrape_errors": sum(server.scrape_errors for server in cluster.servers),
+        }
     if watch:
         seconds = (max(ends) - started) / 1e9 if ends else float("nan")
     else:
@@ -148,7 +152,7 @@ async def end_to_end(ctx: Context, *, watch: bool = False, batch: int = 0) -> li
             "replicas": ctx.replicas,
             **usage.metrics,
         },
-        details={**usage.details, "first_error": submitted.first_error},
+        details={**usage.details, **(scrapes if ctx.metrics else {}), "first_error": submitted.first_error},
     )
     if completed != n or submitted.errors or (watch and len(ends) != n):
         outcome.status = "failed"

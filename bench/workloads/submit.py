@@ -15,7 +15,7 @@ from bench.workloads.common import MESSAGE, closed_load, measured_loop, submit_r
 
 async def submit_grpc(ctx: Context) -> list[Outcome]:
     workdir = ctx.scratch("submit-grpc")
-    async with Server(workdir) as server:
+    async with Server(workdir, metrics=ctx.metrics) as server:
         api = server.api()
         request = submit_request(server.agent_id)
 
@@ -23,6 +23,7 @@ async def submit_grpc(ctx: Context) -> list[Outcome]:
             await api.tasks.Submit(request, metadata=api.metadata, timeout=30)
 
         result, usage = await measured_loop(ctx, call, server.pids(), profile="submit_grpc")
+        scrapes = {"scrapes": server.scrapes, "scrape_errors": server.scrape_errors} if ctx.metrics else {}
     ctx.discard(workdir)
     return [
         Outcome(
@@ -30,7 +31,7 @@ async def submit_grpc(ctx: Context) -> list[Outcome]:
             "Submit over gRPC (durable)",
             load=closed_load(ctx, "Submit over one channel"),
             metrics={**result.metrics(), **usage.metrics},
-            details={**usage.details, "first_error": result.first_error, "per_second": result.per_second},
+            details={**usage.details, **scrapes, "first_error": result.first_error, "per_second": result.per_second},
         )
     ]
 

@@ -20,6 +20,10 @@ EXPECTED = [
     "submit_rest",
     "e2e",
     "e2e_batch",
+    "submit_grpc_metrics_off",
+    "submit_grpc_metrics_on",
+    "e2e_metrics_off",
+    "e2e_metrics_on",
     "huey",
     "a2a",
     "latency_500",
@@ -38,6 +42,10 @@ HEADLINE = {
     "submit_rest": "rate",
     "e2e": "rate",
     "e2e_batch": "rate",
+    "submit_grpc_metrics_off": "rate",
+    "submit_grpc_metrics_on": "rate",
+    "e2e_metrics_off": "rate",
+    "e2e_metrics_on": "rate",
     "huey": "rate",
     "a2a": "rate",
     "latency_500": "dispatch_p99_ms",
@@ -52,7 +60,7 @@ HEADLINE = {
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(270)
 def test_quick_bench_completes_every_workload(tmp_path: Path) -> None:
     out = tmp_path / "quick.json"
     done = subprocess.run(
@@ -60,7 +68,7 @@ def test_quick_bench_completes_every_workload(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=220,
+        timeout=250,
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]

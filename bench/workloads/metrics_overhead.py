@@ -1,0 +1,52 @@
+"""What metrics cost: Submit over gRPC and end to end with Prometheus metrics off and on, side by
+side in one run (issue 16 point 4: within 5%; tracing stays off, as it is by default).
+
+Each round runs both workloads once with metrics off and once on, on fresh servers, the order
+flipped every round so that a machine getting busier or quieter over the run does not favour
+either side; the figure is the median of each side over the rounds. With metrics on the bench
+scrapes /metrics every second, much more often than Prometheus usually does, so the cost of
+rendering pages is in the figure too.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from bench.outcome import Outcome
+from bench.plan import Context
+from bench.target import SCRAPE_SECONDS
+from bench.workloads.e2e import end_to_end
+from bench.workloads.submit import submit_grpc
+
+SIDES = {False: "off", True: "on"}
+
+
+async def metrics_overhead(ctx: Context) -> list[Outcome]:
+    runs: dict[tuple[str, bool], list[Outcome]] = {}
+    rounds = ctx.plan.overhead_rounds
+    for round_ in range(rounds):
+        order = (False, True) if round_ % 2 == 0 else (True, False)
+        for kind, workload in (("submit_grpc", submit_grpc), ("e2e", end_to_end)):
+            for on in order:
+                (outcome,) = await workload(ctx.but(metrics=on))
+                runs.setdefault((kind, on), []).append(outcome)
+    titles = {"submit_grpc": "Submit over gRPC (durable)", "e2e": "End to end"}
+    outcomes = []
+    for (kind, on), found in runs.items():
+        name = f"{kind}_metrics_{SIDES[on]}"
+        rates = [o.metrics["rate"] for o in found]
+        outcome = Outcome(
+            name,
+            f"{titles[kind]}, metrics {SIDES[on]}",
+            load=f"{found[0].load}; median of {rounds} runs alternated with metrics "
+            + (f"on, /metrics scraped every {SCRAPE_SECONDS:g} s" if on else "off"),
+            metrics={"rate": round(statistics.median(rates), 1), "runs": len(rates)},
+            details={"rates": rates, "runs": [o.to_json() for o in found]},
+        )
+        failed = [o for o in found if o.status != "ok"]
+        if failed:
+            outcome.status, outcome.reason = "failed", f"{failed[0].name}: {failed[0].reason}"
+        if on and not failed and not all(o.details.get("scrapes", 0) > 0 for o in found):
+            outcome.status, outcome.reason = "failed", "metrics on, but /metrics was never scraped"
+        outcomes.append(outcome)
+    return outcomes
