@@ -91,6 +91,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rates", help="comma-separated tasks/s of the latency workload (default 500,100; quick 500)")
     parser.add_argument("--watchers", help="comma-separated watcher counts of the fan-out workload")
     parser.add_argument("--watch", action="store_true", help="also run end to end with one WatchTask per task")
+    parser.add_argument("--rounds", type=int, help="rounds of metrics off and on in the metrics workload (3; quick 1)")
     parser.add_argument(
         "--profile", type=Path, help="py-spy the server during Submit, end to end, latency and streaming, into this dir"
     )
@@ -122,6 +123,8 @@ def plan_for(args: argparse.Namespace) -> Plan:
         plan = plan.but(rates=tuple(float(r) for r in args.rates.split(",")))
     if args.watchers:
         plan = plan.but(watchers=tuple(int(w) for w in args.watchers.split(",")))
+    if args.rounds:
+        plan = plan.but(overhead_rounds=args.rounds)
     return plan.but(watch=args.watch, replicas=args.replicas)
 
 

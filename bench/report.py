@@ -268,7 +268,9 @@ def rows(outcomes: dict[str, Outcome]) -> list[list[str]]:
         if o := ok(f"{kind}_metrics_on"):
             off = f"{kind}_metrics_off"
             cells = _target_cells(outcomes, f"{kind}_metrics_on", "rate", off)
-            table.append([o.title, _rate(o, "tasks/s"), rate_of(off, "metrics off"), *cells])
+            without = ok(off)
+            off_text = f"metrics off {_rate(without, 'tasks/s')}" if without else "metrics off: not measured"
+            table.append([o.title, _rate(o, "tasks/s"), off_text, *cells])
     for name in ("huey", "a2a", "pgqueuer"):
         if o := ok(name):
             note = f" ({o.reason})" if o.reason else ""

@@ -6,6 +6,10 @@ flipped every round so that a machine getting busier or quieter over the run doe
 either side; the figure is the median of each side over the rounds. With metrics on the bench
 scrapes /metrics every second, much more often than Prometheus usually does, so the cost of
 rendering pages is in the figure too.
+
+Beside throughput, each side reports the server's CPU time per task (per Submit call for the
+Submit loop): on a shared machine throughput swings with the neighbours' load, while CPU per task
+is what metrics add to the server's own work.
 """
 
 from __future__ import annotations
@@ -35,13 +39,18 @@ async def metrics_overhead(ctx: Context) -> list[Outcome]:
     for (kind, on), found in runs.items():
         name = f"{kind}_metrics_{SIDES[on]}"
         rates = [o.metrics["rate"] for o in found]
+        cpu = [_cpu_us_per_task(o) for o in found]
         outcome = Outcome(
             name,
             f"{titles[kind]}, metrics {SIDES[on]}",
             load=f"{found[0].load}; median of {rounds} runs alternated with metrics "
             + (f"on, /metrics scraped every {SCRAPE_SECONDS:g} s" if on else "off"),
-            metrics={"rate": round(statistics.median(rates), 1), "runs": len(rates)},
-            details={"rates": rates, "runs": [o.to_json() for o in found]},
+            metrics={
+                "rate": round(statistics.median(rates), 1),
+                "server_cpu_us_per_task": round(statistics.median(cpu)),
+                "runs": len(rates),
+            },
+            details={"rates": rates, "server_cpu_us_per_task": cpu, "runs": [o.to_json() for o in found]},
         )
         failed = [o for o in found if o.status != "ok"]
         if failed:
@@ -50,3 +59,12 @@ async def metrics_overhead(ctx: Context) -> list[Outcome]:
             outcome.status, outcome.reason = "failed", "metrics on, but /metrics was never scraped"
         outcomes.append(outcome)
     return outcomes
+
+
+def _cpu_us_per_task(outcome: Outcome) -> float:
+    """Server CPU per task: measured so by end to end, derived from cores and rate for Submit."""
+    metrics = outcome.metrics
+    if "server_cpu_us_per_task" in metrics:
+        return float(metrics["server_cpu_us_per_task"])
+    rate, cores = metrics.get("rate", 0.0), metrics.get("server_cpu", float("nan"))
+    return round(cores / rate * 1e6, 1) if rate else float("nan")
