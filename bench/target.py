@@ -90,6 +90,7 @@ class Server:
         # The bench measures how much one server takes: one credential drives all of it.
         self.proc.env["AGENTTASKS_RATE_LIMIT_PER_SECOND"] = "0"
         self.proc.env["AGENTTASKS_MAX_WATCHES_PER_CREDENTIAL"] = "0"  # fan-out opens 10,000
+        self.proc.env["AGENTTASKS_MAX_QUEUED_PER_TENANT"] = "0"  # the submit workloads queue a backlog
         await self.proc.start()
         try:
             self.address = (await self.proc.wait_for_line(r"gRPC listening on (\S+)", STARTUP_SECONDS)).group(1)
