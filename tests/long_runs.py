@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 LONG = os.environ.get("AGENTTASKS_LONG_RUN") == "1"
 
 
 def short_or_long(short: int, long: int) -> int:
     return long if LONG else short
+
+
+def time_limit(short_seconds: float) -> pytest.MarkDecorator:
+    """The test's pytest-timeout: the suite's default in the short mode, hours in the long one."""
+    return pytest.mark.timeout(4 * 3600 if LONG else short_seconds)
 
 
 def report(test: str, **figures: object) -> None:

@@ -17,12 +17,12 @@ import grpc
 import pytest
 
 from agenttasks.v1 import task_service_pb2 as tpb
-from tests.long_runs import report, short_or_long
+from tests.long_runs import report, short_or_long, time_limit
 from tests.support import Api, api_for
 
 from .support import PostgresUrl, ServerProcess
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, time_limit(60)]
 
 SUBMITS = short_or_long(1000, 5000)
 ROUNDS = short_or_long(1, 50)

@@ -24,10 +24,10 @@ from agenttasks.v1 import task_service_pb2 as tpb
 from agenttasks.v1 import worker_service_pb2 as wpb
 from agenttasks.worker import TaskContext, Worker
 from tests.dispatch.raw_worker import RawWorker, reason_of, ref
-from tests.long_runs import report, short_or_long
+from tests.long_runs import report, short_or_long, time_limit
 from tests.support import api_for, make_settings
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, time_limit(60)]
 
 TASKS = short_or_long(1500, 20_000)
 # Rounds of the fault loop (kill, stall, kill, restart, kill), one after another over the backlog.
