@@ -159,6 +159,33 @@ async def test_webhook_attempts_by_outcome_and_the_backlog(service: Service, api
     assert value(samples, "agenttasks_store_webhook_deliveries_pending") == 0
 
 
+async def test_failing_webhook_endpoints_are_named_by_host(db_path: Path | str) -> None:
+    """Which webhooks are failing: pending deliveries that failed, by the host they go to."""
+    settings = make_settings(
+        db_path, metrics_port=free_port(), webhook_allow="127.0.0.1/32", webhook_retry_schedule=[3600.0]
+    )
+    async with Service(settings) as service, Receiver(lambda n: Answer(503)) as down, Receiver() as up:
+        assert service.metrics is not None and service.bootstrap_key is not None
+        service.metrics.figures.max_age = 0
+        api = api_for(service.address, service.bootstrap_key)
+        agent = await api.create_agent("hooked")
+        for url in (down.url("/a"), down.url("/b?token=secret"), up.url()):
+            answer = await api.submit(agent, "hook", callback_mode="webhook", webhook_url=url)
+            await cancel(api, agent, answer.task_id)
+
+        def tried(s: Samples) -> bool:
+            attempts = ("retrying", 2), ("delivered", 1)
+            return all(value(s, "agenttasks_webhook_attempts_total", outcome=o) == n for o, n in attempts)
+
+        samples = await scrape_until(service.metrics.url, tried)
+        await api.channel.close()
+        down_host = f"127.0.0.1:{down.port}"
+    assert value(samples, "agenttasks_webhook_attempts_total", outcome="delivered") == 1
+    failing = [(dict(labels), n) for (name, labels), n in samples.items() if name.endswith("_deliveries_failing")]
+    assert failing == [({"host": down_host}, 2)]  # no path, no query: they may hold secrets
+    assert value(samples, "agenttasks_store_webhook_deliveries_pending") == 2
+
+
 async def test_per_agent_series_beyond_the_cap_are_summed_under_other(db_path: Path | str) -> None:
     settings = make_settings(db_path, metrics_port=free_port(), metrics_agent_series=1)
     async with Service(settings) as service:

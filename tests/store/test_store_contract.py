@@ -736,3 +736,17 @@ async def test_open_task_counts_and_pending_deliveries_are_store_wide(
     dead = _delivery("dead", "tenant-b", when(0), state=DeliveryState.DEAD, next_attempt_at=None)
     await store.write(lambda tx: tx.insert_delivery(dead))
     assert await store.read(lambda tx: tx.pending_delivery_count()) == 4
+
+    # Which endpoints are failing: pending deliveries that failed at least once, by URL.
+    assert await store.read(lambda tx: tx.failing_delivery_urls(10)) == []
+    failing = {"f0": "https://a.example/hook", "f1": "https://a.example/hook", "f2": "https://b.example/x"}
+    for delivery_id, url in failing.items():
+        retried = _delivery(delivery_id, "tenant-b", when(0), url=url, attempts=1, last_status_code=500)
+        await store.write(lambda tx, d=retried: tx.insert_delivery(d))
+    given_up = _delivery("g", "tenant-b", when(0), url="https://c.example", attempts=5, state=DeliveryState.DEAD)
+    await store.write(lambda tx: tx.insert_delivery(given_up))
+    assert await store.read(lambda tx: tx.failing_delivery_urls(10)) == [
+        ("https://a.example/hook", 2),
+        ("https://b.example/x", 1),
+    ]
+    assert await store.read(lambda tx: tx.failing_delivery_urls(1)) == [("https://a.example/hook", 2)]

@@ -142,6 +142,11 @@ class ReadTx(Protocol):
         """Webhook deliveries still pending, store-wide (metrics)."""
         ...
 
+    def failing_delivery_urls(self, limit: int) -> list[tuple[str, int]]:
+        """(url, count) of pending deliveries that failed at least once, store-wide, the `limit`
+        URLs with the most first (metrics: which endpoints are failing)."""
+        ...
+
 
 class WriteTx(ReadTx, Protocol):
     """A read view that can also write; everything done through it commits atomically."""

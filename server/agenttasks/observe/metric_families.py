@@ -20,6 +20,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 
 OTHER = "_other"
 STORE_FIGURES_MAX_AGE = 1.0
+# Failing webhook endpoints: the hosts of the URLs with the most failed pending deliveries are
+# read from this many URLs, and this many hosts get a series of their own.
+FAILING_URLS_READ = 1000
+FAILING_HOST_SERIES = 10
 AgentKey = tuple[str, str]
 OPEN_STATUSES = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.AWAITING_INPUT)
 
@@ -47,23 +52,25 @@ class StoreFigures:
         self._read_at = float("-inf")
         self.open_tasks: dict[tuple[str, str, str], int] = {}  # (tenant, agent_id, status) -> n
         self.pending_deliveries = 0
+        self.failing_hosts: Counter[str] = Counter()  # host[:port] -> pending deliveries that failed
         self.ok = False
 
     async def refresh(self) -> None:
         if time.monotonic() - self._read_at < self.max_age:
             return
 
-        def read(tx: ReadTx) -> tuple[list[tuple[str, str, str, int]], int]:
-            return tx.open_task_counts(), tx.pending_delivery_count()
+        def read(tx: ReadTx) -> tuple[list[tuple[str, str, str, int]], int, list[tuple[str, int]]]:
+            return tx.open_task_counts(), tx.pending_delivery_count(), tx.failing_delivery_urls(FAILING_URLS_READ)
 
         try:
-            counts, pending = await self._store.read(read)
+            counts, pending, failing = await self._store.read(read)
         except Exception as error:  # a scrape must still answer: without these, and says so
             log.warning("metrics: cannot read store-wide figures: %s", error)
             self.ok = False
             return
         self.open_tasks = {(tenant, agent, status): n for tenant, agent, status, n in counts}
         self.pending_deliveries = pending
+        self.failing_hosts = failing_hosts(failing, FAILING_HOST_SERIES)
         self.ok = True
         self._read_at = time.monotonic()
 
@@ -192,6 +199,15 @@ class ServiceCollector(Collector):
         )
         pending.add_metric([], figures.pending_deliveries)
         yield pending
+        failing = GaugeMetricFamily(
+            "agenttasks_store_webhook_deliveries_failing",
+            "Pending webhook deliveries that failed at least once, by target host (the worst "
+            f"{FAILING_HOST_SERIES}; the rest under _other; store-wide: the same on every replica).",
+            labels=["host"],
+        )
+        for host, n in sorted(figures.failing_hosts.items()):
+            failing.add_metric([host], n)
+        yield failing
 
     def _webhooks(self) -> Iterator[Metric]:
         m = self._metrics
@@ -255,3 +271,24 @@ def _split(path: str) -> tuple[str, str]:
     """'/agenttasks.v1.TaskService/Submit' -> ('agenttasks.v1.TaskService', 'Submit')."""
     service, _, method = path.lstrip("/").partition("/")
     return service, method
+
+
+def failing_hosts(urls: list[tuple[str, int]], keep: int) -> Counter[str]:
+    """Failed pending deliveries per target host (host:port, never the path, query or user
+    info, which may carry secrets): the `keep` hosts with most, the rest summed under _other."""
+    hosts: Counter[str] = Counter()
+    for url, n in urls:
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname or OTHER
+            port = parts.port
+        except ValueError:  # not a URL this server would have accepted; counted all the same
+            host, port = OTHER, None
+        if ":" in host:  # IPv6, bracketed as in a URL
+            host = f"[{host}]"
+        hosts[f"{host}:{port}" if port else host] += n
+    ranked = sorted(hosts.items(), key=lambda item: (-item[1], item[0]))
+    kept: Counter[str] = Counter(dict(ranked[:keep]))
+    if rest := sum(n for _, n in ranked[keep:]):
+        kept[OTHER] += rest
+    return kept

@@ -80,6 +80,7 @@ _LOCK_FREE = frozenset(
         "get_signing_secret",
         "open_task_counts",
         "pending_delivery_count",
+        "failing_delivery_urls",
     }
 )
 
@@ -226,6 +227,9 @@ class PostgresReadTx:
     def pending_delivery_count(self) -> int:
         row = self._one("pending_delivery_count", {})
         return 0 if row is None else int(row["n"])
+
+    def failing_delivery_urls(self, limit: int) -> list[tuple[str, int]]:
+        return [(row["url"], int(row["n"])) for row in self._all("failing_delivery_urls", {"limit": limit})]
 
 
 class PostgresWriteTx(PostgresReadTx):

@@ -149,6 +149,9 @@ class SqliteReadTx:
     def pending_delivery_count(self) -> int:
         return int(self._one("pending_delivery_count", {})[0])
 
+    def failing_delivery_urls(self, limit: int) -> list[tuple[str, int]]:
+        return [(row[0], int(row[1])) for row in self._all("failing_delivery_urls", {"limit": limit})]
+
     def events_of_type(self, tenant: str, task_id: str, type: EventType) -> list[TaskEvent]:
         params = {"tenant": tenant, "task_id": task_id, "type": type.value}
         return [_ROWS.event(row) for row in self._all("events_of_type", params)]

@@ -309,3 +309,12 @@ GROUP BY tenant, agent_id, status;
 -- name: pending_delivery_count
 -- Metrics, store-wide: the backlog, through the deliveries_due partial index.
 SELECT count(*) FROM webhook_deliveries WHERE state = 'pending';
+
+-- name: failing_delivery_urls
+-- Metrics, store-wide: where the deliveries that already failed and wait for another attempt
+-- are going, the most first; through the deliveries_due partial index.
+SELECT url, count(*) AS n FROM webhook_deliveries
+WHERE state = 'pending' AND attempts > 0
+GROUP BY url
+ORDER BY n DESC, url
+LIMIT :limit;
