@@ -22,6 +22,7 @@ from agenttasks.auth.roles import authorize
 from agenttasks.core.errors import CallTimedOut, DomainError, RateLimited, ShuttingDown
 from agenttasks.core.model import Principal
 from agenttasks.core.rate_limit import TokenBuckets
+from agenttasks.observe import tracing
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,15 @@ class Gate:
         return principal
 
     async def unary(
+        self,
+        context: grpc.aio.ServicerContext[object, object],
+        method: str,
+        handler: Callable[[Principal], Awaitable[Resp]],
+    ) -> Resp:
+        with tracing.server_span(method, context.invocation_metadata):  # a no-op with tracing off
+            return await self._unary(context, method, handler)
+
+    async def _unary(
         self,
         context: grpc.aio.ServicerContext[object, object],
         method: str,

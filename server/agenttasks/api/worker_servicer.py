@@ -32,6 +32,7 @@ from agenttasks.core import dispatch
 from agenttasks.core.dispatch import Ack, Assign, Deliver, Dispatcher, Push, Report, Stop, TaskRef, WorkerSession
 from agenttasks.core.errors import DomainError, InvalidArgument
 from agenttasks.core.model import Principal, TaskMessage
+from agenttasks.observe import tracing
 from agenttasks.stream_batches import packed
 from agenttasks.v1 import task_pb2, worker_service_pb2_grpc
 from agenttasks.v1 import worker_service_pb2 as pb
@@ -61,6 +62,8 @@ def _push(item: Push) -> pb.ConnectResponse:
             task=convert.task(item.task),
             messages=[_message(m) for m in item.messages],
             deadline=convert.timestamp(item.task.deadline_at),
+            traceparent=item.trace[0],
+            tracestate=item.trace[1],
         )
         return pb.ConnectResponse(assign=assignment)
     if isinstance(item, Deliver):
@@ -164,6 +167,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
 
     async def _handle(self, session: WorkerSession, request: pb.ConnectRequest) -> None:
         error: BaseException | None = None
+        span = _report_span(request)
         try:
             await self._dispatch(session, request)
         except DomainError as failure:
@@ -171,12 +175,14 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         except Exception as failure:  # answered as INTERNAL; the worker's stream stays up
             log.exception("worker report failed")
             error = failure
+        span.end(error)
         if request.request_id:
             session.outbox.put_nowait(Ack(request.request_id, error))
 
     async def _handle_reports(self, session: WorkerSession, requests: list[pb.ConnectRequest]) -> None:
         """Reports of one batch in one write; each is acked with its own outcome, in order."""
         errors: list[BaseException | None] = [None] * len(requests)
+        spans = [_report_span(request) for request in requests]
         valid: list[tuple[int, Report]] = []
         for index, request in enumerate(requests):
             try:
@@ -197,6 +203,8 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                 outcomes = [failure] * len(valid)
             for (index, _), outcome in zip(valid, outcomes, strict=True):
                 errors[index] = outcome
+        for span, error in zip(spans, errors, strict=True):
+            span.end(error)
         for request, error in zip(requests, errors, strict=True):
             if request.request_id:
                 session.outbox.put_nowait(Ack(request.request_id, error))
@@ -213,6 +221,14 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
 
 
 REPORT_KINDS = frozenset({"progress", "output", "request_input", "complete", "fail"})
+
+
+def _report_span(request: pb.ConnectRequest) -> tracing.Span:
+    """The span of one report, under the worker's handling span it names (none without one)."""
+    kind = request.WhichOneof("kind")
+    if not request.traceparent or kind not in REPORT_KINDS:
+        return tracing.NO_SPAN
+    return tracing.start((request.traceparent, ""), f"agenttasks.report.{kind}", "server", {"agenttasks.report": kind})
 
 
 def _report(request: pb.ConnectRequest) -> Report:

@@ -62,6 +62,7 @@ from agenttasks.core.model import (
 from agenttasks.core.ports import Store, WriteTx, save, to_the_end
 from agenttasks.core.validation import NUL_REFUSED, utf8_size
 from agenttasks.core.watch import EventHub
+from agenttasks.observe import tracing
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ _HELD = (TaskStatus.RUNNING, TaskStatus.AWAITING_INPUT)
 class Assign:
     task: Task
     messages: list[TaskMessage]
+    # The dispatch span's W3C context (in the task's trace), for the worker to continue.
+    trace: tracing.Trace = tracing.NO_TRACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +393,15 @@ class Dispatcher:
                 session.held[task.task_id] = task.attempt
                 session.messages_sent[task.task_id] = {m.message_id for m in messages}
                 self._holder[task.task_id] = session
-                session.outbox.put_nowait(Assign(task, messages))
+                trace = (task.traceparent, task.tracestate)
+                if trace[0]:  # a traced task: its dispatch span, which the worker continues
+                    attributes: tracing.Attributes = {
+                        "agenttasks.task_id": task.task_id,
+                        "agenttasks.attempt": task.attempt,
+                        "agenttasks.worker_id": session.worker_id,
+                    }
+                    trace = tracing.record(trace, "agenttasks.dispatch", attributes, start_time=task.started_at)
+                session.outbox.put_nowait(Assign(task, messages, trace))
             # Else its worker left meanwhile: that disconnect's take-back write came after this
             # one, so it finds the task and requeues it.
 
