@@ -228,7 +228,9 @@ def _report_span(request: pb.ConnectRequest) -> tracing.Span:
     kind = request.WhichOneof("kind")
     if not request.traceparent or kind not in REPORT_KINDS:
         return tracing.NO_SPAN
-    return tracing.start((request.traceparent, ""), f"agenttasks.report.{kind}", "server", {"agenttasks.report": kind})
+    task_id: str = getattr(request, kind).task.task_id
+    attributes: tracing.Attributes = {"agenttasks.report": kind, "agenttasks.task_id": task_id}
+    return tracing.start((request.traceparent, ""), f"agenttasks.report.{kind}", "server", attributes)
 
 
 def _report(request: pb.ConnectRequest) -> Report:
