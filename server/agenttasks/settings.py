@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     max_watches_per_credential: int = Field(
         1000, ge=0, description="Open WatchTask streams one credential may hold on one server (0: no cap)."
     )
+    max_queued_per_tenant: int = Field(
+        100_000, ge=0, description="Queued tasks one tenant may have over all its agents (0: no cap)."
+    )
 
     # --- client commands ---
     server: str = Field("127.0.0.1:50051", description="gRPC address the client commands call.")

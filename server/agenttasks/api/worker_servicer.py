@@ -240,7 +240,8 @@ def _report(request: pb.ConnectRequest) -> Report:
         p = request.progress
         return _ref(p.task), dispatch.progress_change(p.percent, p.text)
     if kind == "output":
-        return _ref(request.output.task), dispatch.output_change(request.output.chunk)
+        o = request.output
+        return _ref(o.task), dispatch.output_change(o.chunk, o.offset if o.HasField("offset") else None)
     if kind == "request_input":
         return _ref(request.request_input.task), dispatch.ask_change(request.request_input.prompt)
     if kind == "complete":

@@ -205,12 +205,23 @@ def progress_change(percent: float, text: str) -> Change:
     return lambda tx, task, now: lifecycle.progress(task, Progress(percent, text), now)
 
 
-def output_change(chunk: str) -> Change:
+def output_change(chunk: str, offset: int | None = None) -> Change:
+    """Append `chunk`; with `offset` (the bytes of output the worker counts before it), a chunk
+    the task already ends with, at that offset, is acknowledged without a second copy: the
+    worker sent it again because it never heard whether the first one was stored."""
     size = utf8_size(chunk)
     if size > MAX_CHUNK_BYTES:
         raise InvalidArgument.field("output.chunk", f"must be at most {MAX_CHUNK_BYTES} bytes")
+    if offset is not None and offset < 0:
+        raise InvalidArgument.field("output.offset", "must not be negative")
 
     def append(tx: WriteTx, task: Task, now: datetime) -> lifecycle.Transition:
+        if offset is not None and offset != task.output_bytes:
+            if offset + size == task.output_bytes:
+                return task, []  # stored already: the ack of the first copy was lost
+            raise InvalidArgument.field(
+                "output.offset", f"the task's output holds {task.output_bytes} bytes, not {offset}; a chunk is missing"
+            )
         # Every GetStatus and assignment carries the output: it must stay a sane size.
         if task.output_bytes + size > MAX_OUTPUT_BYTES:
             raise InvalidArgument.field("output.chunk", f"a task keeps at most {MAX_OUTPUT_BYTES} bytes of output")

@@ -325,7 +325,15 @@ class AppendOutput(_message.Message):
 
     TASK_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
     chunk: _builtins.str
+    offset: _builtins.int
+    """Bytes (UTF-8) of this attempt's output stored before this chunk, as the worker counts them:
+    the assignment's output plus every chunk it sent before. With it, a report sent again after
+    an answer that never came (STORE_UNAVAILABLE, a lost connection) is stored once: a chunk the
+    server already has is acknowledged without being stored twice, and a gap (a chunk lost
+    before it) is refused as INVALID_ARGUMENT naming `output.offset`. Unset: appended as is.
+    """
     @_builtins.property
     def task(self) -> Global___TaskRef: ...
     def __init__(
@@ -333,12 +341,15 @@ class AppendOutput(_message.Message):
         *,
         task: Global___TaskRef | None = ...,
         chunk: _builtins.str = ...,
+        offset: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "offset", b"offset", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "chunk", b"chunk", "offset", b"offset", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__offset: _TypeAlias = _typing.Literal["offset"]  # noqa: Y015
+    _WhichOneofArgType__offset: _TypeAlias = _typing.Literal["_offset", b"_offset"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__offset) -> _WhichOneofReturnType__offset | None: ...
 
 Global___AppendOutput: _TypeAlias = AppendOutput  # noqa: Y015
 

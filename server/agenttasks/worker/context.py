@@ -98,7 +98,7 @@ class TaskContext:
         self._read = 0
         self._replies: list[ClientMessage] = []
         self._gone: LeaseLost | None = None
-        self._output = OutputStream(self._send_output)
+        self._output = OutputStream(self._send_output, len(task.output.encode()))
 
     def __repr__(self) -> str:
         return f"TaskContext(task_id={self.task_id!r}, attempt={self.attempt})"
@@ -156,12 +156,9 @@ class TaskContext:
         await self._output.drain()  # what was written before it is stored before it
         await self._reporter.report(worker_service_pb2.ConnectRequest(traceparent=self.report_trace, **kind))
 
-    async def _send_output(self, text: str) -> None:
-        await self._reporter.report(
-            worker_service_pb2.ConnectRequest(
-                traceparent=self.report_trace, output=worker_service_pb2.AppendOutput(task=self._ref, chunk=text)
-            )
-        )
+    async def _send_output(self, text: str, offset: int) -> None:
+        output = worker_service_pb2.AppendOutput(task=self._ref, chunk=text, offset=offset)
+        await self._reporter.report(worker_service_pb2.ConnectRequest(traceparent=self.report_trace, output=output))
 
     # --- called by the connection ---
 

@@ -263,6 +263,10 @@ WHERE task_id = %(task_id)s AND tenant = %(tenant)s AND type = 'output' AND sequ
 SELECT coalesce(sum(queued), 0) AS queued FROM queue_counts
 WHERE tenant = %(tenant)s AND agent_id = %(agent_id)s AND priority >= %(priority)s;
 
+-- name: queued_in_tenant
+-- The same sharded counts over every agent of the tenant: one range of the primary key.
+SELECT coalesce(sum(queued), 0) AS queued FROM queue_counts WHERE tenant = %(tenant)s;
+
 -- name: recent_run_seconds
 -- NULL (no rows) means no history.
 SELECT avg(extract(epoch FROM completed_at - started_at)) AS seconds FROM (

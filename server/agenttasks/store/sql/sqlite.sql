@@ -169,6 +169,10 @@ ORDER BY sequence;
 SELECT coalesce(sum(queued), 0) FROM queue_counts
 WHERE tenant = :tenant AND agent_id = :agent_id AND priority >= :priority;
 
+-- name: queued_in_tenant
+-- The same counts over every agent of the tenant: one index range of the primary key.
+SELECT coalesce(sum(queued), 0) FROM queue_counts WHERE tenant = :tenant;
+
 -- name: recent_run_seconds
 -- Microseconds; NULL (no rows) means no history.
 SELECT avg(completed_at - started_at) FROM (
