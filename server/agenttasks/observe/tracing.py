@@ -90,9 +90,17 @@ class _Live(Span):
 NO_SPAN = Span()
 
 
-@contextlib.contextmanager
-def _no_span() -> Iterator[Span]:
-    yield NO_SPAN
+class _NoSpan(contextlib.AbstractContextManager[Span]):
+    """A reusable block with no span: one shared instance, so tracing off allocates nothing."""
+
+    def __enter__(self) -> Span:
+        return NO_SPAN
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SPAN_BLOCK = _NoSpan()
 
 
 def enabled() -> bool:
@@ -221,7 +229,7 @@ def server_span(
     `traceparent` metadata (Envoy passes the REST header on as that). `metadata` is only called
     with tracing on."""
     if _tracer is None:
-        return _no_span()
+        return _NO_SPAN_BLOCK
     trace = NO_TRACE
     for key, value in metadata() or ():
         if isinstance(value, str) and key.lower() == TRACEPARENT:
@@ -240,7 +248,7 @@ def server_span(
 def span(name: str, attributes: Attributes | None = None) -> contextlib.AbstractContextManager[Span]:
     """A span under the current one, made current for the block (a no-op with tracing off)."""
     if _tracer is None:
-        return _no_span()
+        return _NO_SPAN_BLOCK
     return _span(name, None, "internal", attributes)
 
 
@@ -254,7 +262,7 @@ def child_of(
     if _tracer is None:
         return _passing_on(trace)
     if not trace[0]:
-        return _no_span()
+        return _NO_SPAN_BLOCK
     return _span(name, _context(trace), kind, attributes)
 
 
