@@ -26,7 +26,9 @@ from agenttasks.auth import create_api_key
 from agenttasks.core.model import Role
 from agenttasks.observe import tracing
 from agenttasks.v1 import task_service_pb2 as tpb
+from agenttasks.v1 import worker_service_pb2 as wpb
 from agenttasks.worker import ExecRunner, Worker
+from tests.dispatch.raw_worker import RawWorker, ref
 from tests.support import Api, PostgresDatabases, api_for, make_settings
 from tests.webhooks.receiver import Receiver
 
@@ -117,18 +119,23 @@ def parent_in(traceparent: str) -> tuple[str, str]:
 
 
 async def run_one_task(
-    submit_to: Api, worker_address: str, worker_key: str, agent_id: str, receiver: Receiver
+    submit_to: Api, worker_address: str, worker_key: str, agent_id: str, receiver: Receiver, *, worker_first: bool
 ) -> tuple[str, str]:
     """Submit one webhook task with the client's traceparent, let an exec runner on
     `worker_address` do it, and wait for its completed webhook; the task's result text and the
-    worker's id."""
+    worker's id. `worker_first`: the worker is connected before the Submit, which then starts the
+    task in its own write; otherwise the task is queued first and a dispatch round starts it."""
     metadata = (*submit_to.metadata, ("traceparent", TRACEPARENT), ("tracestate", TRACESTATE))
     request = tpb.SubmitRequest(
         agent_id=agent_id, message="trace me", callback_mode="webhook", webhook_url=receiver.url()
     )
-    answer = await submit_to.tasks.Submit(request, metadata=metadata)
     worker = Worker(worker_address, worker_key, agent_id, ExecRunner([sys.executable, "-c", PROGRAM]), freeze_gc=False)
+    if not worker_first:
+        answer = await submit_to.tasks.Submit(request, metadata=metadata)
     async with worker:
+        if worker_first:
+            await asyncio.wait_for(worker.wait_connected(), DEADLINE)
+            answer = await submit_to.tasks.Submit(request, metadata=metadata)
 
         async def delivered() -> None:
             async with receiver.arrived:
@@ -154,7 +161,7 @@ async def test_one_task_is_one_connected_trace_from_submit_to_webhook(
         worker_key = await create_api_key(service.store, "default", Role.WORKER)
         try:
             agent_id = await client.create_agent("traced")
-            result, _ = await run_one_task(client, service.address, worker_key, agent_id, receiver)
+            result, _ = await run_one_task(client, service.address, worker_key, agent_id, receiver, worker_first=True)
         finally:
             await client.channel.close()
         by_name = assert_connected(await finished(spans))
@@ -194,10 +201,36 @@ async def test_the_trace_continues_on_the_replica_that_dispatches_the_task(
         worker_key = await create_api_key(a.store, "default", Role.WORKER)
         try:
             agent_id = await client.create_agent("traced")
-            _, worker_id = await run_one_task(client, b.address, worker_key, agent_id, receiver)
+            _, worker_id = await run_one_task(client, b.address, worker_key, agent_id, receiver, worker_first=False)
         finally:
             await client.channel.close()
         by_name = assert_connected(await finished(spans))
     # Only B had a worker, so B dispatched (to that worker, connected to B alone).
     dispatch = by_name["agenttasks.dispatch"].attributes or {}
     assert (dispatch["agenttasks.worker_id"], dispatch["agenttasks.attempt"]) == (worker_id, 1)
+
+
+async def test_reports_without_a_traceparent_continue_the_dispatch(tmp_path: Path, spans: InMemorySpanExporter) -> None:
+    """A worker that knows nothing of traces (not the Python SDK): its reports' spans hang off
+    the dispatch span the server sent it, and the assignment carried that span's context."""
+    async with Service(make_settings(tmp_path / "raw.db")) as service:
+        client = api_for(service.address, await create_api_key(service.store, "default", Role.CLIENT))
+        worker = RawWorker(service.address, await create_api_key(service.store, "default", Role.WORKER), "", 1)
+        try:
+            worker.agent_id = await client.create_agent("raw")
+            await worker.start()
+            metadata = (*client.metadata, ("traceparent", TRACEPARENT))
+            await client.tasks.Submit(tpb.SubmitRequest(agent_id=worker.agent_id, message="m"), metadata=metadata)
+            assignment = await worker.next_assignment()
+            progress = await worker.send(progress=wpb.ReportProgress(task=ref(assignment), percent=50))
+            done = await worker.send(complete=wpb.CompleteTask(task=ref(assignment), text="ok"))
+            assert (progress.code, done.code) == (0, 0)
+        finally:
+            await worker.close()
+            await client.channel.close()
+    by_name = {s.name: s for s in trace_of(spans)}
+    dispatch = by_name["agenttasks.dispatch"].context
+    assert dispatch is not None
+    assert parent_in(assignment.traceparent) == (TRACE_ID, hex_id(dispatch.span_id, 16))
+    for name in ("agenttasks.report.progress", "agenttasks.report.complete"):
+        assert by_name[name].parent is not None and by_name[name].parent.span_id == dispatch.span_id, name

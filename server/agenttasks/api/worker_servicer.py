@@ -167,7 +167,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
 
     async def _handle(self, session: WorkerSession, request: pb.ConnectRequest) -> None:
         error: BaseException | None = None
-        span = _report_span(request)
+        span = _report_span(session, request)
         try:
             await self._dispatch(session, request)
         except DomainError as failure:
@@ -182,7 +182,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     async def _handle_reports(self, session: WorkerSession, requests: list[pb.ConnectRequest]) -> None:
         """Reports of one batch in one write; each is acked with its own outcome, in order."""
         errors: list[BaseException | None] = [None] * len(requests)
-        spans = [_report_span(request) for request in requests]
+        spans = [_report_span(session, request) for request in requests]
         valid: list[tuple[int, Report]] = []
         for index, request in enumerate(requests):
             try:
@@ -223,14 +223,16 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
 REPORT_KINDS = frozenset({"progress", "output", "request_input", "complete", "fail"})
 
 
-def _report_span(request: pb.ConnectRequest) -> tracing.Span:
-    """The span of one report, under the worker's handling span it names (none without one)."""
+def _report_span(session: WorkerSession, request: pb.ConnectRequest) -> tracing.Span:
+    """The span of one report, under the handling span the report names, or else under the
+    task's dispatch span; none for an untraced task (or with tracing off)."""
     kind = request.WhichOneof("kind")
-    if not request.traceparent or kind not in REPORT_KINDS:
+    if not tracing.enabled() or kind not in REPORT_KINDS:
         return tracing.NO_SPAN
     task_id: str = getattr(request, kind).task.task_id
+    trace = (request.traceparent, "") if request.traceparent else session.traces.get(task_id, tracing.NO_TRACE)
     attributes: tracing.Attributes = {"agenttasks.report": kind, "agenttasks.task_id": task_id}
-    return tracing.start((request.traceparent, ""), f"agenttasks.report.{kind}", "server", attributes)
+    return tracing.start(trace, f"agenttasks.report.{kind}", "server", attributes)
 
 
 def _report(request: pb.ConnectRequest) -> Report:

@@ -132,6 +132,9 @@ class WorkerSession:
         # the dispatcher twice (from this server, and read back from another's), and a worker
         # must see each message once.
         self.messages_sent: dict[str, set[str]] = {}
+        # The dispatch span's trace context of each traced task it holds: the parent of the spans
+        # of reports that carry none of their own (workers other than the Python SDK's).
+        self.traces: dict[str, tracing.Trace] = {}
         # Places taken by write functions that started tasks for this worker and have not yet
         # committed. Not in `held` until they do: news of those tasks committed before the
         # start (a Submit that queued one) may still be on its way, and must not find a holder.
@@ -412,6 +415,7 @@ class Dispatcher:
                         "agenttasks.worker_id": session.worker_id,
                     }
                     trace = tracing.record(trace, "agenttasks.dispatch", attributes, start_time=task.started_at)
+                    session.traces[task.task_id] = trace
                 session.outbox.put_nowait(Assign(task, messages, trace))
             # Else its worker left meanwhile: that disconnect's take-back write came after this
             # one, so it finds the task and requeues it.
@@ -497,6 +501,7 @@ class Dispatcher:
         if holder is not None:
             holder.held.pop(task_id, None)
             holder.messages_sent.pop(task_id, None)
+            holder.traces.pop(task_id, None)
         return holder
 
     # --- reports from the holder ---
