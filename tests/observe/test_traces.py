@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 import pytest_asyncio
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -234,3 +235,19 @@ async def test_reports_without_a_traceparent_continue_the_dispatch(tmp_path: Pat
     assert parent_in(assignment.traceparent) == (TRACE_ID, hex_id(dispatch.span_id, 16))
     for name in ("agenttasks.report.progress", "agenttasks.report.complete"):
         assert by_name[name].parent is not None and by_name[name].parent.span_id == dispatch.span_id, name
+
+
+async def test_a_refused_call_s_span_says_with_which_status(tmp_path: Path, spans: InMemorySpanExporter) -> None:
+    async with Service(make_settings(tmp_path / "refused.db")) as service:
+        client = api_for(service.address, await create_api_key(service.store, "default", Role.CLIENT))
+        try:
+            agent_id = await client.create_agent("refusing")
+            metadata = (*client.metadata, ("traceparent", TRACEPARENT))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.tasks.Submit(tpb.SubmitRequest(agent_id=agent_id, message=""), metadata=metadata)
+        finally:
+            await client.channel.close()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (submit,) = [s for s in trace_of(spans) if s.name == "agenttasks.v1.TaskService/Submit"]
+    assert submit.attributes is not None and submit.attributes["rpc.grpc.status_code"] == 3
+    assert not submit.status.is_ok

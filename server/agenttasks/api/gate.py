@@ -118,4 +118,5 @@ class Gate:
         if not isinstance(error, DomainError):
             log.error("unexpected error in %s", method, exc_info=error)
         status = to_status(error)
+        tracing.annotate({"rpc.grpc.status_code": status.code.value[0]})
         await context.abort(status.code, status.details, status.trailing_metadata)

@@ -245,6 +245,15 @@ def server_span(
     )
 
 
+def annotate(attributes: Attributes) -> None:
+    """Set attributes on the current span (e.g. the status an RPC failed with); a no-op without one."""
+    if _tracer is None:
+        return
+    from opentelemetry import trace as otel_trace
+
+    otel_trace.get_current_span().set_attributes(attributes)
+
+
 def span(name: str, attributes: Attributes | None = None) -> contextlib.AbstractContextManager[Span]:
     """A span under the current one, made current for the block (a no-op with tracing off)."""
     if _tracer is None:
