@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,43 @@ def test_asked_for_without_the_extra_it_says_so_and_runs_unchanged() -> None:
 )
 def test_which_variables_turn_tracing_on(env: dict[str, str], wanted: bool) -> None:
     assert tracing.wanted(env) is wanted
+
+
+@pytest.fixture
+def restored() -> Iterator[None]:
+    """Whatever a test turns on here is off again after it."""
+    yield
+    tracing.shutdown()
+
+
+def test_the_variables_choose_exporters_and_name_the_service(monkeypatch: pytest.MonkeyPatch, restored: None) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console,otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # never reached: no span is made
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "named-by-otel")
+    assert tracing.setup_from_env("agenttasks")
+    assert tracing.enabled()
+    assert tracing._provider is not None  # the only way to see the resource it built
+    assert tracing._provider.resource.attributes["service.name"] == "named-by-otel"
+    tracing.shutdown()
+    monkeypatch.delenv("OTEL_SERVICE_NAME")
+    assert tracing.setup_from_env("agenttasks-worker")
+    assert tracing._provider is not None
+    assert tracing._provider.resource.attributes["service.name"] == "agenttasks-worker"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OTEL_TRACES_EXPORTER": "none"},
+        {"OTEL_SDK_DISABLED": "true"},
+        {"OTEL_TRACES_EXPORTER": "zipkin"},  # nothing agenttasks can export with
+    ],
+)
+def test_the_setting_does_not_override_what_the_variables_forbid(env: dict[str, str], restored: None) -> None:
+    assert not tracing.setup_from_env("agenttasks", force=True, environ=env)
+    assert not tracing.enabled()
+
+
+def test_the_setting_alone_turns_tracing_on(restored: None) -> None:
+    assert tracing.setup_from_env("agenttasks", force=True, environ={})
+    assert tracing.enabled()

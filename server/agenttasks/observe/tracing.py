@@ -108,19 +108,31 @@ def enabled() -> bool:
     return _tracer is not None
 
 
+def _exporter_names(environ: Mapping[str, str]) -> list[str]:
+    """OTEL_TRACES_EXPORTER as a list (it may name several, comma-separated); [] when unset."""
+    return [n.strip() for n in environ.get("OTEL_TRACES_EXPORTER", "").lower().split(",") if n.strip()]
+
+
+def _vetoed(environ: Mapping[str, str]) -> bool:
+    """OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none: off, whatever else asks for traces."""
+    names = _exporter_names(environ)
+    disabled = environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    return disabled or (bool(names) and all(n == "none" for n in names))
+
+
 def wanted(environ: Mapping[str, str]) -> bool:
     """Whether the standard OpenTelemetry variables ask for traces: OTEL_TRACES_EXPORTER set to
     an exporter (not `none`), or an OTLP endpoint given; never with OTEL_SDK_DISABLED=true."""
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+    if _vetoed(environ):
         return False
-    exporter = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    if exporter:
-        return exporter != "none"
+    if _exporter_names(environ):
+        return True
     return bool(environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
 def setup_from_env(service_name: str, *, force: bool = False, environ: Mapping[str, str] | None = None) -> bool:
-    """Turn tracing on if the OTEL_* variables ask for it (or `force`, a setting); True if it is on.
+    """Turn tracing on if the OTEL_* variables ask for it (or `force`, a setting, unless they
+    forbid it); True if it is on.
 
     The exporter, its endpoint, headers and timeout, the sampler, the batch processor's delays
     and the resource come from the usual OTEL_* variables, read by the SDK itself; `service_name`
@@ -130,8 +142,10 @@ def setup_from_env(service_name: str, *, force: bool = False, environ: Mapping[s
     # OTEL_* are OpenTelemetry's own settings, which its SDK reads from the environment itself;
     # they are looked at here only to decide whether to load the SDK at all.
     env = os.environ if environ is None else environ
-    if _tracer is not None or not (force or wanted(env)):
-        return _tracer is not None
+    if _tracer is not None:
+        return True
+    if _vetoed(env) or not (force or wanted(env)):
+        return False
     try:
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
@@ -139,26 +153,33 @@ def setup_from_env(service_name: str, *, force: bool = False, environ: Mapping[s
     except ImportError:
         log.warning("%s; traces are off", INSTALL_HINT)
         return False
-    name = env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() or "otlp"
-    exporter: SpanExporter
-    if name == "console":
-        exporter = ConsoleSpanExporter()
-    else:
-        if name != "otlp":
-            log.warning("OTEL_TRACES_EXPORTER=%s is not supported here (%s); using otlp", name, "|".join(EXPORTERS))
-        try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        except ImportError:
-            log.warning("%s; traces are off", INSTALL_HINT)
-            return False
-        exporter = OTLPSpanExporter()  # OTLP/HTTP protobuf; endpoint and headers from OTEL_EXPORTER_OTLP_*
+    exporters: list[SpanExporter] = []
+    named: list[str] = []
+    for name in dict.fromkeys(_exporter_names(env) or ["otlp"]):
+        if name == "console":
+            exporters.append(ConsoleSpanExporter())
+            named.append(name)
+        elif name == "otlp":
+            try:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            except ImportError:
+                log.warning("%s; traces are off", INSTALL_HINT)
+                return False
+            exporters.append(OTLPSpanExporter())  # OTLP/HTTP protobuf, configured by OTEL_EXPORTER_OTLP_*
+            named.append(name)
+        elif name != "none":
+            log.warning("OTEL_TRACES_EXPORTER: %r is not supported here (only %s); ignored", name, ", ".join(EXPORTERS))
+    if not exporters:
+        log.warning("OTEL_TRACES_EXPORTER names no exporter agenttasks has (%s); traces are off", ", ".join(EXPORTERS))
+        return False
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: service_name}))
     provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     use(provider)
-    log.info("traces on: %s exporter, service %s", name, resource.attributes.get(SERVICE_NAME))
+    log.info("traces on: service %s, exporter %s", resource.attributes.get(SERVICE_NAME), ", ".join(named))
     return True
 
 
