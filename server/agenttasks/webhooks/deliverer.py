@@ -201,7 +201,8 @@ class Deliverer:
             headers = signing.headers(delivery.delivery_id, int(started.timestamp()), body, secret.active(started))
             # A span per attempt in the task's trace; the receiver gets its context as `traceparent`.
             trace = (delivery.snapshot.get("traceparent") or "", delivery.snapshot.get("tracestate") or "")
-            with tracing.child_of(trace, "agenttasks.webhook.deliver", "client", _attempt_attributes(delivery)) as span:
+            attributes = _attempt_attributes(delivery) if tracing.enabled() else None
+            with tracing.child_of(trace, "agenttasks.webhook.deliver", "client", attributes) as span:
                 headers.update(tracing.headers())
                 result = await deliver(
                     self._client,
