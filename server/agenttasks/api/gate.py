@@ -22,6 +22,7 @@ from agenttasks.auth.roles import authorize
 from agenttasks.core.errors import CallTimedOut, DomainError, RateLimited, ShuttingDown
 from agenttasks.core.model import Principal
 from agenttasks.core.rate_limit import TokenBuckets
+from agenttasks.observe import tracing
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,15 @@ class Gate:
         return principal
 
     async def unary(
+        self,
+        context: grpc.aio.ServicerContext[object, object],
+        method: str,
+        handler: Callable[[Principal], Awaitable[Resp]],
+    ) -> Resp:
+        with tracing.server_span(method, context.invocation_metadata):  # a no-op with tracing off
+            return await self._unary(context, method, handler)
+
+    async def _unary(
         self,
         context: grpc.aio.ServicerContext[object, object],
         method: str,
@@ -129,4 +139,5 @@ class Gate:
         status = to_status(error)
         if self.observe is not None:
             self.observe(method, status.code, seconds)
+        tracing.annotate({"rpc.grpc.status_code": status.code.value[0]})
         await context.abort(status.code, status.details, status.trailing_metadata)

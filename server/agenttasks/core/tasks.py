@@ -36,6 +36,7 @@ from agenttasks.core.model import (
 from agenttasks.core.paging import PageTokens
 from agenttasks.core.ports import ReadTx, Store, WriteTx, save, to_the_end, with_output
 from agenttasks.core.watch import EventHub, WatchItem, follow
+from agenttasks.observe import tracing
 
 if TYPE_CHECKING:
     from agenttasks.core.dispatch import Claim, Dispatcher
@@ -86,6 +87,8 @@ class _NewTask:
     spec: validation.SubmitSpec
     digest: str
     task_id: str
+    # The Submit's span context (its RPC span's), kept with the task.
+    trace: tracing.Trace = tracing.NO_TRACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +295,7 @@ class TaskCore:
                 "webhook_url": spec.webhook_url,
             }
         )
-        return _NewTask(spec, digest, new_id())
+        return _NewTask(spec, digest, new_id(), tracing.current())
 
     def _create(
         self,
@@ -323,6 +326,8 @@ class TaskCore:
             timeout_seconds=spec.timeout_override or default_timeout,
             created_at=now,
             updated_at=now,
+            traceparent=new.trace[0],
+            tracestate=new.trace[1],
         )
         task, events = lifecycle.created(task)
         ahead = tx.queued_at_or_above(tenant, agent_id, task.priority)
@@ -377,7 +382,9 @@ class TaskCore:
         def op(tx: WriteTx) -> tuple[SubmitResult, list[Changed]]:
             return self._create(tx, tenant, agent_id, new, self._agent_once(tx, tenant, agent_id), claim, now)
 
-        result: SubmitResult = await self._commit(op, claim)
+        # A span per Submit, from queueing its write to the durable commit of the group it went in.
+        with tracing.span("agenttasks.store.write", {"agenttasks.task_id": new.task_id}):
+            result: SubmitResult = await self._commit(op, claim)
         return result
 
     async def submit_batch(
@@ -415,7 +422,8 @@ class TaskCore:
                 changes += changed
             return [results[i] for i in range(len(news))], changes
 
-        results: list[SubmitResult] = await self._commit(op, claim)
+        with tracing.span("agenttasks.store.write", {"agenttasks.tasks": len(news)}):
+            results: list[SubmitResult] = await self._commit(op, claim)
         return results
 
     async def get(self, principal: Principal, agent_id: str, task_id: str) -> Task:

@@ -87,12 +87,12 @@ INSERT INTO tasks (
     task_id, tenant, agent_id, message, status, priority, metadata, callback_mode, webhook_url,
     timeout_seconds, created_at, updated_at, started_at, completed_at, progress, output_bytes, output_after, result,
     error, input_prompt, attempt, last_sequence, status_reason, worker_id, lease_expires_at,
-    deadline_at, run_seconds_left
+    deadline_at, run_seconds_left, traceparent, tracestate
 ) VALUES (
     :task_id, :tenant, :agent_id, :message, :status, :priority, :metadata, :callback_mode,
     :webhook_url, :timeout_seconds, :created_at, :updated_at, :started_at, :completed_at,
     :progress, :output_bytes, :output_after, :result, :error, :input_prompt, :attempt, :last_sequence, :status_reason,
-    :worker_id, :lease_expires_at, :deadline_at, :run_seconds_left
+    :worker_id, :lease_expires_at, :deadline_at, :run_seconds_left, :traceparent, :tracestate
 );
 
 -- name: update_task
