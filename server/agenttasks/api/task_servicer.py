@@ -12,6 +12,7 @@ from agenttasks.api.gate import Gate, call_metadata
 from agenttasks.core.errors import InvalidArgument
 from agenttasks.core.model import Principal, utcnow
 from agenttasks.core.tasks import TaskCore
+from agenttasks.observe import logs
 from agenttasks.v1 import task_service_pb2 as pb
 from agenttasks.v1 import task_service_pb2_grpc
 
@@ -36,9 +37,11 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
     async def Submit(self, request: pb.SubmitRequest, context: Ctx) -> pb.SubmitResponse:
         async def run(p: Principal) -> pb.SubmitResponse:
             item = convert.submit_input(request, idempotency_key(request.request_id, context))
-            return convert.submit_response(await self._core.submit(p, request.agent_id, item))
+            answer = await self._core.submit(p, request.agent_id, item)
+            logs.bind(task_id=answer.task_id)  # new: its access line names it
+            return convert.submit_response(answer)
 
-        return await self._gate.unary(context, _SERVICE + "Submit", run)
+        return await self._gate.unary(context, _SERVICE + "Submit", run, request)
 
     async def BatchSubmit(self, request: pb.BatchSubmitRequest, context: Ctx) -> pb.BatchSubmitResponse:
         async def run(p: Principal) -> pb.BatchSubmitResponse:
@@ -57,14 +60,14 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             results = await self._core.submit_batch(p, request.agent_id, items)
             return pb.BatchSubmitResponse(responses=[convert.submit_response(r) for r in results])
 
-        return await self._gate.unary(context, _SERVICE + "BatchSubmit", run)
+        return await self._gate.unary(context, _SERVICE + "BatchSubmit", run, request)
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Ctx) -> pb.GetStatusResponse:
         async def run(p: Principal) -> pb.GetStatusResponse:
             task, deliveries = await self._core.status(p, request.agent_id, request.task_id)
             return pb.GetStatusResponse(task=convert.task(task, deliveries))
 
-        return await self._gate.unary(context, _SERVICE + "GetStatus", run)
+        return await self._gate.unary(context, _SERVICE + "GetStatus", run, request)
 
     async def SendMessage(self, request: pb.SendMessageRequest, context: Ctx) -> pb.SendMessageResponse:
         async def run(p: Principal) -> pb.SendMessageResponse:
@@ -77,14 +80,14 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             )
             return convert.message_response(result)
 
-        return await self._gate.unary(context, _SERVICE + "SendMessage", run)
+        return await self._gate.unary(context, _SERVICE + "SendMessage", run, request)
 
     async def Cancel(self, request: pb.CancelRequest, context: Ctx) -> pb.CancelResponse:
         async def run(p: Principal) -> pb.CancelResponse:
             task = await self._core.cancel(p, request.agent_id, request.task_id)
             return pb.CancelResponse(task=convert.task(task))
 
-        return await self._gate.unary(context, _SERVICE + "Cancel", run)
+        return await self._gate.unary(context, _SERVICE + "Cancel", run, request)
 
     async def ListTasks(self, request: pb.ListTasksRequest, context: Ctx) -> pb.ListTasksResponse:
         async def run(p: Principal) -> pb.ListTasksResponse:
@@ -93,7 +96,7 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
             )
             return pb.ListTasksResponse(tasks=[convert.task(t) for t in tasks], next_page_token=token)
 
-        return await self._gate.unary(context, _SERVICE + "ListTasks", run)
+        return await self._gate.unary(context, _SERVICE + "ListTasks", run, request)
 
     async def WatchTask(self, request: pb.WatchTaskRequest, context: Ctx) -> AsyncIterator[pb.WatchTaskResponse]:
         async def run(p: Principal) -> AsyncIterator[pb.WatchTaskResponse]:
@@ -106,5 +109,5 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
                 type="end", task_id=request.task_id, reason=mapping_for(error).reason, time=convert.timestamp(utcnow())
             )
 
-        async for message in self._gate.stream(context, _SERVICE + "WatchTask", run, ended_by_error):
+        async for message in self._gate.stream(context, _SERVICE + "WatchTask", run, ended_by_error, request):
             yield message
