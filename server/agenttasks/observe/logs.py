@@ -184,6 +184,10 @@ def configure(
         old.close()
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    # httpx logs every webhook POST with its URL at INFO: the deliverer logs each outcome
+    # already, without the URL, which may carry the receiver's own token in its path or query.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     _say["json"] = log_format is LogFormat.JSON
     on = access if access is not None else log_format is LogFormat.JSON
     for logger in (access_log, envoy_access_log):
