@@ -102,10 +102,22 @@ def scrub(text: str) -> str:
 # --- formatters ------------------------------------------------------------------------------
 
 
+_second: tuple[int, str] = (0, "")
+
+
 def _utc(created: float) -> str:
-    """RFC 3339 in UTC with milliseconds, as the API's own times."""
+    """RFC 3339 in UTC with milliseconds, as the API's own times. The part up to the second is
+    kept from the last line: most lines share it with the one before."""
+    global _second  # read and replaced whole: threads racing here at worst each make it
     whole = int(created)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((created - whole) * 1000):03d}Z"
+    cached = _second
+    if cached[0] != whole:
+        cached = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{cached[1]}.{int((created - whole) * 1000):03d}Z"
+
+
+# One encoder for every line: json.dumps with options builds a new one each call.
+_encode = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
 
 
 class _CallFieldsFilter(logging.Filter):
@@ -141,7 +153,7 @@ class JsonFormatter(logging.Formatter):
             entry["error"] = scrub(record.exc_text)
         if record.stack_info:
             entry["stack"] = scrub(self.formatStack(record.stack_info))
-        return json.dumps(entry, ensure_ascii=False, default=str, separators=(",", ":"))
+        return _encode(entry)
 
 
 class TextFormatter(logging.Formatter):
@@ -290,19 +302,18 @@ class RpcLog:
             name = "OK" if kind is None or kind is StopAsyncIteration else "CANCELLED"
         else:
             name = _code_name(code)
-        access_log.info(
-            "%s %s",
-            self._method,
-            name,
-            extra={
-                "fields": {
-                    "method": self._method,
-                    "code": name,
-                    "duration_ms": round((time.perf_counter() - self._started) * 1000, 3),
-                    "peer": self._context.peer(),
-                }
-            },
+        fields = {
+            "method": self._method,
+            "code": name,
+            "duration_ms": round((time.perf_counter() - self._started) * 1000, 3),
+            "peer": self._context.peer(),
+        }
+        # Made directly rather than by `info`, which would look up the caller's file and line
+        # in the stack for every call: the logger name says where an access line comes from.
+        record = access_log.makeRecord(
+            ACCESS_LOGGER, logging.INFO, "", 0, f"{self._method} {name}", (), None, extra={"fields": fields}
         )
+        access_log.handle(record)
 
 
 def log_envoy_access(line: str) -> bool:
