@@ -27,6 +27,8 @@ from bench.postgres import BackendCpu, is_postgres
 from bench.procs import Proc, children
 
 STARTUP_SECONDS = 60.0
+SERVER_ENV: dict[str, str] = {}
+"""Settings every `serve` of the run gets, e.g. AGENTTASKS_LOG_FORMAT=json (`--log-format`)."""
 
 
 def serve_command(db: Path | str, gateway: bool) -> list[str]:
@@ -90,6 +92,7 @@ class Server:
         # The bench measures how much one server takes: one credential drives all of it.
         self.proc.env["AGENTTASKS_RATE_LIMIT_PER_SECOND"] = "0"
         self.proc.env["AGENTTASKS_MAX_WATCHES_PER_CREDENTIAL"] = "0"  # fan-out opens 10,000
+        self.proc.env.update(SERVER_ENV)
         await self.proc.start()
         try:
             self.address = (await self.proc.wait_for_line(r"gRPC listening on (\S+)", STARTUP_SECONDS)).group(1)
