@@ -24,7 +24,7 @@ from agenttasks.auth.jwt_tokens import issue_token
 from agenttasks.v1 import webhook_service_pb2 as wpb
 from agenttasks.v1 import webhook_service_pb2_grpc
 
-from .support import START_TIMEOUT, PostgresUrl, Spawned, ok, one_line, run_cli
+from .support import START_TIMEOUT, PostgresUrl, Spawned, StartServer, ok, one_line, run_cli
 
 REST_LISTENING = re.compile(r"^agenttasks REST listening on (http://\S+)$")
 GRPC_LISTENING = re.compile(r"^agenttasks gRPC listening on (\S+)$")
@@ -165,7 +165,7 @@ def test_json_logs_of_a_whole_run_parse_and_hold_no_secret(store: Path | Postgre
         "webhook secret key": webhook_secret.removeprefix("whsec_"),
     }
     for key in (admin, client_key, worker_key, bad_key):
-        secrets[f"secret of {key[:21]}"] = key.rsplit("_", 1)[1]
+        secrets[f"secret of {key[:21]}"] = key.split("_", 2)[2]
     for n, signature in enumerate(signatures):
         secrets[f"signature {n}"] = signature.split(",", 1)[1]
     secrets["webhook URL"] = url  # a receiver's URL may hold its own token: not logged either
@@ -186,3 +186,34 @@ def test_json_logs_of_a_whole_run_parse_and_hold_no_secret(store: Path | Postgre
     assert any(line["method"].endswith("/Connect") and line.get("worker_id") for line in app)  # at its end
     assert [line["message"] for line in server_lines][-1] == "stopped"
     assert any("connected to" in line["message"] for line in worker_lines)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_agenttasks_gateway_logs_json_with_an_access_line_per_rest_and_grpc_call(
+    tmp_path: Path, start_server: StartServer
+) -> None:
+    replica = start_server(tmp_path / "agenttasks.db")
+    address, key = replica.address(), replica.admin_key()
+    gateway = Spawned(
+        "gateway", "--upstream", address, "--http-port", "0", "--grpc-front-port", "0", "--log-format", "json"
+    )
+    try:
+        base = gateway.wait_for_stdout(REST_LISTENING).group(1)
+        front = gateway.wait_for_stdout(re.compile(r"^agenttasks gRPC front listening on (\S+:\d+)$")).group(1)
+        assert rest(base, "GET", "/agent/list", key, x_request_id="via-rest")[0] == 200
+        with grpc.insecure_channel(front) as channel:
+            hooks = webhook_service_pb2_grpc.WebhookServiceStub(channel)
+            metadata = [("authorization", f"Bearer {key}"), ("x-request-id", "via-grpc")]
+            hooks.GetSigningSecret(wpb.GetSigningSecretRequest(), metadata=metadata)
+        assert gateway.stop() == 0, gateway.stderr
+    finally:
+        gateway.kill()
+    lines = json_lines("gateway", gateway.stderr)
+    access = {line.get("request_id"): line for line in lines if line["logger"] == "envoy.access"}
+    assert access["via-rest"]["path"] == "/agent/list" and access["via-rest"]["status"] == 200
+    assert access["via-grpc"]["path"] == "/agenttasks.v1.WebhookService/GetSigningSecret"
+    assert access["via-grpc"]["grpc_status"] == "OK" and access["via-grpc"]["upstream"] == address
+    assert key.split("_", 2)[2] not in gateway.stderr
+    messages = [line["message"] for line in lines]  # Envoy's last access lines may follow "draining"
+    assert "draining" in messages and messages[-1] == "stopped"
