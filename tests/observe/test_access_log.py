@@ -45,6 +45,8 @@ async def test_every_rpc_gets_one_access_line_with_its_ids(
             tpb.GetStatusRequest(agent_id=agent_id, task_id="01a23cc4-0000-7000-8000-000000000000"),
             metadata=api.metadata,
         )
+    message = tpb.SendMessageRequest(agent_id=agent_id, task_id=submitted.task_id, message="more")
+    await api.tasks.SendMessage(message, metadata=(*api.metadata, ("idempotency-key", "idem-2")))
     await api.tasks.Cancel(tpb.CancelRequest(agent_id=agent_id, task_id=submitted.task_id), metadata=api.metadata)
     watch = tpb.WatchTaskRequest(agent_id=agent_id, task_id=submitted.task_id)
     events = [message async for message in api.tasks.WatchTask(watch, metadata=api.metadata)]
@@ -66,6 +68,8 @@ async def test_every_rpc_gets_one_access_line_with_its_ids(
     (missing,) = access(lines, "/GetStatus")
     assert missing["code"] == "NOT_FOUND" and missing["credential"] == key_id
     assert "request_id" not in missing and "trace_id" not in missing  # none sent: none inherited
+    (sent,) = access(lines, "/SendMessage")
+    assert sent["code"] == "OK" and sent["idempotency_key"] == "idem-2"
     (cancel,) = access(lines, "/Cancel")
     assert cancel["code"] == "OK" and cancel["task_id"] == submitted.task_id
     (watched,) = access(lines, "/WatchTask")

@@ -259,7 +259,8 @@ class RpcLog:
 
     `request`: the call's request message; its `agent_id`, `task_id` and `request_id` (the
     idempotency key) fields are logged when it has them. From the metadata: `x-request-id`
-    (set by Envoy on every REST call, or by the client) and the trace id of `traceparent`.
+    (set by Envoy on every REST call, or by the client), the trace id of `traceparent`, and the
+    `idempotency-key` header.
     """
 
     __slots__ = ("_context", "_method", "_previous", "_request", "_started")
@@ -280,6 +281,8 @@ class RpcLog:
                 fields["request_id"] = value[:_MAX_ID_CHARS]
             elif key == "traceparent" and isinstance(value, str) and (trace := trace_id_from(value)):
                 fields["trace_id"] = trace
+            elif key == "idempotency-key" and isinstance(value, str):  # what the request_id field also sets
+                fields["idempotency_key"] = value[:_MAX_ID_CHARS]
         if (request := self._request) is not None:
             for name, key in (("agent_id", "agent_id"), ("task_id", "task_id"), ("request_id", "idempotency_key")):
                 if given := getattr(request, name, None):
