@@ -20,6 +20,7 @@ This module does not import grpc, so the core may `bind` fields too.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import logging
@@ -41,18 +42,6 @@ class LogFormat(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
 
-
-CALL_FIELDS: Final = (
-    "tenant",
-    "credential",
-    "agent_id",
-    "task_id",
-    "worker_id",
-    "request_id",
-    "idempotency_key",
-    "trace_id",
-)
-"""The per-call fields, in the order lines show them."""
 
 _NONE: Mapping[str, str] = MappingProxyType({})
 _fields: ContextVar[Mapping[str, str]] = ContextVar("agenttasks_log_fields", default=_NONE)
@@ -299,12 +288,14 @@ class RpcLog:
 
     def _write(self, kind: type[BaseException] | None) -> None:
         code = self._context.code()
-        if code is None:
-            # Not aborted: a return is OK; being cancelled (the client went, its deadline
-            # passed) or closed mid-stream is CANCELLED.
-            name = "OK" if kind is None or kind is StopAsyncIteration else "CANCELLED"
-        else:
+        if code is not None:  # aborted with a status (the gate's errors), or set by the handler
             name = _code_name(code)
+        elif kind is None:
+            name = "OK"
+        elif issubclass(kind, (asyncio.CancelledError, GeneratorExit)):
+            name = "CANCELLED"  # the client went or its deadline passed; a stream was closed
+        else:
+            name = "UNKNOWN"  # escaped the gate, which should not happen
         fields = {
             "method": self._method,
             "code": name,
