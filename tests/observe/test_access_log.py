@@ -10,10 +10,14 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agenttasks.app import Service
 from agenttasks.auth import create_api_key
 from agenttasks.core.model import Role
+from agenttasks.observe import tracing
 from agenttasks.v1 import agent_service_pb2 as apb
 from agenttasks.v1 import task_service_pb2 as tpb
 from tests.observe.support import Lines
@@ -94,3 +98,22 @@ async def test_a_stream_the_client_leaves_is_logged_as_cancelled(
             break
         await asyncio.sleep(0.01)
     assert [line["code"] for line in watched] == ["CANCELLED"]
+
+
+async def test_with_tracing_on_a_call_logs_the_trace_id_of_its_span(
+    client: Api, agent_id: str, json_lines: Lines
+) -> None:
+    """No traceparent sent: the Submit's span starts a trace, and its lines name that trace."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use(provider)
+    try:
+        submitted = await client.submit(agent_id)
+    finally:
+        tracing.use(None)
+        provider.shutdown()
+    (span,) = [s for s in exporter.get_finished_spans() if s.name.endswith("/Submit")]
+    assert span.context is not None
+    (line,) = access(json_lines(), "/Submit")
+    assert line["task_id"] == submitted.task_id and line["trace_id"] == format(span.context.trace_id, "032x")

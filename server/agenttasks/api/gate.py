@@ -23,7 +23,7 @@ from agenttasks.auth.roles import authorize
 from agenttasks.core.errors import CallTimedOut, DomainError, RateLimited, ShuttingDown
 from agenttasks.core.model import Principal
 from agenttasks.core.rate_limit import TokenBuckets
-from agenttasks.observe import logs
+from agenttasks.observe import logs, tracing
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ class Gate:
         request: object = None,
     ) -> Resp:
         """`request`: the call's request message, whose ids (agent, task) its log lines carry."""
-        with logs.RpcLog(context, method, request):  # and its access line
+        # The span (a no-op with tracing off) first, so the call's log lines carry its trace id.
+        with tracing.server_span(method, context.invocation_metadata), logs.RpcLog(context, method, request):
             return await self._unary(context, method, handler)
 
     async def _unary(
@@ -136,4 +137,5 @@ class Gate:
         if not isinstance(error, DomainError):
             log.error("unexpected error in %s", method, exc_info=error)
         status = to_status(error)
+        tracing.annotate({"rpc.grpc.status_code": status.code.value[0]})
         await context.abort(status.code, status.details, status.trailing_metadata)

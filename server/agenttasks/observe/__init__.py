@@ -1,2 +1,2 @@
-"""What the service tells its operators about itself while it runs: logs (logs.py), and beside
-them metrics and traces, each in its own module so that a deployment pays only for what it uses."""
+"""Observability: traces, metrics and logs, each optional and each in a module of its own, so
+that a server which turns none of them on pays nothing for them."""

@@ -32,6 +32,8 @@ from contextvars import ContextVar
 from types import MappingProxyType, TracebackType
 from typing import IO, Any, Final, Protocol
 
+from agenttasks.observe import tracing
+
 ACCESS_LOGGER: Final = "agenttasks.access"
 ENVOY_ACCESS_LOGGER: Final = "envoy.access"
 access_log = logging.getLogger(ACCESS_LOGGER)
@@ -249,7 +251,8 @@ class RpcLog:
     `request`: the call's request message; its `agent_id`, `task_id` and `request_id` (the
     idempotency key) fields are logged when it has them. From the metadata: `x-request-id`
     (set by Envoy on every REST call, or by the client), the trace id of `traceparent`, and the
-    `idempotency-key` header.
+    `idempotency-key` header. With tracing on, the trace id is that of the call's span, which the
+    gate opens first (it continues `traceparent`, or starts a trace).
     """
 
     __slots__ = ("_context", "_method", "_previous", "_request", "_started")
@@ -272,6 +275,8 @@ class RpcLog:
                 fields["trace_id"] = trace
             elif key == "idempotency-key" and isinstance(value, str):  # what the request_id field also sets
                 fields["idempotency_key"] = value[:_MAX_ID_CHARS]
+        if tracing.enabled() and (trace := trace_id_from(tracing.current()[0])):
+            fields["trace_id"] = trace  # the call's span: its own trace, or the one it continues
         if (request := self._request) is not None:
             for name, key in (("agent_id", "agent_id"), ("task_id", "task_id"), ("request_id", "idempotency_key")):
                 if given := getattr(request, name, None):
