@@ -436,6 +436,17 @@ async def test_a_path_that_is_not_utf8_is_400_not_500(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+async def test_headers_grpc_cannot_carry_are_dropped_not_a_500(rest: httpx.AsyncClient, agent: str) -> None:
+    """HTTP allows header names like `h~|` and values with bytes past ASCII; gRPC metadata does not,
+    and the server's gRPC library failed the whole call on them (INTERNAL, 500). The gateway drops
+    them; the call is served, its credential (a legal header) still counts."""
+    odd: list[tuple[str, bytes]] = [("h~|", b"1"), ("x-note", "café".encode()), ("x-tab", b"a\tb")]
+    for name, value in odd:
+        response = await rest.get(f"/agent/{agent}", headers={name: value})
+        assert response.status_code == 200, (name, response.text)
+        assert response.json()["agent_id"] == agent
+
+
 async def test_big_headers_are_served_up_to_the_gateways_limit_and_431_past_it(
     rest: httpx.AsyncClient,
 ) -> None:
