@@ -32,6 +32,7 @@ from bench.profiling import summarise
 from bench.workloads.ceiling import echo
 from bench.workloads.e2e import end_to_end, end_to_end_batched, end_to_end_watched
 from bench.workloads.fanout import fan_out
+from bench.workloads.isolation import isolation
 from bench.workloads.latency import latency
 from bench.workloads.on_postgres import on_postgres
 from bench.workloads.relay import bare_relay
@@ -58,6 +59,7 @@ WORKLOADS: dict[str, tuple[Workload, str]] = {
     "a2a": (a2a_peer, "peer: A2A Python SDK with its SQLite task store, same N tasks"),
     "pgqueuer": (pgqueuer_peer, "peer: pgqueuer on the same PostgreSQL (--db), same N tasks"),
     "latency": (latency, "dispatch and cancel latency at each of --rates tasks/s"),
+    "isolation": (isolation, "a quiet tenant's unary p99, alone and while another tenant floods (default limits)"),
     "latency_pg": (on_postgres(latency), "dispatch and cancel latency on PostgreSQL (--db)"),
     "latency_pg_replicas": (
         on_postgres(latency, replicas=True),

@@ -54,6 +54,12 @@ class Plan:
     """Also run end to end with one WatchTask per task."""
     replicas: int = 1
     """`--replicas N`: the replicas of the `*_pg_replicas` workloads (PostgreSQL only)."""
+    isolation_seconds: float = 10.0
+    """isolation: measured seconds of the quiet tenant's calls, alone and beside the flood."""
+    isolation_rate: float = 100.0
+    """isolation: the quiet tenant's calls per second."""
+    isolation_watches: int = 3000
+    """isolation: open WatchTask streams of the flooding tenant."""
     limit_seconds: float = 600.0
     """Hard limit of one workload, setup included."""
 
@@ -85,6 +91,8 @@ QUICK = Plan(
     stream_window=250,
     stream_tasks=40,
     stream_seconds=3.0,
+    isolation_seconds=2.0,
+    isolation_watches=300,
     limit_seconds=60.0,
 )
 

@@ -60,9 +60,12 @@ class Server:
         db: str | None = None,
         key: str = "",
         agent_id: str = "",
+        limits: bool = False,
     ) -> None:
         self.workdir = workdir
         self.gateway = gateway
+        # With the server's default limits (rate, watch streams, queued tasks), not without them.
+        self.limits = limits
         self.db = db or str(workdir / "agenttasks.db")
         # A clean environment: no AGENTTASKS_* of the person running the bench leaks in.
         self.proc = Proc(name, serve_command(self.db, gateway), workdir, cwd=workdir)
@@ -87,9 +90,11 @@ class Server:
 
     async def start(self) -> Server:
         self.proc.env = {k: v for k, v in self.proc.env.items() if not k.startswith("AGENTTASKS_")}
-        # The bench measures how much one server takes: one credential drives all of it.
-        self.proc.env["AGENTTASKS_RATE_LIMIT_PER_SECOND"] = "0"
-        self.proc.env["AGENTTASKS_MAX_WATCHES_PER_CREDENTIAL"] = "0"  # fan-out opens 10,000
+        if not self.limits:
+            # The bench measures how much one server takes: one credential drives all of it.
+            self.proc.env["AGENTTASKS_RATE_LIMIT_PER_SECOND"] = "0"
+            self.proc.env["AGENTTASKS_MAX_WATCHES_PER_CREDENTIAL"] = "0"  # fan-out opens 10,000
+            self.proc.env["AGENTTASKS_MAX_QUEUED_PER_TENANT"] = "0"  # the submit workloads queue a backlog
         await self.proc.start()
         try:
             self.address = (await self.proc.wait_for_line(r"gRPC listening on (\S+)", STARTUP_SECONDS)).group(1)
@@ -106,14 +111,14 @@ class Server:
             raise
         return self
 
-    def api(self) -> Api:
-        """Stubs on a new channel (closed by `stop`)."""
+    def api(self, key: str | None = None) -> Api:
+        """Stubs on a new channel (closed by `stop`), sending `key` (default the admin key)."""
         channel = loadgen.channel(self.address)
         api = Api(
             channel,
             task_service_pb2_grpc.TaskServiceStub(channel),
             agent_service_pb2_grpc.AgentServiceStub(channel),
-            (("authorization", f"Bearer {self.key}"),),
+            (("authorization", f"Bearer {key or self.key}"),),
         )
         self._apis.append(api)
         return api

@@ -163,6 +163,7 @@ class Service:
             max_metadata_depth=s.max_metadata_depth,
             max_timeout_seconds=s.max_timeout_seconds,
             max_watches_per_credential=s.max_watches_per_credential,
+            max_queued_per_tenant=s.max_queued_per_tenant,
         )
         allow = ssrf.parse_allow(s.webhook_allow)
         self.tasks = TaskCore(

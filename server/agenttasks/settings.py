@@ -51,6 +51,13 @@ class Settings(BaseSettings):
         50050, ge=0, le=65535, description="Native gRPC port of `agenttasks gateway` (0 picks a free one)."
     )
 
+    # --- observability (docs/operations.md) ---
+    tracing: bool = Field(
+        False,
+        description="Send traces even when no OTEL_* variable asks for them (OTLP/HTTP, configured by the OTEL_* "
+        "variables); needs the otel extra.",
+    )
+
     # --- workers ---
     lease_seconds: float = Field(
         30.0, gt=0, description="A worker silent this long loses its tasks (they are requeued)."
@@ -101,6 +108,9 @@ class Settings(BaseSettings):
     )
     max_watches_per_credential: int = Field(
         1000, ge=0, description="Open WatchTask streams one credential may hold on one server (0: no cap)."
+    )
+    max_queued_per_tenant: int = Field(
+        100_000, ge=0, description="Queued tasks one tenant may have over all its agents (0: no cap)."
     )
 
     # --- client commands ---

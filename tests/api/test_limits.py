@@ -115,3 +115,55 @@ async def test_a_call_past_the_servers_deadline_is_deadline_exceeded(db_path: Pa
         finally:
             await api.channel.close()
     assert error_info(caught.value)[:2] == (grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED")
+
+
+async def submit_refusal(api: Api, agent_id: str) -> tuple[grpc.StatusCode, str, list[str]] | None:
+    try:
+        await api.submit(agent_id)
+    except grpc.aio.AioRpcError as error:
+        return error_info(error)
+    return None
+
+
+@pytest.mark.asyncio
+async def test_a_tenant_at_its_queued_cap_is_refused_until_a_task_leaves_the_queue(db_path: Path) -> None:
+    """The cap counts every agent of the tenant; other tenants, and a replayed request_id, are
+    untouched; a batch over the cap writes nothing; a cancel makes room again."""
+    async with Service(make_settings(db_path, max_queued_per_tenant=5)) as service:
+        api = api_for(service.address, await create_api_key(service.store, "default", Role.CLIENT))
+        other = api_for(service.address, await create_api_key(service.store, "other", Role.CLIENT))
+        try:
+            first, second = await api.create_agent(), await api.create_agent()
+            kept = await api.submit(first, request_id="kept-1")
+            ids = [kept.task_id] + [(await api.submit(a)).task_id for a in (first, first, second, second)]
+            assert await submit_refusal(api, second) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_QUEUED", [])
+            batch = tpb.BatchSubmitRequest(
+                agent_id=first, requests=[tpb.SubmitRequest(agent_id=first, message=m) for m in "ab"]
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await api.tasks.BatchSubmit(batch, metadata=api.metadata)
+            assert error_info(caught.value)[1] == "TOO_MANY_QUEUED"
+            listed = [
+                task.task_id
+                for agent_id in (first, second)
+                for task in (
+                    await api.tasks.ListTasks(tpb.ListTasksRequest(agent_id=agent_id), metadata=api.metadata)
+                ).tasks
+            ]
+            assert sorted(listed) == sorted(ids)  # nothing of the refused calls
+            assert (await api.submit(first, request_id="kept-1")).task_id == kept.task_id  # a replay is answered
+
+            other_agent = await other.create_agent()
+            assert [await submit_refusal(other, other_agent) for _ in range(5)] == [None] * 5  # its own cap
+
+            await api.tasks.Cancel(tpb.CancelRequest(agent_id=second, task_id=ids[-1]), metadata=api.metadata)
+            for _ in range(200):  # a count at the cap is re-read after QUEUED_RECHECK_SECONDS
+                if (refusal := await submit_refusal(api, second)) is None:
+                    break
+                assert refusal[1] == "TOO_MANY_QUEUED"
+                await asyncio.sleep(0.02)
+            assert refusal is None
+            assert await submit_refusal(api, first) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_QUEUED", [])
+        finally:
+            await api.channel.close()
+            await other.channel.close()

@@ -395,6 +395,36 @@ async def test_every_transition_is_a_watched_event_with_increasing_sequence(
     assert (task.output, task.progress.percent) == ("line 1\nline 2\n", 30)
 
 
+async def test_output_sent_again_at_its_offset_is_stored_once_and_a_gap_is_refused(
+    client: Api, agent_id: str, workers: StartWorker
+) -> None:
+    """A worker that never heard back about a chunk sends it again at the same offset: it is
+    acknowledged and stored once (watchers see it once). A chunk past a gap is refused, naming
+    `output.offset`; a report without an offset appends as before."""
+    task_id = (await client.submit(agent_id)).task_id
+    worker = await workers(agent_id)
+    a = await worker.next_assignment()
+
+    def output(chunk: str, offset: int | None) -> wpb.AppendOutput:
+        return wpb.AppendOutput(task=ref(a), chunk=chunk, offset=offset)
+
+    acks = [
+        await worker.send(output=output("héllo ", 0)),
+        await worker.send(output=output("héllo ", 0)),  # again: its answer was "lost"
+        await worker.send(output=output("world", 7)),  # "héllo " is 7 bytes of UTF-8
+        await worker.send(output=output("world", 7)),
+    ]
+    assert [ack.code for ack in acks] == [0, 0, 0, 0]
+    gap = await worker.send(output=output("!", 20))
+    assert gap.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "output.offset" in gap.message
+    assert (await worker.send(output=wpb.AppendOutput(task=ref(a), chunk="!"))).code == 0  # no offset
+    await complete(worker, a)
+    assert (await status(client, task_id)).task.output == "héllo world!"
+    replay = tpb.WatchTaskRequest(agent_id=agent_id, task_id=task_id, after_sequence=1)  # every event after created
+    outputs = [e.output async for e in client.tasks.WatchTask(replay, metadata=client.metadata) if e.type == "output"]
+    assert outputs == ["héllo ", "world", "!"]
+
+
 async def test_drain_ends_worker_streams_and_gives_their_tasks_back(
     service: Service, client: Api, agent_id: str, workers: StartWorker
 ) -> None:

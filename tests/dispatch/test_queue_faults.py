@@ -24,12 +24,15 @@ from agenttasks.v1 import task_service_pb2 as tpb
 from agenttasks.v1 import worker_service_pb2 as wpb
 from agenttasks.worker import TaskContext, Worker
 from tests.dispatch.raw_worker import RawWorker, reason_of, ref
+from tests.long_runs import report, short_or_long, time_limit
 from tests.support import api_for, make_settings
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, time_limit(60)]
 
-TASKS = 1500
-WAIT = 120.0
+TASKS = short_or_long(1500, 20_000)
+# Rounds of the fault loop (kill, stall, kill, restart, kill), one after another over the backlog.
+FAULT_ROUNDS = short_or_long(1, 15)
+WAIT = short_or_long(120, 1200)
 
 
 def free_port() -> int:
@@ -94,16 +97,17 @@ async def test_no_task_is_lost_or_completed_twice_through_worker_kills_a_stall_a
             left = await service.store.read(lambda tx: tx.unfinished_tasks("default", agent_id, None))
             return len(ids) - len(left)
 
-        await asyncio.sleep(0.3)
-        await kill_one()
-        await stall_one()
-        await kill_one()
-        # The server restarts on the same port and store; the workers reconnect by themselves.
-        await admin.channel.close()
-        await service.stop(grace=1)
-        service = await Service(settings).__aenter__()
-        admin = api_for(address, admin_key)
-        await kill_one()
+        for _ in range(FAULT_ROUNDS):
+            await asyncio.sleep(0.3)
+            await kill_one()
+            await stall_one()
+            await kill_one()
+            # The server restarts on the same port and store; the workers reconnect by themselves.
+            await admin.channel.close()
+            await service.stop(grace=1)
+            service = await Service(settings).__aenter__()
+            admin = api_for(address, admin_key)
+            await kill_one()
 
         async def all_done() -> None:
             while await count_done() < len(ids):  # noqa: ASYNC110 - a deadline on the workers' progress
@@ -125,10 +129,12 @@ async def test_no_task_is_lost_or_completed_twice_through_worker_kills_a_stall_a
 
     lost = [t for t in ids if tasks[t] is None or tasks[t].status.value != "completed"]
     assert lost == []
+    requeued = 0
     for task_id in ids:
         finished = [e for e in events[task_id] if e.type is EventType.STATUS and e.status.value == "completed"]
         completed[task_id] = len(finished)
         requeues = [e for e in events[task_id] if e.data.get("reason") == "LEASE_LOST"]
+        requeued += len(requeues)
         starts = [e for e in events[task_id] if e.type is EventType.STATUS and e.status.value == "running"]
         # Each run after the first follows a lease taken back (a worker killed, frozen, or cut off
         # by the restart): one start per attempt, one LEASE_LOST requeue between two attempts.
@@ -137,3 +143,14 @@ async def test_no_task_is_lost_or_completed_twice_through_worker_kills_a_stall_a
     assert set(completed.values()) == {1}  # none completed twice
     assert set(runs) <= ids  # nothing ran that nobody submitted
     assert sum(1 for n in runs.values() if n > 1) > 0, "the faults made some tasks run again"
+    report(
+        "queue_faults",
+        store="sqlite" if isinstance(db_path, Path) else "postgresql",
+        tasks=len(ids),
+        fault_rounds=FAULT_ROUNDS,
+        lost=len(lost),
+        unexpected=len(set(runs) - ids),
+        completed_twice=sum(1 for n in completed.values() if n > 1),
+        ran_again=sum(1 for n in runs.values() if n > 1),
+        lease_lost_requeues=requeued,
+    )

@@ -21,7 +21,8 @@ import psycopg
 import pytest
 import pytest_asyncio
 
-from agenttasks.core.model import Agent, AgentStatus, Task, TaskStatus
+from agenttasks.core.errors import AgentNotFound, TaskNotFound
+from agenttasks.core.model import Agent, AgentStatus, EventType, Task, TaskEvent, TaskStatus
 from agenttasks.core.ports import ReadTx, WriteTx
 from agenttasks.store import StoreUnavailable, open_store, postgres_url, shown_url, sqlite_path
 from agenttasks.store.migrations import Migration, load_migrations
@@ -441,6 +442,47 @@ async def test_a_pipelined_statement_that_fails_fails_its_own_function_only(
     names = ["kept-1", "kept-2", "undone", "also-undone", "undone-too"]
     found = await pg_store.read(lambda tx: [tx.get_meta(name) for name in names])
     assert found == ["1", "1", None, None, None]
+
+
+@pytest.mark.asyncio
+async def test_a_row_whose_agent_or_task_was_deleted_meanwhile_is_not_found_not_an_integrity_error(
+    pg_store: PostgresStore, url: str, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    """Another server deletes an agent between this server's unlocked read of it and the INSERT
+    of its new task: the foreign key refuses the INSERT, and the caller hears AGENT_NOT_FOUND
+    (an event for a task deleted with it: TASK_NOT_FOUND), not an internal error."""
+    agent = make_agent()
+    await pg_store.write(lambda tx: tx.insert_agent(agent))
+    task = make_task("doomed")
+    read = threading.Event()
+    deleted = threading.Event()
+
+    def submit_after_the_delete(tx: WriteTx) -> Task:
+        assert tx.get_agent(agent.tenant, agent.agent_id) is not None  # as Submit reads it: no lock
+        read.set()
+        deleted.wait(10)
+        return tx.insert_task(task)
+
+    def delete_elsewhere() -> None:
+        read.wait(10)
+        with connect(url) as other:  # another server's connection
+            other.execute("DELETE FROM agents WHERE agent_id = %s", (agent.agent_id,))
+        deleted.set()
+
+    deleter = threading.Thread(target=delete_elsewhere)
+    deleter.start()
+    with pytest.raises(AgentNotFound) as caught:
+        await pg_store.write(submit_after_the_delete)
+    deleter.join()
+    assert agent.agent_id in str(caught.value)
+
+    await pg_store.write(lambda tx: tx.insert_agent(agent))
+    stored = await pg_store.write(lambda tx: tx.insert_task(make_task("kept")))
+    with connect(url) as other:
+        other.execute("DELETE FROM tasks WHERE task_id = %s", (stored.task_id,))
+    event = TaskEvent(stored.tenant, stored.task_id, 99, EventType.STATUS, stored.status, stored.created_at)
+    with pytest.raises(TaskNotFound):
+        await pg_store.write(lambda tx: tx.append_event(event))
 
 
 @pytest.mark.asyncio

@@ -138,6 +138,8 @@ async def test_task_round_trips_every_field(
         lease_expires_at=when(30),
         deadline_at=when(86400),
         run_seconds_left=12.5,
+        traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        tracestate="vendor=opaque,other=1",
     )
     inserted = await add_task(store, task)
     assert inserted.seq > 0

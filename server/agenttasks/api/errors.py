@@ -31,6 +31,7 @@ from agenttasks.core.errors import (
     StoreUnreachable,
     TaskFinished,
     TaskNotFound,
+    TooManyQueued,
     TooManyWatches,
     Unauthenticated,
 )
@@ -60,6 +61,7 @@ ERROR_TABLE: dict[type[DomainError], ErrorMapping] = {
     StoreUnreachable: ErrorMapping(grpc.StatusCode.UNAVAILABLE, 503, "STORE_UNAVAILABLE"),
     RateLimited: ErrorMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "RATE_LIMITED"),
     TooManyWatches: ErrorMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "TOO_MANY_WATCHES"),
+    TooManyQueued: ErrorMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "TOO_MANY_QUEUED"),
     CallTimedOut: ErrorMapping(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "DEADLINE_EXCEEDED"),
 }
 

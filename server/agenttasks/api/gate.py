@@ -22,6 +22,7 @@ from agenttasks.auth.roles import authorize
 from agenttasks.core.errors import CallTimedOut, DomainError, RateLimited, ShuttingDown
 from agenttasks.core.model import Principal
 from agenttasks.core.rate_limit import TokenBuckets
+from agenttasks.observe import tracing
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,15 @@ class Gate:
         method: str,
         handler: Callable[[Principal], Awaitable[Resp]],
     ) -> Resp:
+        with tracing.server_span(method, context.invocation_metadata):  # a no-op with tracing off
+            return await self._unary(context, method, handler)
+
+    async def _unary(
+        self,
+        context: grpc.aio.ServicerContext[object, object],
+        method: str,
+        handler: Callable[[Principal], Awaitable[Resp]],
+    ) -> Resp:
         try:
             async with asyncio.timeout(self._deadline):
                 return await handler(await self._principal(context, method))
@@ -108,4 +118,5 @@ class Gate:
         if not isinstance(error, DomainError):
             log.error("unexpected error in %s", method, exc_info=error)
         status = to_status(error)
+        tracing.annotate({"rpc.grpc.status_code": status.code.value[0]})
         await context.abort(status.code, status.details, status.trailing_metadata)

@@ -32,6 +32,7 @@ from agenttasks.core import dispatch
 from agenttasks.core.dispatch import Ack, Assign, Deliver, Dispatcher, Push, Report, Stop, TaskRef, WorkerSession
 from agenttasks.core.errors import DomainError, InvalidArgument
 from agenttasks.core.model import Principal, TaskMessage
+from agenttasks.observe import tracing
 from agenttasks.stream_batches import packed
 from agenttasks.v1 import task_pb2, worker_service_pb2_grpc
 from agenttasks.v1 import worker_service_pb2 as pb
@@ -61,6 +62,8 @@ def _push(item: Push) -> pb.ConnectResponse:
             task=convert.task(item.task),
             messages=[_message(m) for m in item.messages],
             deadline=convert.timestamp(item.task.deadline_at),
+            traceparent=item.trace[0],
+            tracestate=item.trace[1],
         )
         return pb.ConnectResponse(assign=assignment)
     if isinstance(item, Deliver):
@@ -164,6 +167,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
 
     async def _handle(self, session: WorkerSession, request: pb.ConnectRequest) -> None:
         error: BaseException | None = None
+        span = _report_span(session, request)
         try:
             await self._dispatch(session, request)
         except DomainError as failure:
@@ -171,12 +175,14 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         except Exception as failure:  # answered as INTERNAL; the worker's stream stays up
             log.exception("worker report failed")
             error = failure
+        span.end(error)
         if request.request_id:
             session.outbox.put_nowait(Ack(request.request_id, error))
 
     async def _handle_reports(self, session: WorkerSession, requests: list[pb.ConnectRequest]) -> None:
         """Reports of one batch in one write; each is acked with its own outcome, in order."""
         errors: list[BaseException | None] = [None] * len(requests)
+        spans = [_report_span(session, request) for request in requests]
         valid: list[tuple[int, Report]] = []
         for index, request in enumerate(requests):
             try:
@@ -197,6 +203,8 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                 outcomes = [failure] * len(valid)
             for (index, _), outcome in zip(valid, outcomes, strict=True):
                 errors[index] = outcome
+        for span, error in zip(spans, errors, strict=True):
+            span.end(error)
         for request, error in zip(requests, errors, strict=True):
             if request.request_id:
                 session.outbox.put_nowait(Ack(request.request_id, error))
@@ -215,6 +223,18 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
 REPORT_KINDS = frozenset({"progress", "output", "request_input", "complete", "fail"})
 
 
+def _report_span(session: WorkerSession, request: pb.ConnectRequest) -> tracing.Span:
+    """The span of one report, under the handling span the report names, or else under the
+    task's dispatch span; none for an untraced task (or with tracing off)."""
+    kind = request.WhichOneof("kind")
+    if not tracing.enabled() or kind not in REPORT_KINDS:
+        return tracing.NO_SPAN
+    task_id: str = getattr(request, kind).task.task_id
+    trace = (request.traceparent, "") if request.traceparent else session.traces.get(task_id, tracing.NO_TRACE)
+    attributes: tracing.Attributes = {"agenttasks.report": kind, "agenttasks.task_id": task_id}
+    return tracing.start(trace, f"agenttasks.report.{kind}", "server", attributes)
+
+
 def _report(request: pb.ConnectRequest) -> Report:
     """The task a report is about and the change it makes; InvalidArgument if its fields are bad."""
     kind = request.WhichOneof("kind")
@@ -222,7 +242,8 @@ def _report(request: pb.ConnectRequest) -> Report:
         p = request.progress
         return _ref(p.task), dispatch.progress_change(p.percent, p.text)
     if kind == "output":
-        return _ref(request.output.task), dispatch.output_change(request.output.chunk)
+        o = request.output
+        return _ref(o.task), dispatch.output_change(o.chunk, o.offset if o.HasField("offset") else None)
     if kind == "request_input":
         return _ref(request.request_input.task), dispatch.ask_change(request.request_input.prompt)
     if kind == "complete":

@@ -15,6 +15,7 @@ from agenttasks.app import Service, StartupError
 from agenttasks.cli.client import CliError
 from agenttasks.gateway import Gateway, GatewayError, check_port, envoy_binary
 from agenttasks.heap import freeze_startup_objects
+from agenttasks.observe import tracing
 from agenttasks.settings import Settings
 from agenttasks.store import shown_url
 
@@ -114,4 +115,8 @@ async def run(settings: Settings) -> int:
 
 def serve(settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(run(settings))
+    tracing.setup_from_env("agenttasks", force=settings.tracing)
+    try:
+        return asyncio.run(run(settings))
+    finally:
+        tracing.shutdown()  # exports the spans still buffered

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from agenttasks.cli.client import CliError
 from agenttasks.core.dispatch import MAX_CAPACITY
+from agenttasks.observe import tracing
 from agenttasks.settings import Settings
 
 if TYPE_CHECKING:
@@ -115,10 +116,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         capacity=args.capacity,
         name=args.name,
     )
+    tracing.setup_from_env("agenttasks-worker", force=settings.tracing)
     try:
         asyncio.run(_serve(worker))
     except ConnectRefused as refused:
         raise CliError(f"the server refused the worker: {refused}") from None
+    finally:
+        tracing.shutdown()  # exports the spans still buffered
     print("agenttasks worker: stopped", file=sys.stderr)
     return 0
 

@@ -62,6 +62,7 @@ from agenttasks.core.model import (
 from agenttasks.core.ports import Store, WriteTx, save, to_the_end
 from agenttasks.core.validation import NUL_REFUSED, utf8_size
 from agenttasks.core.watch import EventHub
+from agenttasks.observe import tracing
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ _HELD = (TaskStatus.RUNNING, TaskStatus.AWAITING_INPUT)
 class Assign:
     task: Task
     messages: list[TaskMessage]
+    # The dispatch span's W3C context (in the task's trace), for the worker to continue.
+    trace: tracing.Trace = tracing.NO_TRACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,9 @@ class WorkerSession:
         # the dispatcher twice (from this server, and read back from another's), and a worker
         # must see each message once.
         self.messages_sent: dict[str, set[str]] = {}
+        # The dispatch span's trace context of each traced task it holds: the parent of the spans
+        # of reports that carry none of their own (workers other than the Python SDK's).
+        self.traces: dict[str, tracing.Trace] = {}
         # Places taken by write functions that started tasks for this worker and have not yet
         # committed. Not in `held` until they do: news of those tasks committed before the
         # start (a Submit that queued one) may still be on its way, and must not find a holder.
@@ -202,12 +208,23 @@ def progress_change(percent: float, text: str) -> Change:
     return lambda tx, task, now: lifecycle.progress(task, Progress(percent, text), now)
 
 
-def output_change(chunk: str) -> Change:
+def output_change(chunk: str, offset: int | None = None) -> Change:
+    """Append `chunk`; with `offset` (the bytes of output the worker counts before it), a chunk
+    the task already ends with, at that offset, is acknowledged without a second copy: the
+    worker sent it again because it never heard whether the first one was stored."""
     size = utf8_size(chunk)
     if size > MAX_CHUNK_BYTES:
         raise InvalidArgument.field("output.chunk", f"must be at most {MAX_CHUNK_BYTES} bytes")
+    if offset is not None and offset < 0:
+        raise InvalidArgument.field("output.offset", "must not be negative")
 
     def append(tx: WriteTx, task: Task, now: datetime) -> lifecycle.Transition:
+        if offset is not None and offset != task.output_bytes:
+            if offset + size == task.output_bytes:
+                return task, []  # stored already: the ack of the first copy was lost
+            raise InvalidArgument.field(
+                "output.offset", f"the task's output holds {task.output_bytes} bytes, not {offset}; a chunk is missing"
+            )
         # Every GetStatus and assignment carries the output: it must stay a sane size.
         if task.output_bytes + size > MAX_OUTPUT_BYTES:
             raise InvalidArgument.field("output.chunk", f"a task keeps at most {MAX_OUTPUT_BYTES} bytes of output")
@@ -390,7 +407,16 @@ class Dispatcher:
                 session.held[task.task_id] = task.attempt
                 session.messages_sent[task.task_id] = {m.message_id for m in messages}
                 self._holder[task.task_id] = session
-                session.outbox.put_nowait(Assign(task, messages))
+                trace = (task.traceparent, task.tracestate)
+                if trace[0]:  # a traced task: its dispatch span, which the worker continues
+                    attributes: tracing.Attributes = {
+                        "agenttasks.task_id": task.task_id,
+                        "agenttasks.attempt": task.attempt,
+                        "agenttasks.worker_id": session.worker_id,
+                    }
+                    trace = tracing.record(trace, "agenttasks.dispatch", attributes, start_time=task.started_at)
+                    session.traces[task.task_id] = trace
+                session.outbox.put_nowait(Assign(task, messages, trace))
             # Else its worker left meanwhile: that disconnect's take-back write came after this
             # one, so it finds the task and requeues it.
 
@@ -475,6 +501,7 @@ class Dispatcher:
         if holder is not None:
             holder.held.pop(task_id, None)
             holder.messages_sent.pop(task_id, None)
+            holder.traces.pop(task_id, None)
         return holder
 
     # --- reports from the holder ---

@@ -164,6 +164,16 @@ class TooManyWatches(DomainError):
         )
 
 
+class TooManyQueued(DomainError):
+    """The tenant already has as many queued tasks as the server allows one tenant."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"this tenant already has {limit} queued tasks; wait for some to start, or cancel some",
+            metadata={"limit": str(limit)},
+        )
+
+
 class RateLimited(DomainError):
     """The credential made more calls than its rate allows; retry after `retry_after` seconds."""
 

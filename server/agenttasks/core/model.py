@@ -148,6 +148,10 @@ class Task:
     deadline_at: datetime | None = None
     # Running time left when the task began awaiting input (that time does not count).
     run_seconds_left: float | None = None
+    # The W3C trace context of the Submit's span (observe.tracing), set once at the Submit, so
+    # that the task's dispatch, handling, reports and webhooks join its trace on any replica.
+    traceparent: str = ""
+    tracestate: str = ""
 
 
 _TASK_FIELDS = tuple(f.name for f in fields(Task))

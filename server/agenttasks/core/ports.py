@@ -98,6 +98,11 @@ class ReadTx(Protocol):
         Its cost must not grow with the backlog: it runs in every Submit."""
         ...
 
+    def queued_in_tenant(self, tenant: str) -> int:
+        """How many tasks the tenant has queued, over all its agents, for the cap on queued
+        tasks. Its cost grows with the tenant's agents, not with its backlog."""
+        ...
+
     def recent_run_seconds(self, tenant: str, agent_id: str, limit: int) -> float | None:
         """Mean running time of the agent's last `limit` completed tasks, None without history."""
         ...

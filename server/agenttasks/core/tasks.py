@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from agenttasks.core import idempotency, lifecycle, validation
 from agenttasks.core.agents import find_agent
-from agenttasks.core.errors import AgentUnavailable, InvalidArgument, TaskNotFound, TooManyWatches, Why
+from agenttasks.core.errors import (
+    AgentUnavailable,
+    InvalidArgument,
+    TaskNotFound,
+    TooManyQueued,
+    TooManyWatches,
+    Why,
+)
 
 # ANY_AGENT: the AIP-159 wildcard, a task addressed without knowing its agent. MAX_BATCH: one
 # write holds a whole BatchSubmit, and other writes wait behind it.
@@ -40,6 +47,7 @@ from agenttasks.core.model import (
 from agenttasks.core.paging import PageTokens
 from agenttasks.core.ports import ReadTx, Store, WriteTx, save, to_the_end, with_output
 from agenttasks.core.watch import EventHub, WatchItem, follow
+from agenttasks.observe import tracing
 
 if TYPE_CHECKING:
     from agenttasks.core.dispatch import Claim, Dispatcher
@@ -49,6 +57,13 @@ DEFAULT_RUN_SECONDS = 60.0
 RUN_HISTORY = 50
 # Recent run times change slowly; reading them on every Submit cost a query each time.
 RUN_ESTIMATE_TTL_SECONDS = 5.0
+# The cap on queued tasks per tenant counts from the store at most this often; in between, a
+# server adds the tasks it queued itself. Tasks started in between still count, so the estimate
+# only errs high, and an estimate at the cap is counted again before a Submit is refused.
+QUEUED_RECOUNT_SECONDS = 1.0
+# How stale a count at or over the cap may be when it refuses a Submit: a tenant flooding past its
+# cap costs the store one count per this interval, not one per refused call.
+QUEUED_RECHECK_SECONDS = 0.05
 EVENT_PAGE = 500
 # A page of ListTasks holds tasks of at most about this many bytes, whatever its page_size: a
 # task may carry 1 MiB of output and 1 MiB of result, and gRPC clients refuse messages over
@@ -79,6 +94,8 @@ class _NewTask:
     spec: validation.SubmitSpec
     digest: str
     task_id: str
+    # The Submit's span context (its RPC span's), kept with the task.
+    trace: tracing.Trace = tracing.NO_TRACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +207,8 @@ class TaskCore:
         # Why a webhook_url must be refused at once (a literal private address...), or None.
         self._check_webhook_url = check_webhook_url
         self._run_estimates: dict[tuple[str, str], tuple[float, float]] = {}
+        # Per tenant: [when counted (time.monotonic()), queued tasks then plus those queued since].
+        self._queued: dict[str, list[float]] = {}
         # Open watch streams per credential (subject), for Limits.max_watches_per_credential.
         self._watching: Counter[str] = Counter()
         # Set once the dispatcher exists: a Submit then starts its task at once for a worker
@@ -218,6 +237,27 @@ class TaskCore:
                 self._run_estimates.clear()
             cached = self._run_estimates[key] = (now + RUN_ESTIMATE_TTL_SECONDS, value)
         return cached[1]
+
+    def _take_queue_place(self, tx: WriteTx, tenant: str) -> None:
+        """Count one more queued task for the tenant, or refuse it at Limits.max_queued_per_tenant.
+        Called from write functions. Across replicas the count is the store's, so the cap holds
+        for the whole service, give or take what other servers queued in the last recount."""
+        cap = self._limits.max_queued_per_tenant
+        if cap <= 0:
+            return
+        now = time.monotonic()
+        entry = self._queued.get(tenant)
+        if (
+            entry is None
+            or now - entry[0] > QUEUED_RECOUNT_SECONDS
+            or (entry[1] >= cap and now - entry[0] > QUEUED_RECHECK_SECONDS)
+        ):
+            if len(self._queued) > 10_000:  # bounded: forget everything rather than grow
+                self._queued.clear()
+            entry = self._queued[tenant] = [now, float(tx.queued_in_tenant(tenant))]
+        if entry[1] >= cap:
+            raise TooManyQueued(cap)
+        entry[1] += 1
 
     def _urls(self, agent_id: str, task_id: str) -> tuple[str, str]:
         base = f"{self._base_url}/agent/{agent_id}/task/{task_id}"
@@ -262,7 +302,7 @@ class TaskCore:
                 "webhook_url": spec.webhook_url,
             }
         )
-        return _NewTask(spec, digest, new_id())
+        return _NewTask(spec, digest, new_id(), tracing.current())
 
     def _create(
         self,
@@ -279,6 +319,7 @@ class TaskCore:
         spec = new.spec
         if (stored := idempotency.replay(tx, tenant, "submit", spec.request_id, new.digest)) is not None:
             return SubmitResult.from_json(stored), []
+        self._take_queue_place(tx, tenant)
         default_timeout = agent().default_timeout_seconds  # also: the agent takes new tasks
         task = Task(
             tenant=tenant,
@@ -292,6 +333,8 @@ class TaskCore:
             timeout_seconds=spec.timeout_override or default_timeout,
             created_at=now,
             updated_at=now,
+            traceparent=new.trace[0],
+            tracestate=new.trace[1],
         )
         task, events = lifecycle.created(task)
         ahead = tx.queued_at_or_above(tenant, agent_id, task.priority)
@@ -346,7 +389,9 @@ class TaskCore:
         def op(tx: WriteTx) -> tuple[SubmitResult, list[Changed]]:
             return self._create(tx, tenant, agent_id, new, self._agent_once(tx, tenant, agent_id), claim, now)
 
-        result: SubmitResult = await self._commit(op, claim)
+        # A span per Submit, from queueing its write to the durable commit of the group it went in.
+        with tracing.span("agenttasks.store.write", {"agenttasks.task_id": new.task_id}):
+            result: SubmitResult = await self._commit(op, claim)
         return result
 
     async def submit_batch(
@@ -386,7 +431,8 @@ class TaskCore:
                 changes += changed
             return [results[i] for i in range(len(news))], changes
 
-        results: list[SubmitResult] = await self._commit(op, claim)
+        with tracing.span("agenttasks.store.write", {"agenttasks.tasks": len(news)}):
+            results: list[SubmitResult] = await self._commit(op, claim)
         return results
 
     async def get(self, principal: Principal, agent_id: str, task_id: str) -> Task:

@@ -35,6 +35,8 @@ class Limits:
     max_timeout_seconds: int = 7 * 86400
     # Open WatchTask streams one credential may hold on one server (0: no cap).
     max_watches_per_credential: int = 1000
+    # Queued tasks one tenant may have, over all its agents and servers (0: no cap).
+    max_queued_per_tenant: int = 100_000
 
     def rules(self) -> Mapping[str, Rule]:
         """The field rules (agenttasks.core.field_rules) of a server with these limits."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -23,7 +24,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from agenttasks.core.errors import StoreUnreachable
+from agenttasks.core.errors import AgentNotFound, DomainError, StoreUnreachable, TaskNotFound
 from agenttasks.core.ports import Neighbours, ReadTx, WriteTx
 from agenttasks.store import postgres_news, postgres_url, shown_url
 from agenttasks.store.errors import StoreUnavailable
@@ -57,6 +58,25 @@ def _connection_lost(error: BaseException) -> bool:
 
 _TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 """What a read or write may meet that a retry can fix: the connection, a deadlock, a lock wait."""
+
+
+# The referenced key in a foreign-key violation's detail: `Key (a, b)=(x, y) is not present...`.
+_MISSING_KEY = re.compile(r"^Key \(([^)]*)\)=\((.*)\) is not present in table")
+
+
+def _vanished(error: psycopg.errors.ForeignKeyViolation) -> DomainError | None:
+    """The domain error for a row that referenced one deleted meanwhile by another server: an
+    agent deleted through one replica while a Submit for it was being written through another
+    (the agent was read without a lock, and the task's INSERT finds it gone)."""
+    match = _MISSING_KEY.match(error.diag.message_detail or "")
+    if match is None:
+        return None
+    values = dict(zip(match.group(1).split(", "), match.group(2).split(", "), strict=False))
+    if error.diag.table_name == "tasks" and "agent_id" in values:
+        return AgentNotFound(values["agent_id"])
+    if error.diag.table_name == "task_events" and "task_id" in values:
+        return TaskNotFound(values["task_id"])
+    return None
 
 
 def redact(url: str) -> str:
@@ -203,6 +223,10 @@ class PostgresStore:
             return await self._writer.submit(fn)
         except _TRANSIENT as error:
             raise self._unreachable(error) from None
+        except psycopg.errors.ForeignKeyViolation as error:
+            if (vanished := _vanished(error)) is None:
+                raise
+            raise vanished from None
 
     def _check_up(self) -> None:
         if self._down is not None:

@@ -70,6 +70,7 @@ _LOCK_FREE = frozenset(
         "events_of_type",
         "task_output",
         "queued_at_or_above",
+        "queued_in_tenant",
         "recent_run_seconds",
         "get_api_key",
         "list_api_keys",
@@ -174,6 +175,10 @@ class PostgresReadTx:
 
     def queued_at_or_above(self, tenant: str, agent_id: str, priority: int) -> int:
         row = self._one("queued_at_or_above", {"tenant": tenant, "agent_id": agent_id, "priority": priority})
+        return 0 if row is None else int(row["queued"])
+
+    def queued_in_tenant(self, tenant: str) -> int:
+        row = self._one("queued_in_tenant", {"tenant": tenant})
         return 0 if row is None else int(row["queued"])
 
     def recent_run_seconds(self, tenant: str, agent_id: str, limit: int) -> float | None:

@@ -154,6 +154,8 @@ class Rows:
             "lease_expires_at": None if task.lease_expires_at is None else time_out(task.lease_expires_at),
             "deadline_at": None if task.deadline_at is None else time_out(task.deadline_at),
             "run_seconds_left": task.run_seconds_left,
+            "traceparent": task.traceparent,
+            "tracestate": task.tracestate,
         }
 
     def task(self, row: Row) -> Task:
@@ -197,6 +199,8 @@ class Rows:
             lease_expires_at=None if (at := row["lease_expires_at"]) is None else time_in(at),
             deadline_at=None if (at := row["deadline_at"]) is None else time_in(at),
             run_seconds_left=row["run_seconds_left"],
+            traceparent=row["traceparent"],
+            tracestate=row["tracestate"],
             seq=row["seq"],
         )
 

@@ -168,6 +168,9 @@ class SqliteReadTx:
         params = {"tenant": tenant, "agent_id": agent_id, "priority": priority}
         return int(self._one("queued_at_or_above", params)[0])
 
+    def queued_in_tenant(self, tenant: str) -> int:
+        return int(self._one("queued_in_tenant", {"tenant": tenant})[0])
+
     def recent_run_seconds(self, tenant: str, agent_id: str, limit: int) -> float | None:
         params = {"tenant": tenant, "agent_id": agent_id, "limit": limit}
         micros = self._one("recent_run_seconds", params)[0]

@@ -29,7 +29,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"agenttasks/v1/worker_service.proto\x12\ragenttasks.v1\x1a\x18\x61genttasks/v1/task.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xa1\x03\n\x0e\x43onnectRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x03\x12%\n\x05hello\x18\x02 \x01(\x0b\x32\x14.agenttasks.v1.HelloH\x00\x12-\n\theartbeat\x18\x03 \x01(\x0b\x32\x18.agenttasks.v1.HeartbeatH\x00\x12\x31\n\x08progress\x18\x04 \x01(\x0b\x32\x1d.agenttasks.v1.ReportProgressH\x00\x12-\n\x06output\x18\x05 \x01(\x0b\x32\x1b.agenttasks.v1.AppendOutputH\x00\x12\x34\n\rrequest_input\x18\x06 \x01(\x0b\x32\x1b.agenttasks.v1.RequestInputH\x00\x12/\n\x08\x63omplete\x18\x07 \x01(\x0b\x32\x1b.agenttasks.v1.CompleteTaskH\x00\x12\'\n\x04\x66\x61il\x18\x08 \x01(\x0b\x32\x17.agenttasks.v1.FailTaskH\x00\x12+\n\x05\x62\x61tch\x18\t \x01(\x0b\x32\x1a.agenttasks.v1.ReportBatchH\x00\x42\x06\n\x04kind\"=\n\x0bReportBatch\x12.\n\x07reports\x18\x01 \x03(\x0b\x32\x1d.agenttasks.v1.ConnectRequest\"\x9f\x02\n\x0f\x43onnectResponse\x12)\n\x07welcome\x18\x01 \x01(\x0b\x32\x16.agenttasks.v1.WelcomeH\x00\x12+\n\x06\x61ssign\x18\x02 \x01(\x0b\x32\x19.agenttasks.v1.AssignmentH\x00\x12\x31\n\x07\x64\x65liver\x18\x03 \x01(\x0b\x32\x1e.agenttasks.v1.MessageDeliveryH\x00\x12+\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x19.agenttasks.v1.CancelTaskH\x00\x12!\n\x03\x61\x63k\x18\x05 \x01(\x0b\x32\x12.agenttasks.v1.AckH\x00\x12)\n\x05\x62\x61tch\x18\x06 \x01(\x0b\x32\x18.agenttasks.v1.PushBatchH\x00\x42\x06\n\x04kind\";\n\tPushBatch\x12.\n\x06pushes\x18\x01 \x03(\x0b\x32\x1e.agenttasks.v1.ConnectResponse\"e\n\x05Hello\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x63\x61pacity\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x13\n\x0bworker_name\x18\x03 \x01(\t\x12\x17\n\x0f\x61\x63\x63\x65pts_batches\x18\x04 \x01(\x08\"g\n\x07Welcome\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\x01\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\x12\x17\n\x0f\x61\x63\x63\x65pts_batches\x18\x04 \x01(\x08\"\x0b\n\tHeartbeat\"7\n\x07TaskRef\x12\x15\n\x07task_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61ttempt\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\"U\n\x0eReportProgress\x12$\n\x04task\x18\x01 \x01(\x0b\x32\x16.agenttasks.v1.TaskRef\x12\x0f\n\x07percent\x18\x02 \x01(\x01\x12\x0c\n\x04text\x18\x03 \x01(\t\"C\n\x0c\x41ppendOutput\x12$\n\x04task\x18\x01 \x01(\x0b\x32\x16.agenttasks.v1.TaskRef\x12\r\n\x05\x63hunk\x18\x02 \x01(\t\"D\n\x0cRequestInput\x12$\n\x04task\x18\x01 \x01(\x0b\x32\x16.agenttasks.v1.TaskRef\x12\x0e\n\x06prompt\x18\x02 \x01(\t\"i\n\x0c\x43ompleteTask\x12$\n\x04task\x18\x01 \x01(\x0b\x32\x16.agenttasks.v1.TaskRef\x12\x0c\n\x04text\x18\x02 \x01(\t\x12%\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"O\n\x08\x46\x61ilTask\x12$\n\x04task\x18\x01 \x01(\x0b\x32\x16.agenttasks.v1.TaskRef\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x8b\x01\n\nAssignment\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.agenttasks.v1.Task\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.agenttasks.v1.TaskMessage\x12,\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\x0fMessageDelivery\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12+\n\x07message\x18\x03 \x01(\x0b\x32\x1a.agenttasks.v1.TaskMessage\x12\x10\n\x08is_reply\x18\x04 \x01(\x08\">\n\nCancelTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\"=\n\x03\x41\x63k\x12\x12\n\nrequest_id\x18\x01 \x01(\x03\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status2]\n\rWorkerService\x12L\n\x07\x43onnect\x12\x1d.agenttasks.v1.ConnectRequest\x1a\x1e.agenttasks.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"agenttasks/v1/worker_service.proto\x12\ragenttasks.v1\x1a\x18\x61genttasks/v1/task.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xb6\x03\n\x0e\x43onnectRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x03\x12%\n\x05hello\x18\x02 \x01(\x0b\x32\x14.agenttasks.v1.HelloH\x00\x12-\n\theartbeat\x18\x03 \x01(\x0b\x32\x18.agenttasks.v1.HeartbeatH\x00\x12\x31\n\x08progress\x18\x04 \x01(\x0b\x32\x1d.agenttasks.v1.ReportProgressH\x00\x12-\n\x06output\x18\x05 \x01(\x0b\x32\x1b.agenttasks.v1.AppendOutputH\x00\x12\x34\n\rrequest_input\x18\x06 \x01(\x0b\x32\x1b.agenttasks.v1.RequestInputH\x00\x12/\n\x08\x63omplete\x18\x07 \x01(\x0b\x32\x1b.agenttasks.v1.CompleteTaskH\x00\x12\'\n\x04\x66\x61il\x18\x08 \x01(\x0b\x32\x17.agenttasks.v1.FailTaskH\x00\x12+\n\x05\x62\x61tch\x18\t \x01(\x0b\x32\x1a.agenttasks.v1.ReportBatchH\x00\x12\x13\n\x0btraceparent\x18\n \x01(\tB\x06\n\x04kind\"=\n\x0bReportBatch\x12.\n\x07reports\x18\x01 \x03(\x0b\x32\x1d.agenttasks.v1.ConnectRequest\"\x9f\x02\n\x0f\x43onnectResponse\x12)\n\x07welcome\x18\x01 \x01(\x0b\x32\x16.agenttasks.v1.WelcomeH\x00\x12+\n\x06\x61ssign\x18\x02 \x01(\x0b\x32\x19.agenttasks.v1.AssignmentH\x00\x12\x31\n\x07\x64\x65liver\x18\x03 \x01(\x0b\x32\x1e.agenttasks.v1.MessageDeliveryH\x00\x12+\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x19.agenttasks.v1.CancelTaskH\x00\x12!\n\x03\x61\x63k\x18\x05 \x01(\x0b\x32\x12.agenttasks.v1.AckH\x00\x12)\n\x05\x62\x61tch\x18\x06 \x01(\x0b\x32\x18.agenttasks.v1.PushBatchH\x00\x42\x06\n\x04kind\";\n\tPushBatch\x12.\n\x06pushes\x18\x01 \x03(\x0b\x32\x1e.agenttasks.v1.ConnectResponse\"e\n\x05Hello\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x63\x61pacity\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x13\n\x0bworker_name\x18\x03 \x01(\t\x12\x17\n\x0f\x61\x63\x63\x65pts_batches\x18\x04 \x01(\x08\"g\n\x07Welcome\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\x01\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\x12\x17\n\x0f\x61\x63\x63\x65pts_batches\x18\x04 \x01(\x08\"\x0b\n\tHeartbeat\"7\n\x07TaskRef\x12\x15\n\x07task_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61ttempt\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\"U\n\x0eReportProgress\x12$\n\x04task\x18\x01 \x01(\x0b\x32\x16.agenttasks.v1.TaskRef\x12\x0f\n\x07percent\x18\x02 \x01(\x01\x12\x0c\n\x04text\x18\x03 \x01(\t\"c\n\x0c\x41ppendOutput\x12$\n\x04task\x18\x01 \x01(\x0b\x32\x16.agenttasks.v1.TaskRef\x12\r\n\x05\x63hunk\x18\x02 \x01(\t\x12\x13\n\x06offset\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\t\n\x07_offset\"D\n\x0cRequestInput\x12$\n\x04task\x18\x01 \x01(\x0b\x32\x16.agenttasks.v1.TaskRef\x12\x0e\n\x06prompt\x18\x02 \x01(\t\"i\n\x0c\x43ompleteTask\x12$\n\x04task\x18\x01 \x01(\x0b\x32\x16.agenttasks.v1.TaskRef\x12\x0c\n\x04text\x18\x02 \x01(\t\x12%\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"O\n\x08\x46\x61ilTask\x12$\n\x04task\x18\x01 \x01(\x0b\x32\x16.agenttasks.v1.TaskRef\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xb4\x01\n\nAssignment\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.agenttasks.v1.Task\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.agenttasks.v1.TaskMessage\x12,\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\x12\x12\n\ntracestate\x18\x05 \x01(\t\"r\n\x0fMessageDelivery\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12+\n\x07message\x18\x03 \x01(\x0b\x32\x1a.agenttasks.v1.TaskMessage\x12\x10\n\x08is_reply\x18\x04 \x01(\x08\">\n\nCancelTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\"=\n\x03\x41\x63k\x12\x12\n\nrequest_id\x18\x01 \x01(\x03\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status2]\n\rWorkerService\x12L\n\x07\x43onnect\x12\x1d.agenttasks.v1.ConnectRequest\x1a\x1e.agenttasks.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,39 +45,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKREF'].fields_by_name['attempt']._loaded_options = None
   _globals['_TASKREF'].fields_by_name['attempt']._serialized_options = b'\342A\001\002'
   _globals['_CONNECTREQUEST']._serialized_start=201
-  _globals['_CONNECTREQUEST']._serialized_end=618
-  _globals['_REPORTBATCH']._serialized_start=620
-  _globals['_REPORTBATCH']._serialized_end=681
-  _globals['_CONNECTRESPONSE']._serialized_start=684
-  _globals['_CONNECTRESPONSE']._serialized_end=971
-  _globals['_PUSHBATCH']._serialized_start=973
-  _globals['_PUSHBATCH']._serialized_end=1032
-  _globals['_HELLO']._serialized_start=1034
-  _globals['_HELLO']._serialized_end=1135
-  _globals['_WELCOME']._serialized_start=1137
-  _globals['_WELCOME']._serialized_end=1240
-  _globals['_HEARTBEAT']._serialized_start=1242
-  _globals['_HEARTBEAT']._serialized_end=1253
-  _globals['_TASKREF']._serialized_start=1255
-  _globals['_TASKREF']._serialized_end=1310
-  _globals['_REPORTPROGRESS']._serialized_start=1312
-  _globals['_REPORTPROGRESS']._serialized_end=1397
-  _globals['_APPENDOUTPUT']._serialized_start=1399
-  _globals['_APPENDOUTPUT']._serialized_end=1466
-  _globals['_REQUESTINPUT']._serialized_start=1468
-  _globals['_REQUESTINPUT']._serialized_end=1536
-  _globals['_COMPLETETASK']._serialized_start=1538
-  _globals['_COMPLETETASK']._serialized_end=1643
-  _globals['_FAILTASK']._serialized_start=1645
-  _globals['_FAILTASK']._serialized_end=1724
-  _globals['_ASSIGNMENT']._serialized_start=1727
-  _globals['_ASSIGNMENT']._serialized_end=1866
-  _globals['_MESSAGEDELIVERY']._serialized_start=1868
-  _globals['_MESSAGEDELIVERY']._serialized_end=1982
-  _globals['_CANCELTASK']._serialized_start=1984
-  _globals['_CANCELTASK']._serialized_end=2046
-  _globals['_ACK']._serialized_start=2048
-  _globals['_ACK']._serialized_end=2109
-  _globals['_WORKERSERVICE']._serialized_start=2111
-  _globals['_WORKERSERVICE']._serialized_end=2204
+  _globals['_CONNECTREQUEST']._serialized_end=639
+  _globals['_REPORTBATCH']._serialized_start=641
+  _globals['_REPORTBATCH']._serialized_end=702
+  _globals['_CONNECTRESPONSE']._serialized_start=705
+  _globals['_CONNECTRESPONSE']._serialized_end=992
+  _globals['_PUSHBATCH']._serialized_start=994
+  _globals['_PUSHBATCH']._serialized_end=1053
+  _globals['_HELLO']._serialized_start=1055
+  _globals['_HELLO']._serialized_end=1156
+  _globals['_WELCOME']._serialized_start=1158
+  _globals['_WELCOME']._serialized_end=1261
+  _globals['_HEARTBEAT']._serialized_start=1263
+  _globals['_HEARTBEAT']._serialized_end=1274
+  _globals['_TASKREF']._serialized_start=1276
+  _globals['_TASKREF']._serialized_end=1331
+  _globals['_REPORTPROGRESS']._serialized_start=1333
+  _globals['_REPORTPROGRESS']._serialized_end=1418
+  _globals['_APPENDOUTPUT']._serialized_start=1420
+  _globals['_APPENDOUTPUT']._serialized_end=1519
+  _globals['_REQUESTINPUT']._serialized_start=1521
+  _globals['_REQUESTINPUT']._serialized_end=1589
+  _globals['_COMPLETETASK']._serialized_start=1591
+  _globals['_COMPLETETASK']._serialized_end=1696
+  _globals['_FAILTASK']._serialized_start=1698
+  _globals['_FAILTASK']._serialized_end=1777
+  _globals['_ASSIGNMENT']._serialized_start=1780
+  _globals['_ASSIGNMENT']._serialized_end=1960
+  _globals['_MESSAGEDELIVERY']._serialized_start=1962
+  _globals['_MESSAGEDELIVERY']._serialized_end=2076
+  _globals['_CANCELTASK']._serialized_start=2078
+  _globals['_CANCELTASK']._serialized_end=2140
+  _globals['_ACK']._serialized_start=2142
+  _globals['_ACK']._serialized_end=2203
+  _globals['_WORKERSERVICE']._serialized_start=2205
+  _globals['_WORKERSERVICE']._serialized_end=2298
 # @@protoc_insertion_point(module_scope)

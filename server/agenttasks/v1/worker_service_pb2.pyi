@@ -37,9 +37,15 @@ class ConnectRequest(_message.Message):
     COMPLETE_FIELD_NUMBER: _builtins.int
     FAIL_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     """Echoed in the `ack` for this message; unique per stream (a counter is fine). 0 for
     messages that want no ack (heartbeats).
+    """
+    traceparent: _builtins.str
+    """The W3C trace context of the worker's handling of the task a report is about (from the
+    assignment's, or a span of its own under it), so the server's span of the report joins the
+    task's trace. Empty when there is none. docs/operations.md, Traces.
     """
     @_builtins.property
     def hello(self) -> Global___Hello: ...
@@ -71,10 +77,11 @@ class ConnectRequest(_message.Message):
         complete: Global___CompleteTask | None = ...,
         fail: Global___FailTask | None = ...,
         batch: Global___ReportBatch | None = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "complete", b"complete", "fail", b"fail", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "output", b"output", "progress", b"progress", "request_input", b"request_input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "complete", b"complete", "fail", b"fail", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "output", b"output", "progress", b"progress", "request_id", b"request_id", "request_input", b"request_input"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "complete", b"complete", "fail", b"fail", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "output", b"output", "progress", b"progress", "request_id", b"request_id", "request_input", b"request_input", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "heartbeat", "progress", "output", "request_input", "complete", "fail", "batch"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
@@ -318,7 +325,15 @@ class AppendOutput(_message.Message):
 
     TASK_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
     chunk: _builtins.str
+    offset: _builtins.int
+    """Bytes (UTF-8) of this attempt's output stored before this chunk, as the worker counts them:
+    the assignment's output plus every chunk it sent before. With it, a report sent again after
+    an answer that never came (STORE_UNAVAILABLE, a lost connection) is stored once: a chunk the
+    server already has is acknowledged without being stored twice, and a gap (a chunk lost
+    before it) is refused as INVALID_ARGUMENT naming `output.offset`. Unset: appended as is.
+    """
     @_builtins.property
     def task(self) -> Global___TaskRef: ...
     def __init__(
@@ -326,12 +341,15 @@ class AppendOutput(_message.Message):
         *,
         task: Global___TaskRef | None = ...,
         chunk: _builtins.str = ...,
+        offset: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "offset", b"offset", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "chunk", b"chunk", "offset", b"offset", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__offset: _TypeAlias = _typing.Literal["offset"]  # noqa: Y015
+    _WhichOneofArgType__offset: _TypeAlias = _typing.Literal["_offset", b"_offset"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__offset) -> _WhichOneofReturnType__offset | None: ...
 
 Global___AppendOutput: _TypeAlias = AppendOutput  # noqa: Y015
 
@@ -423,6 +441,14 @@ class Assignment(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
+    traceparent: _builtins.str
+    """The W3C trace context of the task's dispatch, itself in the trace of its Submit: the
+    worker's handling continues it (an exec runner passes it to its program as TRACEPARENT and
+    TRACESTATE). Empty when the task was submitted without tracing.
+    """
+    tracestate: _builtins.str
     @_builtins.property
     def task(self) -> _task_pb2.Task: ...
     @_builtins.property
@@ -439,10 +465,12 @@ class Assignment(_message.Message):
         task: _task_pb2.Task | None = ...,
         messages: _abc.Iterable[_task_pb2.TaskMessage] | None = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "messages", b"messages", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "messages", b"messages", "task", b"task", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -38,6 +38,7 @@ from agenttasks.core.codec import task_from_json
 from agenttasks.core.errors import StoreUnreachable
 from agenttasks.core.model import DeliveryState, Task, TaskEvent, WebhookDelivery, utcnow
 from agenttasks.core.ports import WEBHOOK_EVENTS, Store, WriteTx
+from agenttasks.observe import tracing
 from agenttasks.webhooks import secrets, signing
 from agenttasks.webhooks.sender import AttemptResult, deliver, make_client
 from agenttasks.webhooks.ssrf import Resolver
@@ -72,6 +73,16 @@ def next_attempt(attempts: int, result: AttemptResult, schedule: Sequence[float]
         return min(max(result.retry_after, 0.0), MAX_RETRY_AFTER)
     base = schedule[attempts - 1]
     return base * rng.uniform(1 - JITTER, 1 + JITTER)
+
+
+def _attempt_attributes(delivery: WebhookDelivery) -> dict[str, str | int]:
+    return {
+        "agenttasks.task_id": delivery.task_id,
+        "agenttasks.delivery_id": delivery.delivery_id,
+        "agenttasks.webhook.event_type": delivery.event_type,
+        "agenttasks.webhook.attempt": delivery.attempts + 1,
+        "http.request.method": "POST",
+    }
 
 
 def _describe(result: AttemptResult) -> str:
@@ -188,15 +199,24 @@ class Deliverer:
             body = render_body(delivery)
             started = self._clock()
             headers = signing.headers(delivery.delivery_id, int(started.timestamp()), body, secret.active(started))
-            result = await deliver(
-                self._client,
-                delivery.url,
-                headers,
-                body,
-                allow=self._allow,
-                timeout=self._timeout,
-                resolver=self._resolver,
-            )
+            # A span per attempt in the task's trace; the receiver gets its context as `traceparent`.
+            trace = (delivery.snapshot.get("traceparent") or "", delivery.snapshot.get("tracestate") or "")
+            attributes = _attempt_attributes(delivery) if tracing.enabled() else None
+            with tracing.child_of(trace, "agenttasks.webhook.deliver", "client", attributes) as span:
+                headers.update(tracing.headers())
+                result = await deliver(
+                    self._client,
+                    delivery.url,
+                    headers,
+                    body,
+                    allow=self._allow,
+                    timeout=self._timeout,
+                    resolver=self._resolver,
+                )
+                if result.status_code is not None:
+                    span.set("http.response.status_code", result.status_code)
+                if not result.ok:
+                    span.fail(_describe(result) or "not delivered")
             await self._record(delivery.tenant, delivery.delivery_id, result, started)
         except asyncio.CancelledError:
             raise

@@ -20,6 +20,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from agenttasks.observe import tracing
 from agenttasks.stream_batches import packed
 from agenttasks.v1 import worker_service_pb2, worker_service_pb2_grpc
 from agenttasks.worker.context import (
@@ -379,14 +380,19 @@ class Session:
     # --- one task ---
 
     async def _run(self, ctx: TaskContext, previous: asyncio.Task[None] | None) -> None:
+        attributes: dict[str, str | int] = {"agenttasks.task_id": ctx.task_id, "agenttasks.attempt": ctx.attempt}
         try:
             if previous is not None:  # never run two attempts of one task at once
                 await asyncio.gather(previous, return_exceptions=True)
-            request = await self._outcome(ctx)
-            if request is not None:
-                request = await self._after_output(ctx, request)
-            if request is not None and not ctx.revoked:
-                await self._final_report(ctx, request)
+            # The handling continues the task's trace; its reports (and an exec runner's program)
+            # carry this span's context, or the assignment's with tracing off here.
+            with tracing.child_of(ctx.trace, "agenttasks.worker.handle", "consumer", attributes):
+                ctx.report_trace = tracing.current()[0] or ctx.trace[0]
+                request = await self._outcome(ctx)
+                if request is not None:
+                    request = await self._after_output(ctx, request)
+                if request is not None and not ctx.revoked:
+                    await self._final_report(ctx, request)
         finally:
             entry = self._running.get(ctx.task_id)
             if entry is not None and entry.ctx is ctx:

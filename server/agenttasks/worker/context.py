@@ -85,6 +85,11 @@ class TaskContext:
             assignment.deadline.ToDatetime(tzinfo=UTC) if assignment.HasField("deadline") else None
         )
         self.messages: list[ClientMessage] = [client_message(m) for m in assignment.messages]
+        self.trace: tuple[str, str] = (assignment.traceparent, assignment.tracestate)
+        """The W3C trace context (traceparent, tracestate) the server sent with the task: its
+        dispatch span, in the trace of its Submit. ("", "") when the task has none."""
+        # The traceparent each report carries: the worker's handling span (set by the connection).
+        self.report_trace = assignment.traceparent
         self.cancelled = asyncio.Event()
         self.cancel_reason: str = ""
         self._reporter = reporter
@@ -93,7 +98,7 @@ class TaskContext:
         self._read = 0
         self._replies: list[ClientMessage] = []
         self._gone: LeaseLost | None = None
-        self._output = OutputStream(self._send_output)
+        self._output = OutputStream(self._send_output, len(task.output.encode()))
 
     def __repr__(self) -> str:
         return f"TaskContext(task_id={self.task_id!r}, attempt={self.attempt})"
@@ -149,12 +154,11 @@ class TaskContext:
         if self._gone is not None:
             raise self._gone
         await self._output.drain()  # what was written before it is stored before it
-        await self._reporter.report(worker_service_pb2.ConnectRequest(**kind))
+        await self._reporter.report(worker_service_pb2.ConnectRequest(traceparent=self.report_trace, **kind))
 
-    async def _send_output(self, text: str) -> None:
-        await self._reporter.report(
-            worker_service_pb2.ConnectRequest(output=worker_service_pb2.AppendOutput(task=self._ref, chunk=text))
-        )
+    async def _send_output(self, text: str, offset: int) -> None:
+        output = worker_service_pb2.AppendOutput(task=self._ref, chunk=text, offset=offset)
+        await self._reporter.report(worker_service_pb2.ConnectRequest(traceparent=self.report_trace, output=output))
 
     # --- called by the connection ---
 
@@ -191,12 +195,14 @@ class TaskContext:
             data = struct_pb2.Struct()
             data.update(result.data)
         return worker_service_pb2.ConnectRequest(
-            complete=worker_service_pb2.CompleteTask(task=self._ref, text=result.text, data=data)
+            traceparent=self.report_trace,
+            complete=worker_service_pb2.CompleteTask(task=self._ref, text=result.text, data=data),
         )
 
     def fail_request(self, code: str, message: str) -> worker_service_pb2.ConnectRequest:
         return worker_service_pb2.ConnectRequest(
-            fail=worker_service_pb2.FailTask(task=self._ref, code=code or WORKER_ERROR, message=message)
+            traceparent=self.report_trace,
+            fail=worker_service_pb2.FailTask(task=self._ref, code=code or WORKER_ERROR, message=message),
         )
 
 

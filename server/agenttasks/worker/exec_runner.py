@@ -8,7 +8,9 @@ The contract (docs/worker-protocol.md has it in full):
   stdin stays open instead, and each answer to an `::input::` question arrives as one more line.
 - environment: the worker's own, minus its `AGENTTASKS_*` settings (they hold its credentials),
   plus `AGENTTASKS_TASK_ID`, `AGENTTASKS_AGENT_ID`, `AGENTTASKS_ATTEMPT`, `AGENTTASKS_PRIORITY`,
-  `AGENTTASKS_METADATA` (a JSON object) and `AGENTTASKS_MESSAGE_LINES`.
+  `AGENTTASKS_METADATA` (a JSON object) and `AGENTTASKS_MESSAGE_LINES`; and, when the task
+  is in a trace, the W3C `TRACEPARENT` (and `TRACESTATE`) of the worker's handling of it, so a
+  traced program continues the task's trace.
 - stdout: streamed to the task's output as it arrives. Two kinds of line are instructions
   instead: `::input:: PROMPT` asks the client and writes the reply to stdin as one line (only
   when interactive: otherwise it fails the task with INPUT_NOT_SUPPORTED, since nobody could
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agenttasks.observe import tracing
 from agenttasks.worker.context import WORKER_ERROR, ReportRejected, TaskContext, TaskFailed
 
 INPUT_PREFIX = "::input::"
@@ -325,6 +328,15 @@ class ExecRunner:
             AGENTTASKS_METADATA=json.dumps(ctx.metadata),
             AGENTTASKS_MESSAGE_LINES=str(message_lines),
         )
+        # The W3C convention for handing a trace to a child process (the worker's handling span,
+        # or the assignment's context with tracing off here); never an inherited one.
+        env.pop("TRACEPARENT", None)
+        env.pop("TRACESTATE", None)
+        parent, state = tracing.current()
+        if parent:
+            env["TRACEPARENT"] = parent
+            if state:
+                env["TRACESTATE"] = state
         return env
 
     async def __call__(self, ctx: TaskContext) -> str:

@@ -12,6 +12,10 @@ A report the server refuses (the task's 1 MiB of output is full; the task is no 
 stops the sending: the rest queued is dropped, and the refusal is raised by the next `output()`
 or `flush()`. A refused report of several chunks is retried one chunk at a time, so the output
 stops where it would have stopped had each chunk gone alone.
+
+Each report carries its offset: the bytes of output sent before it. A report sent again because
+its answer never came (the server's database was out of reach, maybe after the commit) is then
+stored once: the server acknowledges a chunk it already has at that offset.
 """
 
 from __future__ import annotations
@@ -27,14 +31,17 @@ chunks of up to 256 KiB)."""
 BUFFER_BYTES = 1024 * 1024
 """output() waits while this much is queued: a task keeps at most 1 MiB of output anyway."""
 
-Send = Callable[[str], Awaitable[None]]
+Send = Callable[[str, int], Awaitable[None]]
+"""Sends one report: the text and its offset (UTF-8 bytes of the attempt's output before it)."""
 
 
 class OutputStream:
     """The queue and sender of one task attempt's output (see the module docstring)."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, offset: int = 0) -> None:
+        """`offset`: the bytes of output the attempt already has (the assignment's)."""
         self._send = send
+        self._offset = offset
         self._queued: list[str] = []
         self._queued_bytes = 0
         self._sender: asyncio.Task[None] | None = None
@@ -55,7 +62,7 @@ class OutputStream:
             await self._room.wait()
             self._raise_refusal()
         self._queued.append(chunk)
-        self._queued_bytes += len(chunk.encode("utf-8", "surrogatepass"))
+        self._queued_bytes += _size(chunk)
         self._drained.clear()
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._run(), name="agenttasks-output")
@@ -88,7 +95,7 @@ class OutputStream:
             while self._queued and self.refused is None:
                 chunks = self._take()
                 try:
-                    await self._send("".join(chunks))
+                    await self._sent("".join(chunks))
                 except LeaseLost as lost:
                     self._stop(lost)
                 except ReportRejected as rejected:
@@ -106,7 +113,7 @@ class OutputStream:
         taken: list[str] = []
         size = 0
         while self._queued:
-            chunk_size = len(self._queued[0].encode("utf-8", "surrogatepass"))
+            chunk_size = _size(self._queued[0])
             if taken and size + chunk_size > COALESCE_BYTES:
                 break
             taken.append(self._queued.pop(0))
@@ -116,10 +123,14 @@ class OutputStream:
             self._room.set()
         return taken
 
+    async def _sent(self, text: str) -> None:
+        await self._send(text, self._offset)
+        self._offset += _size(text)
+
     async def _one_by_one(self, chunks: list[str]) -> None:
         for chunk in chunks:
             try:
-                await self._send(chunk)
+                await self._sent(chunk)
             except ReportRejected as rejected:
                 self._stop(rejected)
                 return
@@ -128,3 +139,7 @@ class OutputStream:
         self.refused = refusal
         self._queued.clear()
         self._queued_bytes = 0
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))

@@ -127,13 +127,13 @@ INSERT INTO tasks (
     task_id, tenant, agent_id, message, status, priority, metadata, callback_mode, webhook_url,
     timeout_seconds, created_at, updated_at, started_at, completed_at, progress, output_bytes,
     output_after, result, error, input_prompt, attempt, last_sequence, status_reason, worker_id,
-    lease_expires_at, deadline_at, run_seconds_left
+    lease_expires_at, deadline_at, run_seconds_left, traceparent, tracestate
 ) VALUES (
     %(task_id)s, %(tenant)s, %(agent_id)s, %(message)s, %(status)s, %(priority)s, %(metadata)s,
     %(callback_mode)s, %(webhook_url)s, %(timeout_seconds)s, %(created_at)s, %(updated_at)s,
     %(started_at)s, %(completed_at)s, %(progress)s, %(output_bytes)s, %(output_after)s, %(result)s,
     %(error)s, %(input_prompt)s, %(attempt)s, %(last_sequence)s, %(status_reason)s, %(worker_id)s,
-    %(lease_expires_at)s, %(deadline_at)s, %(run_seconds_left)s
+    %(lease_expires_at)s, %(deadline_at)s, %(run_seconds_left)s, %(traceparent)s, %(tracestate)s
 )
 RETURNING seq;
 
@@ -150,13 +150,13 @@ INSERT INTO tasks (
     seq, task_id, tenant, agent_id, message, status, priority, metadata, callback_mode, webhook_url,
     timeout_seconds, created_at, updated_at, started_at, completed_at, progress, output_bytes,
     output_after, result, error, input_prompt, attempt, last_sequence, status_reason, worker_id,
-    lease_expires_at, deadline_at, run_seconds_left
+    lease_expires_at, deadline_at, run_seconds_left, traceparent, tracestate
 ) OVERRIDING SYSTEM VALUE VALUES (
     %(seq)s, %(task_id)s, %(tenant)s, %(agent_id)s, %(message)s, %(status)s, %(priority)s, %(metadata)s,
     %(callback_mode)s, %(webhook_url)s, %(timeout_seconds)s, %(created_at)s, %(updated_at)s,
     %(started_at)s, %(completed_at)s, %(progress)s, %(output_bytes)s, %(output_after)s, %(result)s,
     %(error)s, %(input_prompt)s, %(attempt)s, %(last_sequence)s, %(status_reason)s, %(worker_id)s,
-    %(lease_expires_at)s, %(deadline_at)s, %(run_seconds_left)s
+    %(lease_expires_at)s, %(deadline_at)s, %(run_seconds_left)s, %(traceparent)s, %(tracestate)s
 );
 
 -- name: update_task
@@ -262,6 +262,10 @@ WHERE task_id = %(task_id)s AND tenant = %(tenant)s AND type = 'output' AND sequ
 -- whatever the backlog.
 SELECT coalesce(sum(queued), 0) AS queued FROM queue_counts
 WHERE tenant = %(tenant)s AND agent_id = %(agent_id)s AND priority >= %(priority)s;
+
+-- name: queued_in_tenant
+-- The same sharded counts over every agent of the tenant: one range of the primary key.
+SELECT coalesce(sum(queued), 0) AS queued FROM queue_counts WHERE tenant = %(tenant)s;
 
 -- name: recent_run_seconds
 -- NULL (no rows) means no history.

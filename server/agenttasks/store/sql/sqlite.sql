@@ -87,12 +87,12 @@ INSERT INTO tasks (
     task_id, tenant, agent_id, message, status, priority, metadata, callback_mode, webhook_url,
     timeout_seconds, created_at, updated_at, started_at, completed_at, progress, output_bytes, output_after, result,
     error, input_prompt, attempt, last_sequence, status_reason, worker_id, lease_expires_at,
-    deadline_at, run_seconds_left
+    deadline_at, run_seconds_left, traceparent, tracestate
 ) VALUES (
     :task_id, :tenant, :agent_id, :message, :status, :priority, :metadata, :callback_mode,
     :webhook_url, :timeout_seconds, :created_at, :updated_at, :started_at, :completed_at,
     :progress, :output_bytes, :output_after, :result, :error, :input_prompt, :attempt, :last_sequence, :status_reason,
-    :worker_id, :lease_expires_at, :deadline_at, :run_seconds_left
+    :worker_id, :lease_expires_at, :deadline_at, :run_seconds_left, :traceparent, :tracestate
 );
 
 -- name: update_task
@@ -168,6 +168,10 @@ ORDER BY sequence;
 -- whatever the backlog.
 SELECT coalesce(sum(queued), 0) FROM queue_counts
 WHERE tenant = :tenant AND agent_id = :agent_id AND priority >= :priority;
+
+-- name: queued_in_tenant
+-- The same counts over every agent of the tenant: one index range of the primary key.
+SELECT coalesce(sum(queued), 0) FROM queue_counts WHERE tenant = :tenant;
 
 -- name: recent_run_seconds
 -- Microseconds; NULL (no rows) means no history.

@@ -1,0 +1,1 @@
+"""Tests of observability: traces (and, from other branches, metrics and logs)."""
