@@ -9,7 +9,7 @@ import grpc
 from agenttasks.api import convert
 from agenttasks.api.errors import mapping_for
 from agenttasks.api.gate import Gate, call_metadata
-from agenttasks.core.errors import InvalidArgument
+from agenttasks.core.errors import InvalidArgument, Why
 from agenttasks.core.model import Principal, utcnow
 from agenttasks.core.tasks import TaskCore
 from agenttasks.observe import logs
@@ -25,7 +25,9 @@ def idempotency_key(request_id: str, context: Ctx) -> str:
     """The client key from the request field or the `idempotency-key` header (they must agree)."""
     header = call_metadata(context).get(IDEMPOTENCY_HEADER, "")
     if request_id and header and request_id != header:
-        raise InvalidArgument.field("request_id", "differs from the idempotency-key header; send one of them")
+        raise InvalidArgument.field(
+            "request_id", "differs from the idempotency-key header; send one of them", Why.CONFLICT
+        )
     return request_id or header
 
 
@@ -47,12 +49,16 @@ class TaskServicer(task_service_pb2_grpc.TaskServiceServicer):
         async def run(p: Principal) -> pb.BatchSubmitResponse:
             if call_metadata(context).get(IDEMPOTENCY_HEADER):
                 raise InvalidArgument.field(
-                    IDEMPOTENCY_HEADER, "not taken by BatchSubmit; give each request its own request_id"
+                    IDEMPOTENCY_HEADER,
+                    "not taken by BatchSubmit; give each request its own request_id",
+                    Why.NOT_ALLOWED_VALUE,
                 )
             items = []
             for i, each in enumerate(request.requests):
                 if each.agent_id not in ("", request.agent_id):
-                    raise InvalidArgument.field(f"requests[{i}].agent_id", "must be empty or equal to agent_id")
+                    raise InvalidArgument.field(
+                        f"requests[{i}].agent_id", "must be empty or equal to agent_id", Why.CONFLICT
+                    )
                 try:
                     items.append(convert.submit_input(each, each.request_id))
                 except InvalidArgument as error:
