@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import loadgen, report
+from bench import loadgen, report, target
 from bench.outcome import Outcome
 from bench.peers.a2a_peer import a2a_peer
 from bench.peers.huey_peer import huey_peer
@@ -96,6 +96,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="rounds of metrics off and on in the metrics workload (3; quick 1)")
     parser.add_argument(
         "--profile", type=Path, help="py-spy the server during Submit, end to end, latency and streaming, into this dir"
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="the servers' log format; json also writes an access line per call (to the process log file)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (databases, process logs)")
     parser.add_argument(
@@ -195,10 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     plan = plan_for(args)
     names = selected(args, plan)
+    target.SERVER_ENV["AGENTTASKS_LOG_FORMAT"] = args.log_format
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     postgres = Postgres(args.db, keep=args.keep) if args.db else None
     meta = {"mode": plan.mode, "plan": {k: getattr(plan, k) for k in plan.__slots__}, **report.machine()}
+    meta["log_format"] = args.log_format
     if postgres is not None:
         try:
             meta["postgres"] = postgres.describe()

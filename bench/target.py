@@ -29,6 +29,8 @@ from bench.postgres import BackendCpu, is_postgres
 from bench.procs import Proc, children
 
 STARTUP_SECONDS = 60.0
+SERVER_ENV: dict[str, str] = {}
+"""Settings every `serve` of the run gets, e.g. AGENTTASKS_LOG_FORMAT=json (`--log-format`)."""
 # With metrics on, the bench scrapes /metrics this often, as a (busy) Prometheus would.
 SCRAPE_SECONDS = 1.0
 
@@ -113,6 +115,7 @@ class Server:
             self.proc.env["AGENTTASKS_RATE_LIMIT_PER_SECOND"] = "0"
             self.proc.env["AGENTTASKS_MAX_WATCHES_PER_CREDENTIAL"] = "0"  # fan-out opens 10,000
             self.proc.env["AGENTTASKS_MAX_QUEUED_PER_TENANT"] = "0"  # the submit workloads queue a backlog
+        self.proc.env.update(SERVER_ENV)
         if self.metrics:
             self.proc.env["AGENTTASKS_METRICS_PORT"] = str(free_port())
         await self.proc.start()

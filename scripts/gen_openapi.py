@@ -10,6 +10,12 @@ JSON follows the transcoder's rendering (GATEWAY-FACTS): proto field names (snak
 strings, Timestamp as RFC 3339, Struct as an object, enums by name, `response_body`, errors as
 google.rpc.Status JSON. Error statuses and reasons come from the server's one error table.
 
+What each request field must be (ranges, lengths, patterns, enums) comes from the table the
+server's checks read, agenttasks.core.field_rules, for a server with the default settings;
+request bodies declare `additionalProperties: false` because the server refuses unknown body
+fields. Responses of the operations that make a resource carry OpenAPI links to the operations
+on it, for clients and for schemathesis' stateful tests.
+
 Usage: python scripts/gen_openapi.py [--check]
 """
 
@@ -39,7 +45,9 @@ from google.rpc import error_details_pb2, status_pb2
 
 import agenttasks.v1
 from agenttasks.api.errors import ERROR_TABLE, INTERNAL
-from agenttasks.core.errors import InvalidArgument
+from agenttasks.core.errors import InvalidArgument, Why
+from agenttasks.core.field_rules import Rule, field_rules
+from agenttasks.core.model import CallbackMode
 from agenttasks.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +60,10 @@ PACKAGE = "agenttasks.v1"
 SUCCESS_STATUS = {f"{PACKAGE}.TaskService.Submit": "202"}
 # AIP-155: a request with this field is idempotent, and a reused key with another body answers 409.
 IDEMPOTENCY_FIELD = "request_id"
+# Requests that name one task, whose agent may be given as "-" (field_rules.ANY_AGENT).
+TASK_NAMED_REQUESTS = frozenset({"GetStatusRequest", "SendMessageRequest", "CancelRequest", "WatchTaskRequest"})
+# The operations that make a resource: their answers link to the operations on it (OpenAPI links).
+LINK_SOURCES = frozenset({f"{PACKAGE}.AgentService.CreateAgent", f"{PACKAGE}.TaskService.Submit"})
 
 Schema = dict[str, Any]
 LocationPath = tuple[int, ...]  # where a definition is in its file, as SourceCodeInfo paths name it
@@ -262,6 +274,55 @@ def ref(full_name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{schema_name(full_name)}"}
 
 
+BYTES_NOTE = "At most {} bytes of UTF-8; `maxLength` is the number of characters that never exceeds it."
+
+RULE_KEYWORDS = {
+    "minimum": "minimum",
+    "maximum": "maximum",
+    "min_length": "minLength",
+    "max_length": "maxLength",
+    "pattern": "pattern",
+    "format": "format",
+    "min_items": "minItems",
+    "max_items": "maxItems",
+}
+
+
+def constrained(schema: Schema, rule: Rule) -> Schema:
+    """`schema` with the JSON Schema keywords that say `rule`."""
+    out = dict(schema)
+    for attribute, keyword in RULE_KEYWORDS.items():
+        if (value := getattr(rule, attribute)) is not None:
+            out[keyword] = value
+    if rule.enum:
+        out["enum"] = list(rule.enum)
+    return out
+
+
+def default_rules() -> dict[str, Rule]:
+    """The field rules of a server with the default settings (what `agenttasks serve` runs)."""
+    defaults = Settings.model_fields
+    message_bytes, timeout = defaults["max_message_bytes"].default, defaults["max_timeout_seconds"].default
+    return dict(field_rules(message_bytes, timeout))
+
+
+def callback_choice() -> Schema:
+    """Submit's one rule across fields: `webhook_url` is required with `webhook` and refused otherwise."""
+    return {
+        "anyOf": [
+            {"properties": {"callback_mode": {"enum": [CallbackMode.POLL.value]}, "webhook_url": {"maxLength": 0}}},
+            {
+                "properties": {"callback_mode": {"enum": [CallbackMode.WEBHOOK.value]}},
+                "required": ["callback_mode", "webhook_url"],
+            },
+        ]
+    }
+
+
+def nested_names(located: Located) -> set[str]:
+    return {f.name for f in located.proto.field}
+
+
 def behaviors(f: descriptor_pb2.FieldDescriptorProto) -> set[int]:
     return set(f.options.Extensions[field_behavior_pb2.field_behavior])
 
@@ -288,14 +349,37 @@ def bindings(rule: http_pb2.HttpRule) -> Iterator[Binding]:
 PATH_VARIABLE = re.compile(r"\{([^}=]+)(?:=[^}]*)?\}")
 
 
+@dataclass(frozen=True)
+class Made:
+    """An operation rendered, with what the links between operations are made from."""
+
+    full_method: str
+    path: str
+    operation: Schema
+    binding: Binding
+    method: descriptor_pb2.MethodDescriptorProto
+
+
 class Generator:
     def __init__(self, found: Descriptors) -> None:
         self.found = found
         self.comments = Comments({})
         self.wanted: set[str] = set()  # messages and enums to render as components
+        self.rules = default_rules()
 
     def comment(self, located: Located, *tail: int) -> str:
         return self.comments.get(located.file, (*located.path, *tail))
+
+    def rule(self, owner: Located, field_name: str) -> Rule | None:
+        """The field rule of `field_name` in `owner`, if `owner` is a request (answers have none)."""
+        name = owner.proto.name
+        if not name.endswith("Request"):
+            return None
+        if field_name == "status":  # a task status filter, or an agent status to set
+            return self.rules["task_status" if name.startswith("ListTasks") else "agent_status"]
+        if field_name == "agent_id" and name in TASK_NAMED_REQUESTS:
+            return self.rules["task_agent_id"]
+        return self.rules.get(field_name)
 
     # Schemas ------------------------------------------------------------------------------------
 
@@ -306,6 +390,10 @@ class Generator:
         extra: Schema = {}
         if text := self.comment(owner, MESSAGE_FIELD, index):
             extra["description"] = text
+        if (rule := self.rule(owner, f.name)) is not None:
+            schema = constrained(schema, rule)
+            if rule.max_bytes is not None:
+                extra["description"] = f"{extra.get('description', '')}\n\n{BYTES_NOTE.format(rule.max_bytes)}".strip()
         if field_behavior_pb2.OUTPUT_ONLY in behaviors(f):
             extra["readOnly"] = True
         if not extra:
@@ -346,6 +434,11 @@ class Generator:
             if f.name in without:
                 continue
             properties[f.name] = self.field_schema(located, i)
+            nested = self.found.message(f.type_name) if f.type == FDP.TYPE_MESSAGE else None
+            if without and nested is not None and f.label == FDP.LABEL_REPEATED and without & nested_names(nested):
+                # BatchSubmit's requests: the path sets their agent_id too, so they leave it out.
+                properties[f.name] = {**properties[f.name], "items": self.message_schema(nested, without)}
+                properties[f.name]["items"].pop("description", None)
             if field_behavior_pb2.REQUIRED in behaviors(f):
                 required.append(f.name)
         schema: Schema = {"type": "object"}
@@ -366,6 +459,10 @@ class Generator:
         schema["properties"] = properties
         if required:
             schema["required"] = required
+        if located.proto.name.endswith("Request"):
+            schema["additionalProperties"] = False  # the server refuses unknown body fields (api/body_fields.py)
+            if {"callback_mode", "webhook_url"} <= set(properties):
+                schema |= callback_choice()
         return schema
 
     def enum_schema(self, located: Located) -> Schema:
@@ -424,6 +521,8 @@ class Generator:
             if type_name in ("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"):
                 raise GenerationError(f"{located.full_name}.{f.name} (JSON) cannot be a query parameter")
             schema = self.value_schema(f)
+            if (rule := self.rule(located, f.name)) is not None:
+                schema = constrained(schema, rule)
             required = field_behavior_pb2.REQUIRED in behaviors(f)
             parameters.append(self.parameter(name, "query", schema, required, description))
         return parameters
@@ -442,6 +541,8 @@ class Generator:
                 raise GenerationError(f"{full_method}: path variable {name} is not a field of {request.full_name}")
             i = by_name[name]
             schema = self.value_schema(request.proto.field[i])
+            if (rule := self.rule(request, name)) is not None:
+                schema = constrained(schema, rule)
             description = self.comment(request, MESSAGE_FIELD, i)
             parameters.append(self.parameter(name, "path", schema, True, description))
 
@@ -464,7 +565,7 @@ class Generator:
                 schema = self.message_schema(request, without=frozenset(path_fields))
                 schema.pop("description", None)
             else:
-                schema = {"type": "object", "description": "No fields: send `{}`."}
+                schema = {"type": "object", "description": "No fields: send `{}`.", "additionalProperties": False}
             required = [f for f in request.proto.field if f.name in body_fields]
             operation["requestBody"] = {
                 "required": any(field_behavior_pb2.REQUIRED in behaviors(f) for f in required),
@@ -510,7 +611,14 @@ class Generator:
             f"JSON being a `{schema_name(response.full_name)}` ({message_ref}). Events are sent as they happen; "
             f"the response ends with the stream."
         )
-        media = {"schema": {"type": "string"}, "x-sse-data-schema": {"$ref": message_ref}}
+        # OpenAPI 3.0 has `schema` describe each event of a text/event-stream (3.2's itemSchema): an
+        # object whose `data` is the JSON text; x-sse-data-schema names the schema of that JSON.
+        event = {
+            "type": "object",
+            "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}},
+            "required": ["data"],
+        }
+        media = {"schema": event, "x-sse-data-schema": {"$ref": message_ref}}
         return {status: {"description": description, "content": {"text/event-stream": media}}}
 
     def errors(self, path_fields: list[str], request_fields: dict[str, int]) -> Schema:
@@ -580,6 +688,7 @@ class Generator:
 
     def paths(self, services: list[Located]) -> Schema:
         paths: dict[str, Schema] = {}
+        made: list[Made] = []
         for service in services:
             for index, method in enumerate(service.proto.method):
                 if not method.options.HasExtension(annotations_pb2.http):
@@ -592,9 +701,41 @@ class Generator:
                     if binding.method in item:
                         raise GenerationError(f"{binding.method.upper()} {path} is bound twice")
                     item[binding.method] = self.operation(service, index, binding, operation_id)
+                    made.append(Made(f"{service.full_name}.{method.name}", path, item[binding.method], binding, method))
+        self.add_links(made)
         return {
             path: dict(sorted(item.items(), key=lambda kv: HTTP_METHODS.index(kv[0]))) for path, item in paths.items()
         }
+
+    def add_links(self, made: list[Made]) -> None:
+        """Links from the answers of LINK_SOURCES to every operation whose path their fields fill
+        (under the same prefix), e.g. CreateAgent -> Submit -> GetStatus. Streams are left out:
+        a watch of a live task stays open until the task ends."""
+        for source in made:
+            if source.full_method not in LINK_SOURCES:
+                continue
+            answer = self.found.message(source.method.output_type)
+            if source.binding.response_body:
+                inner = next(f for f in answer.proto.field if f.name == source.binding.response_body)
+                answer = self.found.message(inner.type_name)
+            fields = nested_names(answer)
+            links: Schema = {}
+            for target in made:
+                variables = PATH_VARIABLE.findall(target.path)
+                if (
+                    target is source
+                    or target.method.server_streaming
+                    or not variables
+                    or not set(variables) <= fields
+                    or target.path.startswith("/v1/") != source.path.startswith("/v1/")
+                ):
+                    continue
+                links[target.operation["operationId"]] = {
+                    "operationId": target.operation["operationId"],
+                    "parameters": {v: f"$response.body#/{v}" for v in variables},
+                }
+            status = next(code for code in source.operation["responses"] if code.startswith("2"))
+            source.operation["responses"][status]["links"] = links
 
     def error_responses(self) -> Schema:
         reasons: dict[int, list[str]] = {}
@@ -609,7 +750,11 @@ class Generator:
                 f"{ERROR_TITLES[status]}. `details` holds a `google.rpc.ErrorInfo` whose `reason` is one of:\n\n{lines}"
             )
             if status == ERROR_TABLE[InvalidArgument].http_status:
-                description += "\n\n`INVALID_ARGUMENT` also has a `google.rpc.BadRequest` naming each bad field."
+                whys = ", ".join(f"`{why.value}`" for why in Why)
+                description += (
+                    "\n\n`INVALID_ARGUMENT` also has a `google.rpc.BadRequest` naming each bad field, with a stable "
+                    f"`reason` per field, one of: {whys}."
+                )
             if status == 429:
                 description += (
                     "\n\nA `google.rpc.RetryInfo` detail and the `Retry-After` header say when to call again."
@@ -631,6 +776,11 @@ The REST face of agenttasks: Envoy's gRPC-JSON transcoder serves these paths fro
 JSON: field names are the proto's (snake_case); unset fields may be left out; 64-bit integers
 are strings; times are RFC 3339 (UTC); `metadata`, `data` and `details` are free-form objects.
 Errors are `google.rpc.Status` JSON with an `ErrorInfo` detail whose `reason` is stable.
+
+The schemas state what the server accepts (ranges, lengths, patterns, enums): a request they
+allow is not refused for its shape. Limits are those of a server with the default settings; an
+operator may change the message size (`AGENTTASKS_MAX_MESSAGE_BYTES`) and the longest timeout
+(`AGENTTASKS_MAX_TIMEOUT_SECONDS`).
 
 Generated by `scripts/gen_openapi.py` from the API's descriptors; do not edit by hand."""
 

@@ -1,11 +1,16 @@
 """Submit's own CPU cost: the servicer called directly (no gRPC), 64 at a time, on a real
 service with a real SQLite file. Set beside the echo server's CPU per call, it says how much of
 a Submit over gRPC is ours and how much is gRPC's (docs/benchmarks.md).
+
+`python -m bench.probes.submit_in_process json` logs as `serve --log-format json` does, into a
+file: an access line per Submit (`json-quiet`: JSON without access lines). The difference to
+the default (text, no access lines) is what the access log costs (docs/operations.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -16,6 +21,7 @@ from agenttasks.api.task_servicer import TaskServicer
 from agenttasks.app import Service
 from agenttasks.auth import Authenticator, create_api_key, server_jwt_secret
 from agenttasks.core.model import Principal, Role
+from agenttasks.observe import logs
 from agenttasks.settings import Settings
 from agenttasks.v1 import task_service_pb2 as pb
 
@@ -35,9 +41,17 @@ class _Context:
     async def abort(self, code: object, details: str, trailing: object = None) -> None:
         raise RuntimeError(f"Submit failed: {code} {details}")
 
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:40000"
 
-async def main(rounds: int = 3, per_slot: int = PER_SLOT) -> None:
-    with tempfile.TemporaryDirectory() as scratch:
+    def code(self) -> None:
+        return None  # not aborted
+
+
+async def main(rounds: int = 3, per_slot: int = PER_SLOT, log_format: str = "text") -> None:
+    with tempfile.TemporaryDirectory() as scratch, (Path(scratch) / "log").open("w") as log_file:
+        if log_format != "text":
+            logs.configure("json", "info", access=log_format == "json", stream=log_file)
         settings = Settings.model_validate({"db": str(Path(scratch) / "probe.db"), "grpc_port": 0, "gateway": False})
         async with Service(settings) as service:
             key = await create_api_key(service.store, "default", Role.CLIENT)
@@ -65,4 +79,4 @@ async def main(rounds: int = 3, per_slot: int = PER_SLOT) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(log_format=sys.argv[1] if len(sys.argv) > 1 else "text"))

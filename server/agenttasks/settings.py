@@ -8,6 +8,7 @@ on a fresh machine.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -126,6 +127,15 @@ class Settings(BaseSettings):
     )
     gateway_metrics_port: int = Field(
         0, ge=0, le=65535, description="Port where the REST gateway (Envoy) serves its own /stats/prometheus (0: off)."
+    )
+
+    # --- logs (docs/operations.md) ---
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text for a person, or json: one JSON object per line for a collector."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe line logged.")
+    access_log: bool | None = Field(
+        None, description="One log line per call, the server's and Envoy's (default: on with json, off with text)."
     )
 
     # --- client commands ---

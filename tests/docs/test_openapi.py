@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from openapi_spec_validator import validate
 
+from agenttasks.core.validation import Limits
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 DOCUMENT = ROOT / "docs" / "openapi.json"
 
@@ -137,3 +139,78 @@ def test_response_body_is_honoured_and_auth_applies_everywhere() -> None:
     assert document["security"] == [{"bearerAuth": []}, {"apiKey": []}]
     overriding = [op["operationId"] for item in document["paths"].values() for op in item.values() if "security" in op]
     assert overriding == []
+
+
+# Where the document must declare a field rule (agenttasks.core.field_rules): (method, path,
+# where the field is, field, rule). The rule's keywords must be in the field's schema as they are.
+DECLARED = [
+    ("post", "/agent/request/{agent_id}", "path", "agent_id", "agent_id"),
+    ("post", "/agent/request/{agent_id}", "body", "message", "message"),
+    ("post", "/agent/request/{agent_id}", "body", "priority", "priority"),
+    ("post", "/agent/request/{agent_id}", "body", "timeout_override", "timeout_override"),
+    ("post", "/agent/request/{agent_id}", "body", "callback_mode", "callback_mode"),
+    ("post", "/agent/request/{agent_id}", "body", "webhook_url", "webhook_url"),
+    ("post", "/agent/request/{agent_id}", "body", "request_id", "request_id"),
+    ("post", "/agent/{agent_id}/tasks:batchSubmit", "body", "requests", "requests"),
+    ("get", "/agent/{agent_id}/task/{task_id}", "path", "agent_id", "task_agent_id"),
+    ("get", "/agent/{agent_id}/task/{task_id}", "path", "task_id", "task_id"),
+    ("post", "/agent/{agent_id}/task/{task_id}/message", "body", "message", "message"),
+    ("get", "/agent/{agent_id}/task/{task_id}/watch", "query", "after_sequence", "after_sequence"),
+    ("get", "/agent/{agent_id}/tasks", "query", "status", "task_status"),
+    ("get", "/agent/{agent_id}/tasks", "query", "page_size", "page_size"),
+    ("post", "/agent/create", "body", "name", "name"),
+    ("post", "/agent/create", "body", "max_attempts", "max_attempts"),
+    ("post", "/agent/update/{agent_id}", "body", "input_timeout_seconds", "input_timeout_seconds"),
+    ("post", "/agent/update/{agent_id}", "body", "description", "description"),
+    ("post", "/agent/{agent_id}/status", "body", "status", "agent_status"),
+    ("post", "/agent/{agent_id}/status", "body", "status_message", "status_message"),
+]
+KEYWORDS = {"minimum": "minimum", "maximum": "maximum", "min_length": "minLength", "max_length": "maxLength"}
+KEYWORDS |= {"pattern": "pattern", "format": "format", "min_items": "minItems", "max_items": "maxItems"}
+
+
+def body_schema(document: dict[str, Any], found: dict[str, Any]) -> dict[str, Any]:
+    schema: dict[str, Any] = found["requestBody"]["content"]["application/json"]["schema"]
+    if "$ref" in schema:
+        schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+@pytest.mark.parametrize(("method", "path", "where", "field", "rule"), DECLARED, ids=[d[1] + d[3] for d in DECLARED])
+def test_the_server_s_field_rules_are_declared(method: str, path: str, where: str, field: str, rule: str) -> None:
+    document = load()
+    found = operation(document, method, path)
+    if where == "body":
+        schema = body_schema(document, found)["properties"][field]
+    else:
+        [parameter] = [p for p in found["parameters"] if p["name"] == field and p["in"] == where]
+        schema = parameter["schema"]
+    expected = Limits().rules()[rule]
+    for attribute, keyword in KEYWORDS.items():
+        if (value := getattr(expected, attribute)) is not None:
+            assert schema.get(keyword) == value, (keyword, schema)
+    assert schema.get("enum", []) == list(expected.enum), schema
+
+
+def test_request_bodies_are_closed_and_path_ids_have_patterns() -> None:
+    """The server refuses unknown body fields and malformed ids: the document says so everywhere."""
+    document = load()
+    for path, item in document["paths"].items():
+        for method, found in item.items():
+            if "requestBody" in found:
+                assert body_schema(document, found)["additionalProperties"] is False, (method, path)
+            for parameter in found.get("parameters", []):
+                if parameter["in"] == "path":
+                    assert parameter["schema"]["pattern"].startswith("^"), (method, path, parameter)
+
+
+def test_what_is_made_links_to_what_can_be_done_with_it() -> None:
+    found = operation(load(), "post", "/agent/request/{agent_id}")
+    links = found["responses"]["202"]["links"]
+    assert links["TaskService_GetStatus"]["parameters"] == {
+        "agent_id": "$response.body#/agent_id",
+        "task_id": "$response.body#/task_id",
+    }
+    assert "TaskService_WatchTask" not in links  # a watch of a live task stays open
+    created = operation(load(), "post", "/v1/agent/create")["responses"]["200"]["links"]
+    assert created["TaskService_Submit_2"]["operationId"] == "TaskService_Submit_2"  # /v1 links to /v1

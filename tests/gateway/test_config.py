@@ -344,3 +344,27 @@ def test_the_stats_listener_forwards_only_get_stats_prometheus_to_admin_and_pass
     plain = render(**common)["static_resources"]
     assert [c["name"] for c in plain["clusters"]] == ["agenttasks"]
     assert "stats" not in [found["name"] for found in plain["listeners"]]
+
+
+def test_the_access_log_is_on_every_listener_names_no_credential_and_passes_envoy_validate(tmp_path: Path) -> None:
+    """With JSON logs, both of `agenttasks gateway`'s listeners write an access line per call
+    (observe/logs.py reads them back); the headers it names are never credentials."""
+    descriptor = tmp_path / "d.binpb"
+    descriptor.write_bytes(descriptor_set().SerializeToString())
+    config = render(
+        listen=("127.0.0.1", 0),
+        upstreams=[("127.0.0.1", 50051)],
+        descriptor=descriptor,
+        grpc_front=("127.0.0.1", 0),
+        access_log=True,
+    )
+    for listener in config["static_resources"]["listeners"]:
+        (logger,) = listener["filter_chains"][0]["filters"][0]["typed_config"]["access_log"]
+        fields = logger["typed_config"]["log_format"]["json_format"]
+        assert {"method", "path", "status", "duration_ms", "request_id", "upstream"} <= fields.keys()
+        named = {header.lower() for value in fields.values() for header in re.findall(r"%REQ\(([^)]*)\)%", value)}
+        assert not {part for header in named for part in header.split("?:")} & {"authorization", "x-api-key"}
+    validate(write_config(config, tmp_path / "envoy.json"), cwd=tmp_path)
+    plain = render(listen=("127.0.0.1", 0), upstreams=[("127.0.0.1", 50051)], descriptor=descriptor)
+    (rest,) = plain["static_resources"]["listeners"]
+    assert "access_log" not in rest["filter_chains"][0]["filters"][0]["typed_config"]  # text logs: none

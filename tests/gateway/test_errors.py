@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from agenttasks.gateway import Gateway
 from agenttasks.gateway.config import template_text
 from agenttasks.v1 import worker_service_pb2 as wpb
 from tests.dispatch.raw_worker import RawWorker, ref
-from tests.gateway.support import assert_error, http_client
+from tests.gateway.support import BAD_REQUEST, assert_error, http_client
 
 pytestmark = pytest.mark.asyncio
 
@@ -430,10 +431,42 @@ async def test_a_path_that_is_not_utf8_is_400_not_500(
     caplog.set_level(logging.WARNING)
     for client in (anonymous, rest):
         response = await client.get(f"/agent/{agent}/task/%ff")
-        assert_error(response, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", field="request")
+        body = assert_error(response, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", field="request")
+        assert body["message"].startswith("invalid request: could not be decoded"), body  # no "request: " twice
+        assert violations(body) == [("request", "UNDECODABLE")], body
         response = await client.post(f"/agent/{agent}/task/%C3%28/cancel")
         assert_error(response, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", field="request")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def violations(body: dict[str, Any]) -> list[tuple[str, str]]:
+    found = [d for d in body["details"] if d["@type"] == BAD_REQUEST]
+    return [(v["field"], v["reason"]) for d in found for v in d["field_violations"]]
+
+
+async def test_every_field_violation_has_a_stable_reason(rest: httpx.AsyncClient, agent: str) -> None:
+    bad = {"message": " ", "priority": 11, "request_id": "a b", "metadata": {"n": 1}, "priorty": 9}
+    response = await rest.post(f"/agent/request/{agent}", json=bad)
+    body = assert_error(response, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", field="priorty")
+    assert violations(body) == [("priorty", "UNKNOWN_FIELD")], body  # unknown fields are refused first
+    del bad["priorty"]
+    response = await rest.post(f"/agent/request/{agent}", json=bad)
+    body = assert_error(response, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
+    assert violations(body) == [("message", "REQUIRED"), ("priority", "OUT_OF_RANGE"), ("request_id", "BAD_FORMAT")]
+    response = await rest.get(f"/agent/{agent}/task/42")
+    body = assert_error(response, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", field="task_id")
+    assert violations(body) == [("task_id", "NOT_A_UUID")], body
+
+
+async def test_headers_grpc_cannot_carry_are_dropped_not_a_500(rest: httpx.AsyncClient, agent: str) -> None:
+    """HTTP allows header names like `h~|` and values with bytes past ASCII; gRPC metadata does not,
+    and the server's gRPC library failed the whole call on them (INTERNAL, 500). The gateway drops
+    them; the call is served, its credential (a legal header) still counts."""
+    odd: list[tuple[str, bytes]] = [("h~|", b"1"), ("x-note", "café".encode()), ("x-tab", b"a\tb")]
+    for name, value in odd:
+        response = await rest.get(f"/agent/{agent}", headers={name: value})
+        assert response.status_code == 200, (name, response.text)
+        assert response.json()["agent_id"] == agent
 
 
 async def test_big_headers_are_served_up_to_the_gateways_limit_and_431_past_it(

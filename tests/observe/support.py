@@ -1,46 +1,41 @@
-"""Scraping a server's /metrics the way Prometheus does, and reading values out of it."""
+"""Logs as `serve --log-format json` writes them, into a buffer the test reads back parsed."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-import urllib.request
-from collections.abc import Callable
+import io
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
+from agenttasks.observe import logs
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    """Every sample of a Prometheus text page, by name and labels (the parser checks the format)."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+Lines = Callable[[], list[dict[str, Any]]]
+"""Every line logged so far, each parsed (a line that is not one JSON object fails the test)."""
 
 
-async def scrape(url: str) -> Samples:
-    def get() -> str:
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - a test's own server
-            assert response.status == 200
-            body: bytes = response.read()
-            return body.decode()
+@contextmanager
+def logging_to_buffer(log_format: str = "json", access: bool | None = None) -> Iterator[io.StringIO]:
+    """`logs.configure` into a buffer for the block; the previous handlers and levels after."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, logs.access_log.level, logs.envoy_access_log.level)
+    buffer = io.StringIO()
+    logs.configure(log_format, "debug", access=access, stream=buffer)
+    try:
+        yield buffer
+    finally:
+        logs.configure("text")  # closes the buffer's handler, and `say` prints again
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+        logs.access_log.setLevel(saved[2])
+        logs.envoy_access_log.setLevel(saved[3])
 
-    return parse(await asyncio.to_thread(get))
 
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    """The sample's value; None when the page has no such series."""
-    return samples.get((name, frozenset(labels.items())))
-
-
-async def scrape_until(url: str, ready: Callable[[Samples], bool], seconds: float = 30) -> Samples:
-    """Scrape until `ready` holds (work done by background loops lands a little later)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        samples = await scrape(url)
-        if ready(samples) or time.monotonic() > deadline:
-            return samples
-        await asyncio.sleep(0.05)
+def parsed(buffer: io.StringIO) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert all(isinstance(line, dict) for line in lines)
+    return lines

@@ -12,7 +12,7 @@ from agenttasks.app import Service
 from agenttasks.auth import create_api_key
 from agenttasks.core.model import Role
 from agenttasks.gateway import Gateway
-from tests.observe.support import parse, value
+from tests.observe.scraping import parse, value
 from tests.support import make_settings
 
 pytestmark = pytest.mark.asyncio

@@ -24,7 +24,7 @@ from agenttasks.v1 import task_service_pb2 as tpb
 from agenttasks.v1 import worker_service_pb2 as wpb
 from tests.cli.support import free_port
 from tests.dispatch.raw_worker import RawWorker, ref
-from tests.observe.support import Samples, scrape, scrape_until, value
+from tests.observe.scraping import Samples, scrape, scrape_until, value
 from tests.support import Api, api_for, make_settings
 from tests.webhooks.receiver import Answer, Receiver
 

@@ -12,7 +12,7 @@ import pytest_asyncio
 from agenttasks.app import Service
 from agenttasks.v1 import task_service_pb2 as tpb
 from tests.cli.support import free_port
-from tests.observe.support import scrape, scrape_until, value
+from tests.observe.scraping import scrape, scrape_until, value
 from tests.support import PostgresDatabases, api_for, make_settings
 
 pytestmark = pytest.mark.asyncio

@@ -11,7 +11,7 @@ import pytest
 
 from agenttasks.app import Service, StartupError
 from tests.cli.support import Spawned, free_port
-from tests.observe.support import parse, value
+from tests.observe.scraping import parse, value
 from tests.support import make_settings
 
 

@@ -20,7 +20,7 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, MethodDescriptor
 
-from agenttasks.core.errors import FieldViolation, InvalidArgument
+from agenttasks.core.errors import FieldViolation, InvalidArgument, Why
 
 BODY_FIELDS_HEADER = "x-agenttasks-body-fields"
 _NESTED = re.compile(r"^([^\[\].]+)\[(\d+)\]\.([^\[\].]+)$")
@@ -87,9 +87,11 @@ def check_body_fields(method: str, header: str) -> None:
         if nested is None:
             name = unquote(sent)
             if name in fields.from_path:
-                violations.append(FieldViolation(name, "comes from the path; the body may not set it"))
+                violations.append(FieldViolation(name, "comes from the path; the body may not set it", Why.SET_BY_PATH))
             elif name not in fields.names:
-                violations.append(FieldViolation(name, f"unknown field; the body takes {fields.shown}"))
+                violations.append(
+                    FieldViolation(name, f"unknown field; the body takes {fields.shown}", Why.UNKNOWN_FIELD)
+                )
             continue
         outer, index, inner = nested.groups()
         element = fields.repeated.get(unquote(outer))
@@ -101,6 +103,7 @@ def check_body_fields(method: str, header: str) -> None:
                 FieldViolation(
                     f"{unquote(outer)}[{index}].{unquote(inner)}",
                     f"unknown field; each of {unquote(outer)} takes {inner_fields.shown}",
+                    Why.UNKNOWN_FIELD,
                 )
             )
     if violations:

@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from agenttasks.core.errors import InvalidArgument
+from agenttasks.core.errors import InvalidArgument, Why
 from agenttasks.core.model import Agent, JsonObject, Task, TaskEvent, WebhookDelivery, utcnow
 from agenttasks.core.tasks import MessageResult, SubmitInput, SubmitResult
 from agenttasks.core.watch import Snapshot, StreamEnd, WatchItem
@@ -47,7 +47,7 @@ def struct_to_dict(message: Any, field: str) -> JsonObject | None:
     try:
         result: JsonObject = json_format.MessageToDict(getattr(message, field))
     except ValueError:  # NaN or Infinity: not JSON, so not storable or renderable
-        raise InvalidArgument.field(field, "numbers must be finite (no NaN or Infinity)") from None
+        raise InvalidArgument.field(field, "numbers must be finite (no NaN or Infinity)", Why.BAD_FORMAT) from None
     return result
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from agenttasks.api.errors import to_status
-from agenttasks.core.errors import InvalidArgument
+from agenttasks.core.errors import WHOLE_REQUEST, InvalidArgument, Why
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 async def _refuse(context: Context, method: str, request: Undecodable) -> None:
     _LIMIT.note(method, request.why)
-    status = to_status(InvalidArgument.field("request", MESSAGE))
+    status = to_status(InvalidArgument.field(WHOLE_REQUEST, MESSAGE, Why.UNDECODABLE))
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 

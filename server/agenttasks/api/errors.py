@@ -93,7 +93,7 @@ def rich_status(error: BaseException) -> status_pb2.Status:
     details = [_pack(error_details_pb2.ErrorInfo(reason=mapping.reason, domain=ERROR_DOMAIN, metadata=metadata))]
     if isinstance(error, InvalidArgument):
         violations = [
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description, reason=v.reason)
             for v in error.violations
         ]
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))

@@ -9,9 +9,10 @@ status, because an error after the first message is invisible to HTTP/1.1 client
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Protocol, TypeVar
 
 import grpc
@@ -22,7 +23,7 @@ from agenttasks.auth.roles import authorize
 from agenttasks.core.errors import CallTimedOut, DomainError, RateLimited, ShuttingDown
 from agenttasks.core.model import Principal
 from agenttasks.core.rate_limit import TokenBuckets
-from agenttasks.observe import tracing
+from agenttasks.observe import logs, tracing
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Gate:
             raise ShuttingDown("server is shutting down; retry shortly")
         metadata = call_metadata(context)
         principal = await self._auth.authenticate(metadata)
+        logs.bind(tenant=principal.tenant, credential=principal.subject)
         if self._rate_limit is not None and (wait := self._rate_limit.take(principal.subject)):
             raise RateLimited(wait)
         authorize(principal, method)
@@ -71,8 +73,11 @@ class Gate:
         context: grpc.aio.ServicerContext[object, object],
         method: str,
         handler: Callable[[Principal], Awaitable[Resp]],
+        request: object = None,
     ) -> Resp:
-        with tracing.server_span(method, context.invocation_metadata):  # a no-op with tracing off
+        """`request`: the call's request message, whose ids (agent, task) its log lines carry."""
+        # The span (a no-op with tracing off) first, so the call's log lines carry its trace id.
+        with tracing.server_span(method, context.invocation_metadata), logs.RpcLog(context, method, request):
             return await self._unary(context, method, handler)
 
     async def _unary(
@@ -103,7 +108,21 @@ class Gate:
         method: str,
         handler: Callable[[Principal], AsyncIterator[Resp]],
         on_midstream_error: Callable[[BaseException], Resp] | None = None,
+        request: object = None,
     ) -> AsyncIterator[Resp]:
+        with logs.RpcLog(context, method, request):  # its access line when the stream ends
+            # Closed with this one, so the handler's own clean-up runs now, not when collected.
+            async with contextlib.aclosing(self._stream(context, method, handler, on_midstream_error)) as messages:
+                async for message in messages:
+                    yield message
+
+    async def _stream(
+        self,
+        context: grpc.aio.ServicerContext[object, object],
+        method: str,
+        handler: Callable[[Principal], AsyncIterator[Resp]],
+        on_midstream_error: Callable[[BaseException], Resp] | None = None,
+    ) -> AsyncGenerator[Resp]:
         sent = False
         try:
             principal = await self._principal(context, method)

@@ -36,7 +36,7 @@ class WebhookServicer(webhook_service_pb2_grpc.WebhookServiceServicer):
             deliveries = await self._core.deliveries(p, request.agent_id, request.task_id)
             return pb.ListWebhookDeliveriesResponse(deliveries=[convert.delivery(d) for d in deliveries])
 
-        return await self._gate.unary(context, _SERVICE + "ListWebhookDeliveries", run)
+        return await self._gate.unary(context, _SERVICE + "ListWebhookDeliveries", run, request)
 
     async def RetryWebhookDelivery(
         self, request: pb.RetryWebhookDeliveryRequest, context: Ctx
@@ -45,13 +45,13 @@ class WebhookServicer(webhook_service_pb2_grpc.WebhookServiceServicer):
             delivery = await self._core.retry(p, request.delivery_id)
             return pb.RetryWebhookDeliveryResponse(delivery=convert.delivery(delivery))
 
-        return await self._gate.unary(context, _SERVICE + "RetryWebhookDelivery", run)
+        return await self._gate.unary(context, _SERVICE + "RetryWebhookDelivery", run, request)
 
     async def GetSigningSecret(self, request: pb.GetSigningSecretRequest, context: Ctx) -> pb.GetSigningSecretResponse:
         async def run(p: Principal) -> pb.GetSigningSecretResponse:
             return pb.GetSigningSecretResponse(**_secret_fields(await self._core.secret(p)))  # type: ignore[arg-type]
 
-        return await self._gate.unary(context, _SERVICE + "GetSigningSecret", run)
+        return await self._gate.unary(context, _SERVICE + "GetSigningSecret", run, request)
 
     async def RotateSigningSecret(
         self, request: pb.RotateSigningSecretRequest, context: Ctx
@@ -60,4 +60,4 @@ class WebhookServicer(webhook_service_pb2_grpc.WebhookServiceServicer):
             overlap = convert.optional(request, "overlap_seconds")
             return pb.RotateSigningSecretResponse(**_secret_fields(await self._core.rotate(p, overlap)))  # type: ignore[arg-type]
 
-        return await self._gate.unary(context, _SERVICE + "RotateSigningSecret", run)
+        return await self._gate.unary(context, _SERVICE + "RotateSigningSecret", run, request)

@@ -32,7 +32,7 @@ from agenttasks.core import dispatch
 from agenttasks.core.dispatch import Ack, Assign, Deliver, Dispatcher, Push, Report, Stop, TaskRef, WorkerSession
 from agenttasks.core.errors import DomainError, InvalidArgument
 from agenttasks.core.model import Principal, TaskMessage
-from agenttasks.observe import tracing
+from agenttasks.observe import logs, tracing
 from agenttasks.stream_batches import packed
 from agenttasks.v1 import task_pb2, worker_service_pb2_grpc
 from agenttasks.v1 import worker_service_pb2 as pb
@@ -111,6 +111,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                 raise InvalidArgument.field("hello", "the first message of a worker stream must be hello")
             hello = first.hello
             session = await self._dispatcher.connect(principal, hello.agent_id, hello.capacity, hello.worker_name)
+            logs.bind(agent_id=session.agent_id, worker_id=session.worker_id)  # before the reader starts
             reader = asyncio.create_task(self._read(session, requests), name=f"worker-{session.worker_id}")
             try:
                 yield pb.ConnectResponse(

@@ -18,10 +18,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from typing import TYPE_CHECKING, Any
 
 from agenttasks.cli.client import CliError
+from agenttasks.observe import logs
 from agenttasks.settings import Settings
 
 if TYPE_CHECKING:  # the gateway package (YAML, descriptors) is imported only when the command runs
@@ -148,6 +148,7 @@ async def run_gateway(settings: Settings) -> int:
         grpc_front=(settings.grpc_front_host, settings.grpc_front_port),
         stats=(settings.metrics_host, settings.gateway_metrics_port) if settings.gateway_metrics_port else None,
         drain_seconds=settings.shutdown_grace_seconds,
+        access_log=logs.access_on(),
     )
     try:
         await gateway.start()
@@ -164,22 +165,22 @@ async def run_gateway(settings: Settings) -> int:
     done, _ = await asyncio.wait([waiter, gateway.exited], return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if gateway.exited in done:
-        print(f"agenttasks: stopping: {gateway.describe_exit()}", file=sys.stderr, flush=True)
+        logs.say(f"agenttasks: stopping: {gateway.describe_exit()}", logging.ERROR)
         code = 1
     for task in (watcher, waiter):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
     if code == 0:
-        print("agenttasks: draining", file=sys.stderr, flush=True)
+        logs.say("agenttasks: draining")
         left = await gateway.drain(settings.shutdown_grace_seconds)
         if left:
             log.info("%d calls still open after %gs (streams): cut", left, settings.shutdown_grace_seconds)
     await gateway.stop()
-    print("agenttasks: stopped", file=sys.stderr, flush=True)
+    logs.say("agenttasks: stopped")
     return code
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_format, settings.log_level, settings.access_log)
     return asyncio.run(run_gateway(settings))

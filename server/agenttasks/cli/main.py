@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import re
 import sys
@@ -20,6 +21,7 @@ from agenttasks import __version__
 from agenttasks.cli import commands, gateway_cmd, store_cmds, webhook_cmds, worker_cmd
 from agenttasks.cli.client import Client, CliError
 from agenttasks.core.model import Role, TaskStatus
+from agenttasks.observe import logs
 from agenttasks.settings import Settings
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
@@ -112,6 +114,19 @@ def _client_options(p: argparse.ArgumentParser, json_help: str) -> None:
     _json_option(p, json_help)
 
 
+def _log_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines on stderr as text (default) or json: one JSON object per line (env AGENTTASKS_LOG_FORMAT)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="least severe line logged (env AGENTTASKS_LOG_LEVEL; default info)",
+    )
+
+
 def _db_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--db",
@@ -162,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CIDR[,CIDR...]",
         help="networks webhooks may reach although private, e.g. 127.0.0.0/8,::1/128 for local development",
     )
+    _log_options(p)
     p.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics at /metrics on this port (default 0: off)"
     )
@@ -175,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "gateway", gateway_cmd.HELP, local=_lazy("agenttasks.cli.gateway_cmd", "run"))
     gateway_cmd.add_arguments(p)
+    _log_options(p)
 
     keys = _add(sub, "keys", "Manage API keys (acts on the database file; no server needed).")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=_Parser, required=True)
@@ -335,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "worker", worker_cmd.HELP, local=_lazy("agenttasks.cli.worker_cmd", "run"))
     worker_cmd.add_arguments(p)
+    _log_options(p)
     return parser
 
 
@@ -358,6 +376,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "gateway_metrics_port",
         "server",
         "api_key",
+        "log_format",
+        "log_level",
     ):
         value = getattr(args, name, None)
         if value is not None:
@@ -397,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     except CliError as error:
-        print(f"agenttasks: {error.message}", file=sys.stderr)
+        logs.say(f"agenttasks: {error.message}", logging.ERROR)  # a JSON line once logs are JSON
         return error.exit_code
     except KeyboardInterrupt:
         return 130

@@ -8,14 +8,13 @@ import logging
 import signal
 import socket
 import sqlite3
-import sys
 from typing import Any
 
 from agenttasks.app import Service, StartupError
 from agenttasks.cli.client import CliError
 from agenttasks.gateway import Gateway, GatewayError, check_port, envoy_binary
 from agenttasks.heap import freeze_startup_objects
-from agenttasks.observe import tracing
+from agenttasks.observe import logs, tracing
 from agenttasks.settings import Settings
 from agenttasks.store import shown_url
 
@@ -82,7 +81,11 @@ async def run(settings: Settings) -> int:
     if settings.gateway:
         stats = (settings.metrics_host, settings.gateway_metrics_port) if settings.gateway_metrics_port else None
         gateway = Gateway(
-            settings.http_host, settings.http_port, upstreams=[(settings.grpc_host, service.port)], stats=stats
+            settings.http_host,
+            settings.http_port,
+            upstreams=[(settings.grpc_host, service.port)],
+            access_log=logs.access_on(),
+            stats=stats,
         )
         try:
             await gateway.start()
@@ -104,24 +107,24 @@ async def run(settings: Settings) -> int:
     done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if service.supervisor.failed in done:
-        print(f"agenttasks: stopping: {service.supervisor.failed.result()}", file=sys.stderr, flush=True)
+        logs.say(f"agenttasks: stopping: {service.supervisor.failed.result()}", logging.ERROR)
         code = 1
     elif gateway is not None and gateway.exited in done:
-        print(f"agenttasks: stopping: {gateway.describe_exit()}", file=sys.stderr, flush=True)
+        logs.say(f"agenttasks: stopping: {gateway.describe_exit()}", logging.ERROR)
         code = 1
     waiter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await waiter
-    print("agenttasks: draining", file=sys.stderr, flush=True)
+    logs.say("agenttasks: draining")
     await service.stop()
     if gateway is not None:  # after gRPC drained, so REST calls in flight got their answers
         await gateway.stop()
-    print("agenttasks: stopped", file=sys.stderr, flush=True)
+    logs.say("agenttasks: stopped")
     return code
 
 
 def serve(settings: Settings) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_format, settings.log_level, settings.access_log)
     tracing.setup_from_env("agenttasks", force=settings.tracing)
     try:
         return asyncio.run(run(settings))

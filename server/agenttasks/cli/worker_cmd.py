@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from agenttasks.cli.client import CliError
 from agenttasks.core.dispatch import MAX_CAPACITY
-from agenttasks.observe import tracing
+from agenttasks.observe import logs, tracing
 from agenttasks.settings import Settings
 
 if TYPE_CHECKING:
@@ -104,8 +104,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         raise CliError(f"missing COMMAND; {USAGE_HINT}", exit_code=2)
     if shutil.which(command[0]) is None:
         raise CliError(f"command not found or not executable: {command[0]}", exit_code=2)
-    logging.basicConfig(level=logging.INFO, format="agenttasks worker: %(message)s", stream=sys.stderr)
-    logging.getLogger("agenttasks.worker").setLevel(logging.INFO)
+    if settings.log_format == "json":
+        logs.configure("json", settings.log_level, access=False)
+    else:
+        level = settings.log_level.upper()
+        logging.basicConfig(level=level, format="agenttasks worker: %(message)s", stream=sys.stderr)
     from agenttasks.worker import ConnectRefused, ExecRunner, Worker  # only when it runs: a heavy stack
 
     worker = Worker(
@@ -123,7 +126,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         raise CliError(f"the server refused the worker: {refused}") from None
     finally:
         tracing.shutdown()  # exports the spans still buffered
-    print("agenttasks worker: stopped", file=sys.stderr)
+    logs.say("agenttasks worker: stopped")
     return 0
 
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from agenttasks.core import lifecycle, validation
-from agenttasks.core.errors import AgentNotFound, InvalidArgument
+from agenttasks.core.errors import AgentNotFound
 from agenttasks.core.ids import check_id, new_id
 from agenttasks.core.model import Agent, AgentStatus, JsonObject, Principal, Task, TaskEvent, utcnow
 from agenttasks.core.paging import PageTokens
@@ -165,15 +165,7 @@ class AgentCore:
         return await self._change(principal, agent_id, lambda agent: replace(agent, **changes))
 
     async def set_status(self, principal: Principal, agent_id: str, status: str, status_message: str = "") -> Agent:
-        try:
-            wanted = AgentStatus(status)
-        except ValueError:
-            allowed = ", ".join(s.value for s in AgentStatus)
-            raise InvalidArgument.field("status", f"must be one of {allowed}") from None
-        if len(status_message) > validation.MAX_DESCRIPTION_LENGTH:
-            raise InvalidArgument.field(
-                "status_message", f"must be at most {validation.MAX_DESCRIPTION_LENGTH} characters"
-            )
+        wanted = validation.validate_agent_status(status, status_message)
         return await self._change(
             principal, agent_id, lambda agent: replace(agent, status=wanted, status_message=status_message)
         )

@@ -6,8 +6,34 @@ status and stable reason. A test checks that every subclass here has a row.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+
+class Why(enum.StrEnum):
+    """Stable reasons of field violations (`BadRequest.field_violations[].reason`), for clients
+    that act on the kind of mistake; the description says it in words and may change."""
+
+    REQUIRED = "REQUIRED"
+    OUT_OF_RANGE = "OUT_OF_RANGE"
+    TOO_LONG = "TOO_LONG"
+    TOO_DEEP = "TOO_DEEP"
+    BAD_FORMAT = "BAD_FORMAT"
+    NOT_A_UUID = "NOT_A_UUID"
+    NOT_ALLOWED_VALUE = "NOT_ALLOWED_VALUE"
+    NUL_CHARACTER = "NUL_CHARACTER"
+    CONFLICT = "CONFLICTING_FIELDS"
+    UNKNOWN_FIELD = "UNKNOWN_FIELD"
+    SET_BY_PATH = "SET_BY_PATH"
+    UNDECODABLE = "UNDECODABLE"
+    INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"  # noqa: S105 - a reason, not a secret
+    INVALID_VALUE = "INVALID_VALUE"
+    """Any other bad value."""
+
+
+WHOLE_REQUEST = "request"
+"""The field a violation names when the request as a whole is wrong (e.g. it cannot be decoded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +42,7 @@ class FieldViolation:
 
     field: str
     description: str
+    reason: Why = Why.INVALID_VALUE
 
 
 class DomainError(Exception):
@@ -31,17 +58,20 @@ class InvalidArgument(DomainError):
     """The request is malformed; nothing was written."""
 
     def __init__(self, violations: list[FieldViolation]) -> None:
-        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        # "invalid request: could not be decoded", not "invalid request: request: could not ...".
+        summary = "; ".join(
+            v.description if v.field == WHOLE_REQUEST else f"{v.field}: {v.description}" for v in violations
+        )
         super().__init__(f"invalid request: {summary}", metadata={"field": violations[0].field})
         self.violations = violations
 
     @classmethod
-    def field(cls, name: str, description: str) -> InvalidArgument:
-        return cls([FieldViolation(name, description)])
+    def field(cls, name: str, description: str, reason: Why = Why.INVALID_VALUE) -> InvalidArgument:
+        return cls([FieldViolation(name, description, reason)])
 
     def within(self, prefix: str) -> InvalidArgument:
         """The same violations, named inside an enclosing field (`requests[3].` + `priority`)."""
-        return InvalidArgument([FieldViolation(prefix + v.field, v.description) for v in self.violations])
+        return InvalidArgument([FieldViolation(prefix + v.field, v.description, v.reason) for v in self.violations])
 
 
 class Unauthenticated(DomainError):

@@ -10,7 +10,7 @@ import uuid
 
 import uuid_utils
 
-from agenttasks.core.errors import InvalidArgument
+from agenttasks.core.errors import InvalidArgument, Why
 
 
 def new_id() -> str:
@@ -24,11 +24,11 @@ def check_id(value: str, field: str) -> str:
     Malformed ids are bad input (400), not unknown ones (404): the client can fix them.
     """
     if not value:
-        raise InvalidArgument.field(field, "required")
+        raise InvalidArgument.field(field, "required", Why.REQUIRED)
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise InvalidArgument.field(field, f"must be a UUID, got {value[:64]!r}") from None
+        raise InvalidArgument.field(field, f"must be a UUID, got {value[:64]!r}", Why.NOT_A_UUID) from None
 
 
 def agent_scope(agent_id: str) -> str:

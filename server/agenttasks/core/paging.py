@@ -14,7 +14,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from agenttasks.core.errors import InvalidArgument
+from agenttasks.core.errors import InvalidArgument, Why
 
 TOKEN_TTL_SECONDS = 86400
 
@@ -33,8 +33,12 @@ class PageTokens:
         try:
             body = json.loads(self._fernet.decrypt(token.encode(), ttl=TOKEN_TTL_SECONDS))
         except (InvalidToken, ValueError, UnicodeError):
-            raise InvalidArgument.field("page_token", "invalid or expired; start again without it") from None
+            raise InvalidArgument.field(
+                "page_token", "invalid or expired; start again without it", Why.INVALID_PAGE_TOKEN
+            ) from None
         if body.get("q") != json.loads(json.dumps(query)):
-            raise InvalidArgument.field("page_token", "belongs to a different query (filters changed)")
+            raise InvalidArgument.field(
+                "page_token", "belongs to a different query (filters changed)", Why.INVALID_PAGE_TOKEN
+            )
         cursor: list[Any] = body["c"]
         return cursor

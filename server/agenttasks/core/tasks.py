@@ -18,7 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 from agenttasks.core import idempotency, lifecycle, validation
 from agenttasks.core.agents import find_agent
-from agenttasks.core.errors import AgentUnavailable, InvalidArgument, TaskNotFound, TooManyQueued, TooManyWatches
+from agenttasks.core.errors import (
+    AgentUnavailable,
+    InvalidArgument,
+    TaskNotFound,
+    TooManyQueued,
+    TooManyWatches,
+    Why,
+)
+
+# ANY_AGENT: the AIP-159 wildcard, a task addressed without knowing its agent. MAX_BATCH: one
+# write holds a whole BatchSubmit, and other writes wait behind it.
+from agenttasks.core.field_rules import ANY_AGENT, MAX_BATCH
 from agenttasks.core.ids import check_id, new_id
 from agenttasks.core.model import (
     Agent,
@@ -54,10 +65,6 @@ QUEUED_RECOUNT_SECONDS = 1.0
 # cap costs the store one count per this interval, not one per refused call.
 QUEUED_RECHECK_SECONDS = 0.05
 EVENT_PAGE = 500
-# AIP-159 wildcard: a task can be addressed without knowing its agent.
-ANY_AGENT = "-"
-# Requests in one BatchSubmit: one write holds them all, and other writes wait behind it.
-MAX_BATCH = 500
 # A page of ListTasks holds tasks of at most about this many bytes, whatever its page_size: a
 # task may carry 1 MiB of output and 1 MiB of result, and gRPC clients refuse messages over
 # 4 MiB by default. A page that stops short has a next_page_token, as AIP-158 allows.
@@ -283,7 +290,7 @@ class TaskCore:
             limits=self._limits,
         )
         if spec.webhook_url and (refused := self._check_webhook_url(spec.webhook_url)) is not None:
-            raise InvalidArgument.field("webhook_url", refused)
+            raise InvalidArgument.field("webhook_url", refused, Why.NOT_ALLOWED_VALUE)
         digest = spec.request_id and idempotency.request_hash(  # only keyed requests need one
             {
                 "agent_id": agent_id,
@@ -395,9 +402,11 @@ class TaskCore:
         one by one from the highest priority down."""
         agent_id = check_id(agent_id, "agent_id")
         if not items:
-            raise InvalidArgument.field("requests", "must hold at least one request")
+            raise InvalidArgument.field("requests", "must hold at least one request", Why.REQUIRED)
         if len(items) > MAX_BATCH:
-            raise InvalidArgument.field("requests", f"must hold at most {MAX_BATCH} requests, got {len(items)}")
+            raise InvalidArgument.field(
+                "requests", f"must hold at most {MAX_BATCH} requests, got {len(items)}", Why.TOO_LONG
+            )
         news = []
         for i, item in enumerate(items):
             try:
@@ -515,7 +524,7 @@ class TaskCore:
         """Snapshot, missed events after `after_sequence`, live events, then an end marker."""
         agent_id, task_id = check_parent(agent_id), check_id(task_id, "task_id")
         if after_sequence < 0:
-            raise InvalidArgument.field("after_sequence", "must not be negative")
+            raise InvalidArgument.field("after_sequence", "must not be negative", Why.OUT_OF_RANGE)
         tenant = principal.tenant
         cap, who = self._limits.max_watches_per_credential, principal.subject
         if cap and self._watching[who] >= cap:

@@ -7,20 +7,22 @@ reported together so a client fixes its request in one round trip.
 from __future__ import annotations
 
 import json
-import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from agenttasks.core.errors import FieldViolation, InvalidArgument
-from agenttasks.core.model import CallbackMode, JsonObject, TaskStatus
-
-MAX_URL_LENGTH = 2048
-MAX_REQUEST_ID_LENGTH = 128
-MAX_NAME_LENGTH = 200
-MAX_DESCRIPTION_LENGTH = 4096
-DEFAULT_PRIORITY = 5
-_REQUEST_ID_CHARS = frozenset(string.ascii_letters + string.digits + "-_.:~/+=")
+from agenttasks.core import field_rules
+from agenttasks.core.errors import FieldViolation, InvalidArgument, Why
+from agenttasks.core.field_rules import (
+    DEFAULT_PRIORITY,
+    MAX_PAGE_SIZE,
+    MAX_REQUEST_ID_LENGTH,
+    MAX_URL_LENGTH,
+    REQUEST_ID_CHARS,
+    Rule,
+)
+from agenttasks.core.model import AgentStatus, CallbackMode, JsonObject, TaskStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +37,10 @@ class Limits:
     max_watches_per_credential: int = 1000
     # Queued tasks one tenant may have, over all its agents and servers (0: no cap).
     max_queued_per_tenant: int = 100_000
+
+    def rules(self) -> Mapping[str, Rule]:
+        """The field rules (agenttasks.core.field_rules) of a server with these limits."""
+        return field_rules.field_rules(self.max_message_bytes, self.max_timeout_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +60,8 @@ class _Violations:
     def __init__(self) -> None:
         self.items: list[FieldViolation] = []
 
-    def add(self, field: str, description: str) -> None:
-        self.items.append(FieldViolation(field, description))
+    def add(self, field: str, description: str, reason: Why = Why.INVALID_VALUE) -> None:
+        self.items.append(FieldViolation(field, description, reason))
 
     def raise_if_any(self) -> None:
         if self.items:
@@ -74,11 +80,28 @@ NUL_REFUSED = "must not contain NUL characters (U+0000)"
 
 def _check_text(v: _Violations, field: str, value: str, max_bytes: int) -> None:
     if not value.strip():
-        v.add(field, "required and must not be empty")
+        v.add(field, "required and must not be empty", Why.REQUIRED)
     elif utf8_size(value) > max_bytes:
-        v.add(field, f"must be at most {max_bytes} bytes")
+        v.add(field, f"must be at most {max_bytes} bytes", Why.TOO_LONG)
     elif "\x00" in value:
-        v.add(field, NUL_REFUSED)
+        v.add(field, NUL_REFUSED, Why.NUL_CHARACTER)
+
+
+def _check_range(v: _Violations, field: str, value: int | None, rule: Rule, unit: str = "") -> None:
+    assert rule.minimum is not None and rule.maximum is not None  # noqa: S101 - a range rule
+    if value is not None and not rule.minimum <= value <= rule.maximum:
+        v.add(field, f"must be between {rule.minimum} and {rule.maximum}{unit}, got {value}", Why.OUT_OF_RANGE)
+
+
+def _check_optional_text(v: _Violations, field: str, value: str | None, rule: Rule) -> None:
+    """A free text field: at most rule.max_length characters, no NUL."""
+    assert rule.max_length is not None  # noqa: S101 - a length rule
+    if value is None:
+        return
+    if len(value) > rule.max_length:
+        v.add(field, f"must be at most {rule.max_length} characters", Why.TOO_LONG)
+    elif "\x00" in value:
+        v.add(field, NUL_REFUSED, Why.NUL_CHARACTER)
 
 
 def json_depth(value: Any) -> int:
@@ -95,21 +118,21 @@ def json_depth(value: Any) -> int:
 
 def _check_metadata(v: _Violations, field: str, metadata: Any, limits: Limits) -> None:
     if not isinstance(metadata, dict):
-        v.add(field, "must be a JSON object")
+        v.add(field, "must be a JSON object", Why.BAD_FORMAT)
         return
     if json_depth(metadata) > limits.max_metadata_depth:
-        v.add(field, f"must be nested at most {limits.max_metadata_depth} levels deep")
+        v.add(field, f"must be nested at most {limits.max_metadata_depth} levels deep", Why.TOO_DEEP)
         return
     size = len(json.dumps(metadata, separators=(",", ":")).encode())
     if size > limits.max_metadata_bytes:
-        v.add(field, f"must be at most {limits.max_metadata_bytes} bytes as JSON, got {size}")
+        v.add(field, f"must be at most {limits.max_metadata_bytes} bytes as JSON, got {size}", Why.TOO_LONG)
 
 
 def check_request_id(v: _Violations, value: str) -> None:
     if len(value) > MAX_REQUEST_ID_LENGTH:
-        v.add("request_id", f"must be at most {MAX_REQUEST_ID_LENGTH} characters")
-    elif value and not set(value) <= _REQUEST_ID_CHARS:
-        v.add("request_id", "may hold only letters, digits and - _ . : ~ / + =")
+        v.add("request_id", f"must be at most {MAX_REQUEST_ID_LENGTH} characters", Why.TOO_LONG)
+    elif value and not set(value) <= REQUEST_ID_CHARS:
+        v.add("request_id", "may hold only letters, digits and - _ . : ~ / + =", Why.BAD_FORMAT)
 
 
 def check_http_url(value: str) -> str | None:
@@ -143,24 +166,23 @@ def validate_submit(
 ) -> SubmitSpec:
     """Check every field of a Submit; raise InvalidArgument listing all that are wrong."""
     v = _Violations()
+    rules = limits.rules()
     _check_text(v, "message", message, limits.max_message_bytes)
-    if priority is not None and not 1 <= priority <= 10:
-        v.add("priority", f"must be between 1 and 10, got {priority}")
-    if timeout_override is not None and not 0 < timeout_override <= limits.max_timeout_seconds:
-        v.add("timeout_override", f"must be between 1 and {limits.max_timeout_seconds} seconds")
+    _check_range(v, "priority", priority, rules["priority"])
+    _check_range(v, "timeout_override", timeout_override, rules["timeout_override"], " seconds")
     _check_metadata(v, "metadata", metadata if metadata is not None else {}, limits)
     mode: CallbackMode | None = None
     try:
         mode = CallbackMode(callback_mode or CallbackMode.POLL)
     except ValueError:
-        v.add("callback_mode", f"must be 'poll' or 'webhook', got {callback_mode[:32]!r}")
+        v.add("callback_mode", f"must be 'poll' or 'webhook', got {callback_mode[:32]!r}", Why.NOT_ALLOWED_VALUE)
     if mode is CallbackMode.WEBHOOK:
         if not webhook_url:
-            v.add("webhook_url", "required when callback_mode is 'webhook'")
+            v.add("webhook_url", "required when callback_mode is 'webhook'", Why.REQUIRED)
         elif (why := check_http_url(webhook_url)) is not None:
-            v.add("webhook_url", why)
+            v.add("webhook_url", why, Why.BAD_FORMAT)
     elif mode is CallbackMode.POLL and webhook_url:
-        v.add("webhook_url", "only allowed when callback_mode is 'webhook'")
+        v.add("webhook_url", "only allowed when callback_mode is 'webhook'", Why.CONFLICT)
     check_request_id(v, request_id)
     v.raise_if_any()
     assert mode is not None  # noqa: S101 - a violation was raised otherwise
@@ -190,12 +212,12 @@ def validate_status_filter(status: str) -> TaskStatus | None:
         return TaskStatus(status)
     except ValueError:
         allowed = ", ".join(s.value for s in TaskStatus)
-        raise InvalidArgument.field("status", f"must be one of {allowed}") from None
+        raise InvalidArgument.field("status", f"must be one of {allowed}", Why.NOT_ALLOWED_VALUE) from None
 
 
-def validate_page_size(page_size: int, default: int = 50, maximum: int = 500) -> int:
+def validate_page_size(page_size: int, default: int = 50, maximum: int = MAX_PAGE_SIZE) -> int:
     if page_size < 0:
-        raise InvalidArgument.field("page_size", "must not be negative")
+        raise InvalidArgument.field("page_size", "must not be negative", Why.OUT_OF_RANGE)
     return min(page_size or default, maximum)
 
 
@@ -212,23 +234,31 @@ def validate_agent_fields(
 ) -> None:
     """Check the settable fields of an agent (all optional on update)."""
     v = _Violations()
+    rules = limits.rules()
     if name is not None or creating:
         if not (name or "").strip():
-            v.add("name", "required and must not be empty")
-        elif len(name or "") > MAX_NAME_LENGTH:
-            v.add("name", f"must be at most {MAX_NAME_LENGTH} characters")
-        elif "\x00" in (name or ""):
-            v.add("name", NUL_REFUSED)
-    if description is not None and len(description) > MAX_DESCRIPTION_LENGTH:
-        v.add("description", f"must be at most {MAX_DESCRIPTION_LENGTH} characters")
-    elif description is not None and "\x00" in description:
-        v.add("description", NUL_REFUSED)
-    if default_timeout_seconds is not None and not 0 < default_timeout_seconds <= limits.max_timeout_seconds:
-        v.add("default_timeout_seconds", f"must be between 1 and {limits.max_timeout_seconds}")
-    if max_attempts is not None and not 1 <= max_attempts <= 100:
-        v.add("max_attempts", "must be between 1 and 100")
-    if input_timeout_seconds is not None and not 0 < input_timeout_seconds <= 30 * 86400:
-        v.add("input_timeout_seconds", f"must be between 1 and {30 * 86400}")
+            v.add("name", "required and must not be empty", Why.REQUIRED)
+        else:
+            _check_optional_text(v, "name", name, rules["name"])
+    _check_optional_text(v, "description", description, rules["description"])
+    _check_range(v, "default_timeout_seconds", default_timeout_seconds, rules["default_timeout_seconds"])
+    _check_range(v, "max_attempts", max_attempts, rules["max_attempts"])
+    _check_range(v, "input_timeout_seconds", input_timeout_seconds, rules["input_timeout_seconds"])
     if metadata is not None:
         _check_metadata(v, "metadata", metadata, limits)
     v.raise_if_any()
+
+
+def validate_agent_status(status: str, status_message: str) -> AgentStatus:
+    """Check a status set by hand and its message."""
+    v = _Violations()
+    wanted: AgentStatus | None = None
+    try:
+        wanted = AgentStatus(status)
+    except ValueError:
+        allowed = ", ".join(s.value for s in AgentStatus)
+        v.add("status", f"must be one of {allowed}", Why.NOT_ALLOWED_VALUE)
+    _check_optional_text(v, "status_message", status_message, Limits().rules()["status_message"])
+    v.raise_if_any()
+    assert wanted is not None  # noqa: S101 - a violation was raised otherwise
+    return wanted

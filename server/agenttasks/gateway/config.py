@@ -128,6 +128,41 @@ def _drop_retries(listeners: list[dict[str, Any]]) -> None:
                 route.get("route", {}).pop("retry_policy", None)
 
 
+# Envoy's access log entry: one JSON object per call on stdout, which the launcher reads and
+# logs again as `envoy.access` in the service's own log form (observe/logs.py). Headers are
+# named one by one: no Authorization, no x-api-key. `method` and `path` are what the client
+# sent (the transcoder keeps them in x-envoy-original-*), `rpc` the gRPC method it became.
+ACCESS_LOG_FORMAT: dict[str, str] = {
+    "start_time": "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%",
+    "method": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "rpc": "%REQ(:PATH)%",
+    "status": "%RESPONSE_CODE%",
+    "grpc_status": "%GRPC_STATUS%",
+    "duration_ms": "%DURATION%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "traceparent": "%REQ(TRACEPARENT)%",
+    "upstream": "%UPSTREAM_HOST%",
+    "peer": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "flags": "%RESPONSE_FLAGS%",
+    "user_agent": "%REQ(USER-AGENT)%",
+}
+
+
+def _access_log() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                "log_format": {"json_format": ACCESS_LOG_FORMAT},
+            },
+        }
+    ]
+
+
 def render(
     *,
     listen: tuple[str, int],
@@ -135,12 +170,14 @@ def render(
     descriptor: Path,
     admin: tuple[str, int] = ("127.0.0.1", 0),
     grpc_front: tuple[str, int] | None = None,
+    access_log: bool = False,
     stats: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """envoy.yaml as a dict: REST on `listen`, native gRPC on `grpc_front` and Envoy's
     /stats/prometheus on `stats` (None: no such listener), round robin over `upstreams`, and
-    this descriptor file. With `stats`, the admin port must be known (not 0): the stats listener
-    forwards to it."""
+    this descriptor file. With `access_log`, every listener writes a JSON line per call on
+    stdout (ACCESS_LOG_FORMAT). With `stats`, the admin port must be known (not 0): the stats
+    listener forwards to it."""
     config = load_template()
     config["admin"]["address"] = _socket_address(*admin)
     static = config["static_resources"]
@@ -182,6 +219,9 @@ def render(
     # copy in this package); inlined, the runtime config needs no working directory.
     lua["source_codes"] = {name: _inlined(source) for name, source in lua["source_codes"].items()}
     lua["default_source_code"] = _inlined(lua["default_source_code"])
+    if access_log:
+        for each in static["listeners"]:
+            each["filter_chains"][0]["filters"][0]["typed_config"]["access_log"] = _access_log()
     return config
 
 

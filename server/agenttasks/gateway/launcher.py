@@ -10,6 +10,8 @@ checks over however many there are.
   that Envoy writes to a file, and the real ports are read back from admin (port 0 works).
 - Ready: admin `/ready` answers `LIVE`. If Envoy exits first, its last error line is the error.
 - Logs: Envoy logs at `warn` into a pipe; each line is re-logged under `agenttasks.gateway.envoy`.
+  With `access_log`, its JSON access lines come through the same pipe and are re-logged under
+  `envoy.access` (observe/logs.py), in the service's log form.
 - Stop: SIGTERM, then SIGKILL if it lingers; safe to call twice. Envoy runs in its own session,
   so a Ctrl-C in the terminal reaches only the parent, which stops Envoy after draining gRPC.
   `drain` first lets the calls in flight through Envoy finish (what `agenttasks gateway` does,
@@ -52,6 +54,7 @@ from agenttasks.gateway.config import (
     write_config,
 )
 from agenttasks.gateway.descriptor import write_descriptor_set
+from agenttasks.observe import logs
 
 log = logging.getLogger(__name__)
 envoy_log = logging.getLogger("agenttasks.gateway.envoy")
@@ -234,6 +237,7 @@ class Gateway:
         stats: tuple[str, int] | None = None,
         startup_timeout: float = STARTUP_TIMEOUT,
         drain_seconds: float = STOP_TIMEOUT,
+        access_log: bool = False,
     ) -> None:
         self.upstreams: list[tuple[str, int]]
         if upstream_host is not None and upstream_port is not None and not upstreams:
@@ -252,6 +256,7 @@ class Gateway:
         self._stats = stats is not None
         self.startup_timeout = startup_timeout
         self.drain_seconds = drain_seconds
+        self.access_log = access_log
         self.admin_address = ""
         self._dir: Path | None = None
         self._process: asyncio.subprocess.Process | None = None
@@ -327,6 +332,7 @@ class Gateway:
                 upstreams=self.upstreams,
                 descriptor=descriptor,
                 grpc_front=(self.grpc_front_host, self.grpc_front_port) if self._grpc_front else None,
+                access_log=self.access_log,
                 # The stats listener forwards to admin, so admin's port is chosen here, not by
                 # Envoy: a free one, released just before Envoy binds it (a clash fails the start).
                 admin=("127.0.0.1", _free_loopback_port() if self._stats else 0),
@@ -351,6 +357,9 @@ class Gateway:
                 "warn",
                 "--log-format",
                 "[%l] %v",
+                # The access log (stdout) is written out at least once a second, not every 10 s.
+                "--file-flush-interval-msec",
+                "1000",
             ]
             self._process = await asyncio.create_subprocess_exec(
                 *_dying_with_parent(command),
@@ -394,7 +403,7 @@ class Gateway:
     async def _forward_logs(self, stream: asyncio.StreamReader) -> None:
         async for raw in stream:
             line = raw.decode("utf-8", errors="replace").rstrip()
-            if not line:
+            if not line or logs.log_envoy_access(line):
                 continue
             self._tail.append(line)
             name, _, message = line.partition("] ")

@@ -151,9 +151,32 @@ local function body_field_names(text)
   return names
 end
 
+-- Headers gRPC cannot carry as metadata: a name with other than lower-case letters, digits and
+-- "-_.", or a text value with a byte outside printable ASCII. HTTP allows both (e.g. "h~|"), and
+-- the server's gRPC library fails the whole call on them (INTERNAL, a 500): they are dropped
+-- here instead, as nothing the server reads can be spelled that way.
+local function not_metadata(name, value)
+  if name:sub(1, 1) == ":" then
+    return false -- a pseudo-header: the transcoder's business
+  end
+  if name:find("[^%l%d_.-]") then
+    return true
+  end
+  return name:sub(-4) ~= "-bin" and value:find("[^\32-\126]") ~= nil
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   headers:remove(BODY_FIELDS) -- only the gateway says what a body held
+  local dropped = {}
+  for name, value in pairs(headers) do
+    if not_metadata(name, value) then
+      dropped[#dropped + 1] = name
+    end
+  end
+  for _, name in ipairs(dropped) do
+    headers:remove(name)
+  end
   if headers:get(":method") == "GET" or is_grpc(headers:get("content-type")) then
     return
   end
