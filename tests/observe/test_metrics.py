@@ -129,10 +129,19 @@ async def test_a_silent_worker_s_lease_expires_and_its_task_is_requeued(service:
     try:
         await api.submit(agent, "outlive me")
         await silent.next_assignment()
-        samples = await scrape_until(service.metrics.url, lambda s: value(s, "agenttasks_leases_expired_total") == 1)
+        queued = {"tenant": "default", "agent_id": agent, "status": "queued"}
+
+        def requeued(s: Samples) -> bool:
+            # The store-wide figures are read while the page is made: a read begun just before
+            # the requeue committed shows it running still, beside a counter that has it.
+            return (
+                value(s, "agenttasks_leases_expired_total") == 1 and value(s, "agenttasks_store_tasks", **queued) == 1
+            )
+
+        samples = await scrape_until(service.metrics.url, requeued)
         assert value(samples, "agenttasks_leases_expired_total") == 1
         assert value(samples, "agenttasks_tasks_requeued_total", reason="LEASE_LOST") == 1
-        assert value(samples, "agenttasks_store_tasks", tenant="default", agent_id=agent, status="queued") == 1
+        assert value(samples, "agenttasks_store_tasks", **queued) == 1
         # The silent worker is still connected: it is given nothing until it speaks again.
         assert value(samples, "agenttasks_workers_connected", tenant="default", agent_id=agent) == 1
     finally:
@@ -147,8 +156,9 @@ async def test_webhook_attempts_by_outcome_and_the_backlog(service: Service, api
             answer = await api.submit(agent, "hook", callback_mode="webhook", webhook_url=url)
             await cancel(api, agent, answer.task_id)  # a final status: its webhook is due now
 
-        def settled(s: Samples) -> bool:
-            return value(s, "agenttasks_webhook_attempts_total", outcome="dead") == 1
+        def settled(s: Samples) -> bool:  # the store-wide backlog may be read a moment late
+            dead = value(s, "agenttasks_webhook_attempts_total", outcome="dead") == 1
+            return dead and value(s, "agenttasks_store_webhook_deliveries_pending") == 0
 
         samples = await scrape_until(service.metrics.url, settled)
     assert value(samples, "agenttasks_webhook_attempts_total", outcome="delivered") == 1
@@ -173,13 +183,16 @@ async def test_failing_webhook_endpoints_are_named_by_host(db_path: Path | str) 
             answer = await api.submit(agent, "hook", callback_mode="webhook", webhook_url=url)
             await cancel(api, agent, answer.task_id)
 
-        def tried(s: Samples) -> bool:
+        down_host = f"127.0.0.1:{down.port}"
+
+        def tried(s: Samples) -> bool:  # the store-wide figures may be read a moment late
             attempts = ("retrying", 2), ("delivered", 1)
-            return all(value(s, "agenttasks_webhook_attempts_total", outcome=o) == n for o, n in attempts)
+            counted = all(value(s, "agenttasks_webhook_attempts_total", outcome=o) == n for o, n in attempts)
+            failing = value(s, "agenttasks_store_webhook_deliveries_failing", host=down_host) == 2
+            return counted and failing and value(s, "agenttasks_store_webhook_deliveries_pending") == 2
 
         samples = await scrape_until(service.metrics.url, tried)
         await api.channel.close()
-        down_host = f"127.0.0.1:{down.port}"
     assert value(samples, "agenttasks_webhook_attempts_total", outcome="delivered") == 1
     failing = [(dict(labels), n) for (name, labels), n in samples.items() if name.endswith("_deliveries_failing")]
     assert failing == [({"host": down_host}, 2)]  # no path, no query: they may hold secrets
