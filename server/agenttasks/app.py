@@ -62,6 +62,22 @@ log = logging.getLogger(__name__)
 # The asyncio flavour of the health servicer (grpc-stubs does not know `health.aio`).
 HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 
+
+class CheckedHealth(HealthServicer):  # type: ignore[misc]
+    """The health service, noting when it was last asked: a draining server behind a load
+    balancer that health-checks it keeps refusing calls until the balancer has been told
+    NOT_SERVING, not merely until a moment without calls (which comes sooner under light load,
+    and then the balancer's next call finds the server gone: CANCELLED, which nobody retries)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_check = 0.0  # time.monotonic() of the last Check; 0: never asked
+
+    async def Check(self, request: Any, context: Any) -> Any:
+        self.last_check = time.monotonic()
+        return await super().Check(request, context)
+
+
 BOOTSTRAP_TENANT = "default"
 _BOOTSTRAP_MARK = "bootstrap_admin_key_issued"
 PURGE_INTERVAL_SECONDS = 3600.0
@@ -122,7 +138,7 @@ class Service:
         self.hub = EventHub()
         self._store: Store | None = None
         self._server: grpc.aio.Server | None = None
-        self._health: HealthServicer | None = None
+        self._health: CheckedHealth | None = None
         self._gate: Gate | None = None
         self._supervisor: Supervisor | None = None
         self._dispatcher_started = False
@@ -213,7 +229,7 @@ class Service:
         register(
             webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server, WebhookServicer(self.webhooks, gate), server
         )
-        self._health = HealthServicer()
+        self._health = CheckedHealth()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         services = [
             task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
@@ -316,7 +332,15 @@ class Service:
         no client retries, and could not tell whether the call had been done."""
         loop = asyncio.get_running_loop()
         until = loop.time() + self.settings.drain_notice_seconds
-        while loop.time() < until and time.monotonic() - gate.last_call < DRAIN_QUIET_SECONDS:  # noqa: ASYNC110 - polls a clock
+        began = time.monotonic()
+        health = self._health
+
+        def balancer_not_told() -> bool:  # something health-checks us, and has not since we began to drain
+            return health is not None and 0 < health.last_check < began
+
+        while loop.time() < until and (  # noqa: ASYNC110 - polls clocks
+            time.monotonic() - gate.last_call < DRAIN_QUIET_SECONDS or balancer_not_told()
+        ):
             await asyncio.sleep(0.01)
 
     async def __aenter__(self) -> Service:

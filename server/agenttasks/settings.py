@@ -39,10 +39,11 @@ class Settings(BaseSettings):
     )
     shutdown_grace_seconds: float = Field(5.0, gt=0, description="How long SIGTERM waits for calls to finish.")
     drain_notice_seconds: float = Field(
-        1.0,
+        2.0,
         ge=0,
         description="After SIGTERM, how long new calls are refused with SHUTTING_DOWN before the server stops "
-        "listening (ends early once no call came for 50 ms), so clients and load balancers move on cleanly.",
+        "listening, so clients and load balancers move on cleanly. Ends early once no call came for 50 ms and "
+        "a health checker (if one ever asked) has been answered NOT_SERVING.",
     )
 
     # --- `agenttasks gateway`: Envoy alone in front of several replicas ---
