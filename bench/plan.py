@@ -93,8 +93,8 @@ QUICK = Plan(
     stream_window=250,
     stream_tasks=40,
     stream_seconds=3.0,
-    isolation_seconds=2.0,
-    isolation_watches=300,
+    isolation_seconds=1.0,
+    isolation_watches=100,
     limit_seconds=60.0,
     overhead_rounds=1,
 )

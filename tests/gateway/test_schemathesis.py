@@ -79,6 +79,11 @@ async def test_schema_valid_requests_are_accepted_and_answers_match_the_document
 ) -> None:
     assert service.bootstrap_key is not None  # an admin key: every operation is open to it
     long_run = EXAMPLES_VARIABLE in os.environ
+    if not long_run and service.settings.db.startswith("postgresql"):
+        # The contract is the gateway's and the servicers', the same on either store, and every
+        # other test runs on both; the short run's minute goes to one store to keep CI under 15
+        # minutes. The long run (docs/reliability.md) covers PostgreSQL.
+        pytest.skip("short mode runs on SQLite only; set AGENTTASKS_SCHEMATHESIS_EXAMPLES for PostgreSQL")
     examples = int(os.environ.get(EXAMPLES_VARIABLE, SHORT_RUN_EXAMPLES))
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG.read_text() + ("" if long_run else SHORT_RUN_SETTINGS))
