@@ -333,7 +333,9 @@ class Service:
         loop = asyncio.get_running_loop()
         until = loop.time() + self.settings.drain_notice_seconds
         began = time.monotonic()
-        health = self._health
+        # Behind its own Envoy (serve without --no-gateway) the health checker is that Envoy,
+        # which has nowhere else to send calls and stops after this server: nothing to wait for.
+        health = None if self.settings.gateway else self._health
 
         def balancer_not_told() -> bool:  # something health-checks us, and has not since we began to drain
             return health is not None and 0 < health.last_check < began

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
         ge=0,
         description="After SIGTERM, how long new calls are refused with SHUTTING_DOWN before the server stops "
         "listening, so clients and load balancers move on cleanly. Ends early once no call came for 50 ms and "
-        "a health checker (if one ever asked) has been answered NOT_SERVING.",
+        "with --no-gateway, a health checker (if one ever asked) has been answered NOT_SERVING.",
     )
 
     # --- `agenttasks gateway`: Envoy alone in front of several replicas ---
