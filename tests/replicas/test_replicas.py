@@ -169,6 +169,12 @@ async def test_a_watch_on_one_server_sees_every_event_written_through_others_in_
 
     reading = asyncio.create_task(read())
     assignment = await within(worker.next_assignment())
+
+    async def snapshot_read() -> None:
+        while not seen:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+    await within(snapshot_read())  # from here on every chunk must come as an event, not in the snapshot
     for i in range(200):
         ack = await worker.send(output=wpb.AppendOutput(task=ref(assignment), chunk=f"{i},"))
         assert ack.code == 0, ack
