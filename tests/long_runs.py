@@ -1,6 +1,6 @@
 """Short and long modes of the fault tests.
 
-CI runs the short mode. `AGENTTASKS_LONG_RUN=1 pytest -s tests/cli/test_crash_safety.py
+CI runs the short mode. `AGENTTASKS_LONG_RUN=1 pytest -n0 -s tests/cli/test_crash_safety.py
 tests/dispatch/test_queue_faults.py` runs the long mode that docs/reliability.md cites: more
 rounds over bigger backlogs. Each test prints its figures on one line starting with `figures:`
 (seen with `-s`), so the document's numbers can be re-made with one command.
