@@ -31,6 +31,7 @@ from agenttasks.auth import Authenticator, create_api_key, server_jwt_secret
 from agenttasks.auth.api_keys import notice_revocations
 from agenttasks.background import Loop, Supervisor, every
 from agenttasks.core.agents import AgentCore
+from agenttasks.core.call_slots import CallSlots
 from agenttasks.core.dispatch import Dispatcher
 from agenttasks.core.model import Role, utcnow
 from agenttasks.core.paging import PageTokens
@@ -146,6 +147,13 @@ class Service:
         self.metrics: MetricsEndpoint | None = None
 
     @property
+    def gate(self) -> Gate:
+        """The wrapper every call goes through (its limits); set once the service has started."""
+        if self._gate is None:
+            raise RuntimeError("the service has not started")
+        return self._gate
+
+    @property
     def store(self) -> Store:
         assert self._store is not None, "service not started"  # noqa: S101
         return self._store
@@ -213,7 +221,12 @@ class Service:
             store, s, jwt_secret, api_key_cache_ttl=s.api_key_cache_seconds
         )
         rate_limit = TokenBuckets(s.rate_limit_per_second, s.rate_limit_burst) if s.rate_limit_per_second else None
-        self._gate = gate = Gate(authenticator, rate_limit, s.call_deadline_seconds or None)
+        slots = (
+            CallSlots(s.max_running_calls_per_tenant, s.max_waiting_calls_per_tenant)
+            if s.max_running_calls_per_tenant
+            else None
+        )
+        self._gate = gate = Gate(authenticator, rate_limit, s.call_deadline_seconds or None, slots)
         # Several servers on one PostgreSQL database: hear what the others commit.
         self.replicas = (
             Replicas(store, self.hub, self.dispatcher, authenticator.forget) if isinstance(store, SharedStore) else None

@@ -108,6 +108,15 @@ class Settings(BaseSettings):
     call_deadline_seconds: float = Field(
         30.0, ge=0, description="Longest a unary call may take on the server (0: no limit); then DEADLINE_EXCEEDED."
     )
+    max_running_calls_per_tenant: int = Field(
+        8,
+        ge=0,
+        description="Unary calls one tenant's clients (and, apart, its workers) may have running at once on one "
+        "server; more wait their turn (0: no limit).",
+    )
+    max_waiting_calls_per_tenant: int = Field(
+        1000, ge=0, description="Calls that may wait for a running slot, per tenant; more get TOO_MANY_CALLS."
+    )
     max_watches_per_credential: int = Field(
         1000, ge=0, description="Open WatchTask streams one credential may hold on one server (0: no cap)."
     )

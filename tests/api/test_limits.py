@@ -170,3 +170,36 @@ async def test_a_tenant_at_its_queued_cap_is_refused_until_a_task_leaves_the_que
         finally:
             await api.channel.close()
             await other.channel.close()
+
+
+@pytest.mark.asyncio
+async def test_while_another_tenant_calls_a_tenant_over_its_running_calls_waits_or_is_refused(db_path: Path) -> None:
+    """One running call per tenant: the tenant's calls wait for its slot (a full line is refused
+    with TOO_MANY_CALLS) while the other tenant's calls go through at once. Holding the slot from
+    the test stands for a call of the tenant that has not finished yet."""
+    settings = make_settings(db_path, max_running_calls_per_tenant=1, max_waiting_calls_per_tenant=1)
+    async with Service(settings) as service:
+        api = api_for(service.address, await create_api_key(service.store, "default", Role.CLIENT))
+        other = api_for(service.address, await create_api_key(service.store, "other", Role.CLIENT))
+        try:
+            agent_id, other_agent = await api.create_agent(), await other.create_agent()
+            slots = service.gate.slots
+            assert slots is not None
+            async with slots.slot("default", Role.CLIENT):
+                assert await submit_refusal(other, other_agent) is None  # two tenants calling: the caps apply
+                waiting = asyncio.create_task(api.submit(agent_id))
+                for _ in range(100):  # until it waits in line on the server
+                    if slots._lines[("default", Role.CLIENT)].waiting:
+                        break
+                    await asyncio.sleep(0.01)
+                assert await submit_refusal(api, agent_id) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CALLS", [])
+                assert [await submit_refusal(other, other_agent) for _ in range(3)] == [None] * 3  # not held up
+                assert not waiting.done()
+            submitted = await asyncio.wait_for(waiting, 30)  # the slot came free: it ran
+            status = await api.tasks.GetStatus(
+                tpb.GetStatusRequest(agent_id=agent_id, task_id=submitted.task_id), metadata=api.metadata
+            )
+            assert status.task.status == "queued"
+        finally:
+            await api.channel.close()
+            await other.channel.close()

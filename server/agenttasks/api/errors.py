@@ -31,6 +31,7 @@ from agenttasks.core.errors import (
     StoreUnreachable,
     TaskFinished,
     TaskNotFound,
+    TooManyCalls,
     TooManyQueued,
     TooManyWatches,
     Unauthenticated,
@@ -62,6 +63,7 @@ ERROR_TABLE: dict[type[DomainError], ErrorMapping] = {
     RateLimited: ErrorMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "RATE_LIMITED"),
     TooManyWatches: ErrorMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "TOO_MANY_WATCHES"),
     TooManyQueued: ErrorMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "TOO_MANY_QUEUED"),
+    TooManyCalls: ErrorMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "TOO_MANY_CALLS"),
     CallTimedOut: ErrorMapping(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "DEADLINE_EXCEEDED"),
 }
 

@@ -20,6 +20,7 @@ import grpc
 from agenttasks.api.body_fields import BODY_FIELDS_HEADER, check_body_fields
 from agenttasks.api.errors import to_status
 from agenttasks.auth.roles import authorize
+from agenttasks.core.call_slots import CallSlots
 from agenttasks.core.errors import CallTimedOut, DomainError, RateLimited, ShuttingDown
 from agenttasks.core.model import Principal
 from agenttasks.core.rate_limit import TokenBuckets
@@ -41,13 +42,19 @@ def call_metadata(context: grpc.aio.ServicerContext[object, object]) -> dict[str
 
 class Gate:
     def __init__(
-        self, authenticator: Authenticates, rate_limit: TokenBuckets | None = None, deadline: float | None = None
+        self,
+        authenticator: Authenticates,
+        rate_limit: TokenBuckets | None = None,
+        deadline: float | None = None,
+        slots: CallSlots | None = None,
     ) -> None:
         """`rate_limit`: calls allowed per credential (None: no limit). `deadline`: seconds a
-        unary call may take on the server, whatever deadline its client set (None: none)."""
+        unary call may take on the server, whatever deadline its client set (None: none).
+        `slots`: unary calls one tenant may have running at once (None: no limit)."""
         self._auth = authenticator
         self._rate_limit = rate_limit
         self._deadline = deadline
+        self.slots = slots
         self.draining = False
         # When the last call came in (time.monotonic()): a draining server waits for a quiet moment.
         self.last_call = 0.0
@@ -89,7 +96,12 @@ class Gate:
         began = time.perf_counter()
         try:
             async with asyncio.timeout(self._deadline):
-                response = await handler(await self._principal(context, method))
+                principal = await self._principal(context, method)
+                if self.slots is None:
+                    response = await handler(principal)
+                else:  # the wait for a slot counts against the deadline too
+                    async with self.slots.slot(principal.tenant, principal.role):
+                        response = await handler(principal)
             if self.observe is not None:
                 self.observe(method, grpc.StatusCode.OK, time.perf_counter() - began)
             return response

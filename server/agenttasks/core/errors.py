@@ -174,6 +174,17 @@ class TooManyQueued(DomainError):
         )
 
 
+class TooManyCalls(DomainError):
+    """The tenant's clients (or workers) already have as many calls running and waiting in this
+    server as one tenant may (`core.call_slots`)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"this tenant already has {limit} calls running or waiting on this server; retry shortly",
+            metadata={"limit": str(limit)},
+        )
+
+
 class RateLimited(DomainError):
     """The credential made more calls than its rate allows; retry after `retry_after` seconds."""
 
