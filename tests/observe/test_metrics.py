@@ -231,3 +231,34 @@ async def test_the_endpoint_answers_only_get_metrics(service: Service) -> None:
     assert await asyncio.to_thread(status, url) == 200
     assert await asyncio.to_thread(status, url.removesuffix("/metrics") + "/admin") == 404
     assert await asyncio.to_thread(status, url, "POST") == 405
+
+
+async def test_calls_held_back_for_other_tenants_are_counted(db_path: Path | str) -> None:
+    """One running call per tenant, one waiting: a held slot (standing for a call of the tenant
+    still running) makes the next call wait and the one after it refused; the gauge and both
+    counters say so."""
+    settings = make_settings(
+        db_path, metrics_port=free_port(), max_running_calls_per_tenant=1, max_waiting_calls_per_tenant=1
+    )
+    async with Service(settings) as service:
+        assert service.metrics is not None and service.gate.slots is not None
+        api = api_for(service.address, await create_api_key(service.store, "default", Role.CLIENT))
+        other = api_for(service.address, await create_api_key(service.store, "other", Role.CLIENT))
+        try:
+            agent_id, other_agent = await api.create_agent(), await other.create_agent()
+            async with service.gate.slots.slot("default", Role.CLIENT):
+                await other.submit(other_agent)  # two tenants calling: the caps apply
+                waiting = asyncio.create_task(api.submit(agent_id))
+                seen = await scrape_until(service.metrics.url, lambda s: value(s, "agenttasks_calls_waiting") == 1)
+                assert value(seen, "agenttasks_calls_waited_total") == 1
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await api.submit(agent_id)
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            await asyncio.wait_for(waiting, 30)
+            after = await scrape(service.metrics.url)
+            assert value(after, "agenttasks_calls_waiting") == 0
+            assert value(after, "agenttasks_calls_waited_total") == 1
+            assert value(after, "agenttasks_calls_refused_total") == 1
+        finally:
+            await api.channel.close()
+            await other.channel.close()

@@ -49,6 +49,12 @@ class CallSlots:
         self._lines: dict[tuple[str, str], _Line] = {}
         self._seen: dict[str, float] = {}  # tenant -> when it last called; pruned once a second
         self._pruned = clock()
+        self.waited = 0  # calls that had to wait for a slot, since start (a metric)
+        self.refused = 0  # calls refused because their line was full
+
+    def waiting(self) -> int:
+        """Calls waiting for a slot now, over every line."""
+        return sum(len(line.waiting) for line in self._lines.values())
 
     def running(self, tenant: str, role: str) -> int:
         line = self._lines.get((tenant, role))
@@ -74,7 +80,9 @@ class CallSlots:
             line.running += 1
         else:
             if len(line.waiting) >= self.max_waiting:
+                self.refused += 1
                 raise TooManyCalls(self.per_tenant + self.max_waiting)
+            self.waited += 1
             turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             line.waiting.append(turn)
             try:

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agenttasks.core.call_slots import CallSlots
 from agenttasks.core.dispatch import Dispatcher
 from agenttasks.core.model import TaskStatus
 from agenttasks.core.ports import ReadTx, Store
@@ -83,9 +84,16 @@ class ServiceCollector(Collector):
     """A prometheus_client collector over one server's numbers; see the module docstring."""
 
     def __init__(
-        self, metrics: Metrics, dispatcher: Dispatcher, hub: EventHub, figures: StoreFigures, agent_series: int
+        self,
+        metrics: Metrics,
+        dispatcher: Dispatcher,
+        hub: EventHub,
+        figures: StoreFigures,
+        agent_series: int,
+        slots: CallSlots | None = None,
     ) -> None:
         self._metrics = metrics
+        self._slots = slots
         self._dispatcher = dispatcher
         self._hub = hub
         self._figures = figures
@@ -102,6 +110,22 @@ class ServiceCollector(Collector):
         )
         watches.add_metric([], self._hub.subscription_count())
         yield watches
+        if (slots := self._slots) is not None:
+            yield GaugeMetricFamily(
+                "agenttasks_calls_waiting",
+                "Unary calls waiting now for one of their tenant's running slots.",
+                slots.waiting(),
+            )
+            yield CounterMetricFamily(
+                "agenttasks_calls_waited",
+                "Unary calls that waited for a running slot of their tenant, while another tenant was calling.",
+                slots.waited,
+            )
+            yield CounterMetricFamily(
+                "agenttasks_calls_refused",
+                "Unary calls refused with TOO_MANY_CALLS: their tenant's line of waiting calls was full.",
+                slots.refused,
+            )
 
     def _tasks(self) -> Iterator[Metric]:
         m = self._metrics

@@ -116,5 +116,5 @@ def metrics_endpoint(
     if isinstance(store, ObservableWrites):
         store.observe_writes(metrics.store_batch)
     figures = StoreFigures(store)
-    collector = ServiceCollector(metrics, dispatcher, hub, figures, agent_series)
+    collector = ServiceCollector(metrics, dispatcher, hub, figures, agent_series, gate.slots)
     return MetricsEndpoint(metrics, collector, figures, host, port)
