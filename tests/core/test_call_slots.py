@@ -121,3 +121,15 @@ async def test_the_cap_lifts_once_the_other_tenant_has_been_quiet_a_while() -> N
         async with asyncio.timeout(5), slots.slot("a", "client"):
             entered.append("a1")
         assert entered == ["a0", "a1"]
+
+
+async def test_tenants_that_stopped_calling_are_forgotten() -> None:
+    clock = Clock()
+    slots = CallSlots(per_tenant=8, waiting=10, clock=clock)
+    for i in range(100):
+        async with slots.slot(f"tenant-{i}", "client"):
+            pass
+    clock.now += 2 * ACTIVE_SECONDS
+    async with slots.slot("last", "client"):
+        pass
+    assert list(slots._seen) == ["last"] and not slots._lines

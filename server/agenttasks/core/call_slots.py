@@ -62,16 +62,22 @@ class CallSlots:
 
     def contended(self) -> bool:
         """Whether more than one tenant has called lately (then the caps apply)."""
-        now = self._clock()
+        self._prune(self._clock())
+        return len(self._seen) > 1
+
+    def _prune(self, now: float) -> None:
+        """Forget tenants quiet for ACTIVE_SECONDS, at most once a second: `_seen` stays as
+        small as the set of tenants calling now."""
         if now - self._pruned >= ACTIVE_SECONDS:
             self._seen = {tenant: at for tenant, at in self._seen.items() if now - at < ACTIVE_SECONDS}
             self._pruned = now
-        return len(self._seen) > 1
 
     @contextlib.asynccontextmanager
     async def slot(self, tenant: str, role: str) -> AsyncIterator[None]:
         """Hold one of the line's slots for the body (waiting for one first if all are taken)."""
-        self._seen[tenant] = self._clock()
+        now = self._clock()
+        self._prune(now)
+        self._seen[tenant] = now
         key = (tenant, role)
         line = self._lines.get(key)
         if line is None:
