@@ -111,8 +111,8 @@ class Settings(BaseSettings):
     max_running_calls_per_tenant: int = Field(
         8,
         ge=0,
-        description="Unary calls one tenant's clients (and, apart, its workers) may have running at once on one "
-        "server; more wait their turn (0: no limit).",
+        description="While more than one tenant is calling, unary calls one tenant's clients (and, apart, its "
+        "workers) may have running at once on one server; more wait their turn (0: no limit).",
     )
     max_waiting_calls_per_tenant: int = Field(
         1000, ge=0, description="Calls that may wait for a running slot, per tenant; more get TOO_MANY_CALLS."
