@@ -231,6 +231,8 @@ class Service:
         self.replicas = (
             Replicas(store, self.hub, self.dispatcher, authenticator.forget) if isinstance(store, SharedStore) else None
         )
+        if self.replicas is None:
+            self.hub.keep_latest()
 
         self._server = server = grpc.aio.server(options=GRPC_OPTIONS)
         # Through `decoding.register`: a request grpcio cannot decode is INVALID_ARGUMENT.

@@ -14,6 +14,7 @@ from agenttasks.api import convert
 from agenttasks.app import Service
 from agenttasks.auth import create_api_key
 from agenttasks.core.model import EventType, Role, TaskEvent, TaskStatus, utcnow
+from agenttasks.v1 import agent_service_pb2 as apb
 from agenttasks.v1 import task_service_pb2 as tpb
 from tests.support import Api, api_for, error_info, make_settings
 
@@ -163,6 +164,35 @@ async def test_watch_errors_before_the_first_message_are_statuses(
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await collect(watch(api, *args))  # type: ignore[arg-type]
         assert error_info(caught.value)[:2] == expected
+
+
+async def test_a_snapshot_of_an_unfinished_task_is_what_get_status_shows(client: Api, agent_id: str) -> None:
+    # On one server the snapshot of a task that changed lately comes from memory, not the store:
+    # it must be the stored task, field for field, and still answer only its own agent.
+    task_id = (await client.submit(agent_id, "same", priority=7, metadata={"k": [1, "v"]})).task_id
+    await send(client, agent_id, task_id, "a note")
+    stored = await client.tasks.GetStatus(
+        tpb.GetStatusRequest(agent_id=agent_id, task_id=task_id), metadata=client.metadata
+    )
+    snapshot = await anext(aiter(watch(client, agent_id, task_id)))
+    assert snapshot.task == stored.task
+    assert snapshot.sequence == stored.task.last_sequence == 2
+    other_agent = await client.create_agent("other")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await collect(watch(client, other_agent, task_id))
+    assert error_info(caught.value)[:2] == (grpc.StatusCode.NOT_FOUND, "TASK_NOT_FOUND")
+
+
+async def test_a_watch_after_its_agent_was_deleted_is_not_found(client: Api, agent_id: str) -> None:
+    # The server remembers the task as cancelled by the deletion; the store no longer has it.
+    finished = (await client.submit(agent_id)).task_id
+    await client.tasks.Cancel(tpb.CancelRequest(agent_id=agent_id, task_id=finished), metadata=client.metadata)
+    unfinished = (await client.submit(agent_id)).task_id
+    await client.agents.DeleteAgent(apb.DeleteAgentRequest(agent_id=agent_id), metadata=client.metadata)
+    for task_id in (finished, unfinished):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await collect(watch(client, agent_id, task_id))
+        assert error_info(caught.value)[:2] == (grpc.StatusCode.NOT_FOUND, "TASK_NOT_FOUND")
 
 
 async def test_wildcard_agent_watches_by_task_id_alone(client: Api, agent_id: str) -> None:

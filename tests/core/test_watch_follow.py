@@ -4,12 +4,13 @@ failing listener does not keep a change from the others."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 
 from agenttasks.core import watch
-from agenttasks.core.model import EventType, Task, TaskEvent, TaskStatus
+from agenttasks.core.model import EventType, Task, TaskEvent, TaskResult, TaskStatus
 
 
 @pytest.mark.asyncio
@@ -58,3 +59,63 @@ async def test_a_failing_listener_does_not_keep_the_change_from_the_others(caplo
     event = await asyncio.wait_for(sub.next(), 5)  # the watcher has it too
     assert event is not None and event.sequence == 2
     assert "listener failed on task x" in caplog.text
+
+
+def _task(seq: int, status: TaskStatus = TaskStatus.RUNNING, task_id: str = "x") -> Task:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    return Task(
+        tenant="t", task_id=task_id, agent_id="a", message="m", last_sequence=seq, status=status, created_at=now
+    )
+
+
+def _event(seq: int, status: TaskStatus = TaskStatus.RUNNING, task_id: str = "x") -> TaskEvent:
+    return TaskEvent("t", task_id, seq, EventType.STATUS, status, datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_the_hub_remembers_tasks_only_when_asked_and_forgets_a_deleted_agents() -> None:
+    hub = watch.EventHub()
+    hub.publish(_task(2), [_event(2)])
+    assert hub.latest("x") is None  # replicas: never from memory
+    hub.keep_latest()
+    hub.publish(_task(3), [_event(3)])
+    remembered = hub.latest("x")
+    assert remembered is not None and remembered.last_sequence == 3
+    hub.publish(_task(4, TaskStatus.COMPLETED), [_event(4, TaskStatus.COMPLETED)])
+    remembered = hub.latest("x")
+    assert remembered is not None and remembered.status is TaskStatus.COMPLETED
+    hub.forget_agent("other tenant", "a")
+    assert hub.latest("x") is not None
+    hub.forget_agent("t", "a")
+    assert hub.latest("x") is None
+
+
+def test_the_hub_keeps_the_newer_state_when_publishers_run_out_of_order() -> None:
+    hub = watch.EventHub()
+    hub.keep_latest()
+    hub.publish(_task(5), [_event(5)])
+    hub.publish(_task(4), [_event(4)])
+    remembered = hub.latest("x")
+    assert remembered is not None and remembered.last_sequence == 5
+
+
+def test_the_hub_forgets_the_least_recently_changed_beyond_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(watch, "LATEST_LIMIT", 2)
+    hub = watch.EventHub()
+    hub.keep_latest()
+    for name in ("a", "b", "c"):
+        hub.publish(_task(1, task_id=name), [_event(1, task_id=name)])
+    hub.publish(_task(2, task_id="b"), [_event(2, task_id="b")])
+    hub.publish(_task(1, task_id="d"), [_event(1, task_id="d")])
+    assert [n for n in "abcd" if hub.latest(n) is not None] == ["b", "d"]
+
+
+def test_the_hub_does_not_keep_large_tasks() -> None:
+    hub = watch.EventHub()
+    hub.keep_latest()
+    hub.publish(replace(_task(1), message="m" * (watch.LATEST_TEXT + 1)), [_event(1)])
+    hub.publish(replace(_task(1, task_id="y"), metadata={"k": "v" * watch.LATEST_TEXT}), [_event(1, task_id="y")])
+    assert hub.latest("x") is None and hub.latest("y") is None
+    hub.publish(_task(1, task_id="z"), [_event(1, task_id="z")])
+    done = replace(_task(2, TaskStatus.COMPLETED, "z"), result=TaskResult("r", {"k": "v" * watch.LATEST_TEXT}))
+    hub.publish(done, [_event(2, TaskStatus.COMPLETED, "z")])
+    assert hub.latest("z") is None  # its result made it large

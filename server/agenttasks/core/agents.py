@@ -194,6 +194,7 @@ class AgentCore:
             return tx.delete_finished_tasks(tenant, agent_id, DELETE_BATCH)
 
         await in_bounded_writes(lambda: self._store.write(delete_finished), DELETE_BATCH)
+        self._hub.forget_agent(tenant, agent_id)  # what it remembers of them is deleted now
 
         def cancel(tx: WriteTx, limit: int | None) -> list[tuple[Task, list[TaskEvent]]]:
             find_agent(tx, tenant, agent_id)
@@ -207,15 +208,19 @@ class AgentCore:
             tx.delete_agent(tenant, agent_id)
             return changes
 
-        async def write_then_publish(op: Callable[[WriteTx], list[tuple[Task, list[TaskEvent]]]]) -> int:
+        async def write_then_publish(
+            op: Callable[[WriteTx], list[tuple[Task, list[TaskEvent]]]], deleted: bool = False
+        ) -> int:
             changes = await self._store.write(op)
             for task, events in changes:
                 self._hub.publish(task, events)
+            if deleted:  # in the same step, so no watch takes a snapshot of a deleted task
+                self._hub.forget_agent(tenant, agent_id)
             return len(changes)
 
         cancelled = await in_bounded_writes(
             lambda: to_the_end(write_then_publish(lambda tx: cancel(tx, DELETE_BATCH))), DELETE_BATCH
         )
-        cancelled += await to_the_end(write_then_publish(cancel_rest_and_delete))
+        cancelled += await to_the_end(write_then_publish(cancel_rest_and_delete, deleted=True))
         self.on_status_change(tenant, agent_id)
         return cancelled

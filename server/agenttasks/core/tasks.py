@@ -532,7 +532,11 @@ class TaskCore:
         self._watching[who] += 1
         sub = self._hub.subscribe(task_id)  # before the snapshot, so no event falls in between
         try:
-            task = await self._store.read(lambda tx: with_output(tx, find_task(tx, tenant, agent_id, task_id)))
+            task = self._hub.latest(task_id)
+            if task is None or task.tenant != tenant or agent_id not in (task.agent_id, ANY_AGENT) or task.output_bytes:
+                # Not remembered (or another tenant's: the store answers exactly TaskNotFound),
+                # or with output to read.
+                task = await self._store.read(lambda tx: with_output(tx, find_task(tx, tenant, agent_id, task_id)))
 
             async def fetch_after(seq: int) -> list[TaskEvent]:
                 return await self._store.read(lambda tx: tx.events_after(tenant, task_id, seq, EVENT_PAGE))

@@ -10,6 +10,7 @@ of order) are filled from the store the same way, so every watcher sees every ev
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +21,11 @@ from agenttasks.core.model import Task, TaskEvent, TaskStatus
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 1024
+# Tasks whose last published state the hub keeps for watch snapshots (`keep_latest`), and the
+# characters of text and JSON (message, metadata, prompt, result) beyond which a task is not
+# kept: at most LATEST_LIMIT tasks of about this size, whatever clients send.
+LATEST_LIMIT = 1024
+LATEST_TEXT = 4 * 1024
 
 # Stream end reasons, sent on the final `end` message of a watch.
 END_TASK_FINISHED = "TASK_FINISHED"
@@ -80,6 +86,10 @@ class Subscription:
 Listener = Callable[[Task, list[TaskEvent]], None]
 
 
+def _json_size(value: object) -> int:
+    return len(json.dumps(value)) if value else 0
+
+
 class EventHub:
     """Routes committed changes: their events to the watchers of the task, and the task with its
     events to listeners (the dispatcher, which pushes cancels and messages to workers)."""
@@ -91,6 +101,34 @@ class EventHub:
         # True while a change another server committed is being published here (see
         # `publish_relayed`): listeners that count work done here (metrics) skip it.
         self.relaying = False
+        # Per task: its last published state, and the size of what never changes (message, metadata).
+        self._latest: dict[str, tuple[Task, int]] | None = None
+
+    def keep_latest(self) -> None:
+        """Remember the last published state of the most recently changed tasks, so that a watch
+        takes its snapshot here instead of reading the store on another thread.
+
+        Only for a server that publishes every change to its tasks itself: one server over its
+        own store (admin commands on the file write keys, never tasks). Replicas hear only of
+        tasks someone watches, so their memory could lag the store, and a watcher that
+        subscribed after the news it lacks would wait for it forever.
+        """
+        self._latest = {}
+
+    def latest(self, task_id: str) -> Task | None:
+        """The task as last published here, if remembered (`keep_latest`).
+
+        Taken in the same step as `subscribe`, it is a snapshot no later event can slip past:
+        each later change is published after it, to the new subscription."""
+        if self._latest is None or (known := self._latest.get(task_id)) is None:
+            return None
+        return known[0]
+
+    def forget_agent(self, tenant: str, agent_id: str) -> None:
+        """Drop the remembered tasks of an agent whose finished tasks are being deleted."""
+        if self._latest:
+            for task_id in [k for k, (t, _) in self._latest.items() if (t.tenant, t.agent_id) == (tenant, agent_id)]:
+                del self._latest[task_id]
 
     def listen(self, listener: Listener) -> None:
         """Call `listener(task, events)` after every committed change. It must not block."""
@@ -129,6 +167,8 @@ class EventHub:
         """Hand a committed change (the task as it now is, and its new events) on. Never blocks."""
         if not events:
             return
+        if self._latest is not None:
+            self._remember(task)
         for sub in self._subs.get(task.task_id, ()):
             for event in events:
                 sub._offer(event)
@@ -139,6 +179,24 @@ class EventHub:
                 listener(task, events)
             except Exception:
                 log.exception("a listener failed on task %s; the change itself is stored", task.task_id)
+
+    def _remember(self, task: Task) -> None:
+        latest = self._latest
+        assert latest is not None  # noqa: S101
+        known = latest.pop(task.task_id, None)
+        if known is not None and known[0].last_sequence > task.last_sequence:
+            latest[task.task_id] = known  # publishers of two writes may run out of order
+            return
+        # Message and metadata never change after the Submit: measured when the task is new here.
+        fixed = known[1] if known is not None else len(task.message) + _json_size(task.metadata)
+        size = fixed + len(task.input_prompt)
+        if task.result is not None:
+            size += len(task.result.text) + _json_size(task.result.data)
+        if size > LATEST_TEXT:
+            return
+        latest[task.task_id] = (task, fixed)
+        if len(latest) > LATEST_LIMIT:
+            del latest[next(iter(latest))]  # the least recently changed
 
     def publish_relayed(self, task: Task, events: list[TaskEvent]) -> None:
         """`publish` a change another server committed and this one read back from the store."""
