@@ -553,6 +553,44 @@ async def test_next_queued_is_priority_first_then_fifo_within_tenant(
     assert await store.read(lambda tx: tx.next_queued("tenant-b", "agent-1", 10)) == []
 
 
+async def test_prefetched_tasks_are_read_once_then_as_the_function_changed_them(
+    store: Store, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    # A batch of reports reads its tasks in one go; each report then gets its own task, and a
+    # second read of one (two reports on one task) sees what the first report wrote.
+    await add_agent(store, make_agent("agent-1"))
+    for task_id in ("a", "b", "c"):
+        await add_task(store, make_task(task_id, status=TaskStatus.RUNNING, worker_id="w1"))
+
+    def reports(tx: WriteTx) -> list[tuple[str, str]]:
+        tx.prefetch_tasks("tenant-a", ["b", "a", "missing", "a"])
+        seen: list[tuple[str, str]] = []
+        for task_id in ("a", "b", "a", "missing", "c"):
+            task = tx.get_task("tenant-a", task_id)
+            if task is None:
+                seen.append((task_id, "none"))
+                continue
+            seen.append((task_id, task.status_reason or "-"))
+            tx.update_task(dataclasses.replace(task, status_reason=f"seen {task_id}"))
+        return seen
+
+    seen = await store.write(reports)
+    assert seen == [("a", "-"), ("b", "-"), ("a", "seen a"), ("missing", "none"), ("c", "-")]
+    stored = await store.read(lambda tx: [tx.get_task("tenant-a", i) for i in ("a", "b", "c")])
+    assert [t.status_reason for t in stored if t is not None] == ["seen a", "seen b", "seen c"]
+
+    def changed_first(tx: WriteTx) -> str:
+        # A prefetched task this function changes before it reads it: the read sees the change.
+        tx.prefetch_tasks("tenant-a", ["a", "b"])
+        c = tx.get_task("tenant-a", "c")
+        assert c is not None
+        tx.update_task(dataclasses.replace(c, task_id="a", status_reason="changed"))
+        again = tx.get_task("tenant-a", "a")
+        return again.status_reason if again is not None else "none"
+
+    assert await store.write(changed_first) == "changed"
+
+
 async def test_leases_deadlines_and_worker_tasks(
     store: Store, make_agent: MakeAgent, make_task: MakeTask, when: When
 ) -> None:

@@ -74,6 +74,8 @@ MAX_CHUNK_BYTES = 256 * 1024
 MAX_RESULT_BYTES = 1024 * 1024
 MAX_OUTPUT_BYTES = 1024 * 1024
 SWEEP_BATCH = 500
+# Queued tasks one report write reads at most at once for the places its reports free (_Queued).
+QUEUED_AHEAD = 100
 _HELD = (TaskStatus.RUNNING, TaskStatus.AWAITING_INPUT)
 
 
@@ -192,6 +194,31 @@ class Claim:
             raise
         self.dispatcher._settle(self.started, committed=True)
         return value
+
+
+class _Queued:
+    """An agent's next queued tasks, read once for the reports of one write that end tasks:
+    each such report hands its place to the next of them (on PostgreSQL a query is a round
+    trip, so one per batch instead of one per report). At most as many are read as reports
+    are left, up to QUEUED_AHEAD; those not taken stay queued in the store. Forgotten when a
+    report of the write queues a task again, which may come before them."""
+
+    __slots__ = ("_done", "_tasks", "left")
+
+    def __init__(self, left: int) -> None:
+        self.left = left  # reports of the write not yet applied, this one included
+        self._tasks: list[Task] = []  # in reverse dispatch order: the next is last
+        self._done = False  # the store has no more queued than these
+
+    def next(self, tx: WriteTx, tenant: str, agent_id: str) -> Task | None:
+        if not self._tasks and not self._done:
+            want = max(1, min(self.left, QUEUED_AHEAD))
+            self._tasks = tx.next_queued(tenant, agent_id, want)[::-1]
+            self._done = len(self._tasks) < want
+        return self._tasks.pop() if self._tasks else None
+
+    def forget(self) -> None:
+        self._tasks, self._done = [], False
 
 
 def _message(event: TaskEvent) -> TaskMessage:
@@ -438,7 +465,9 @@ class Dispatcher:
         started, events, _, _ = self._start(tx, claim, task, least_busy, now)
         return started, events
 
-    def _take_next(self, tx: WriteTx, claim: Claim, session: WorkerSession, now: datetime) -> Started | None:
+    def _take_next(
+        self, tx: WriteTx, claim: Claim, session: WorkerSession, now: datetime, queued: _Queued
+    ) -> Started | None:
         """In the write of a report that ended a task: the next queued task of the agent, for the
         same worker, whose place that task frees. None if there is none or it cannot take it."""
         if self._closed or session.closed:
@@ -446,11 +475,12 @@ class Dispatcher:
         agent = tx.get_agent(session.tenant, session.agent_id)
         if agent is None or agent.status is not AgentStatus.ACTIVE:
             return None
-        for task in tx.next_queued(session.tenant, session.agent_id, 1):
-            entry = self._start(tx, claim, task, session, now)
-            save(tx, (entry[0], entry[1]))
-            return entry
-        return None
+        task = queued.next(tx, session.tenant, session.agent_id)
+        if task is None:
+            return None
+        entry = self._start(tx, claim, task, session, now)
+        save(tx, (entry[0], entry[1]))
+        return entry
 
     async def _round(self, tenant: str, agent_id: str) -> None:
         now = self._clock()
@@ -523,7 +553,7 @@ class Dispatcher:
 
         claim = self.claim()
 
-        def apply(tx: WriteTx, ref: TaskRef, change: Change) -> Applied:
+        def apply(tx: WriteTx, ref: TaskRef, change: Change, queued: _Queued) -> Applied:
             task = tx.get_task(session.tenant, ref.task_id)
             if (
                 task is None
@@ -540,18 +570,23 @@ class Dispatcher:
                 task = replace(task, lease_expires_at=now + self.lease)
             task, events = save(tx, (task, events))
             # The holder ended it: its place goes to the next queued task in this same write.
-            following = None if task.worker_id else self._take_next(tx, claim, session, now)
+            if task.status is TaskStatus.QUEUED:
+                queued.forget()  # queued again (attempts left): it may come before those read
+            following = None if task.worker_id else self._take_next(tx, claim, session, now, queued)
             return task, events, following
 
         def op(tx: WriteTx) -> list[Applied | DomainError]:
             if renew_all:
                 tx.renew_leases(session.worker_id, now + self.lease)
+            tx.prefetch_tasks(session.tenant, [ref.task_id for ref, _ in reports])
+            queued = _Queued(len(reports))
             outcomes: list[Applied | DomainError] = []
             for ref, change in reports:
                 try:
-                    outcomes.append(apply(tx, ref, change))
+                    outcomes.append(apply(tx, ref, change, queued))
                 except DomainError as refused:
                     outcomes.append(refused)
+                queued.left -= 1
             return outcomes
 
         async def write_then_publish() -> list[DomainError | None]:

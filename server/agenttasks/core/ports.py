@@ -173,6 +173,12 @@ class WriteTx(ReadTx, Protocol):
         """Replaces every mutable column of an existing task."""
         ...
 
+    def prefetch_tasks(self, tenant: str, task_ids: list[str]) -> None:
+        """The function is about to read and change these tasks: a store whose every read is a
+        round trip may read (and lock) them here in one, and answer `get_task` once for each
+        from that read. Doing nothing is right too."""
+        ...
+
     def renew_leases(self, worker_id: str, until: datetime) -> int:
         """Extends the lease of every task the worker holds; returns how many."""
         ...

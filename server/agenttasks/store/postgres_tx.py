@@ -253,7 +253,7 @@ class PostgresWriteTx(PostgresReadTx):
     unlocked read in the same transaction would have let it commit after the read anyway.
     """
 
-    __slots__ = ("_agents", "_checks", "_next_seq", "_pipeline", "_release", "_touched", "news")
+    __slots__ = ("_agents", "_ahead", "_checks", "_next_seq", "_pipeline", "_release", "_touched", "news")
 
     _LOCKING = True
 
@@ -277,6 +277,8 @@ class PostgresWriteTx(PostgresReadTx):
         self._release = release
         self._next_seq = next_seq
         self._touched = False  # whether a statement that writes or locks has been sent
+        # Tasks read (and locked) by `prefetch_tasks`, each handed out once by `get_task`.
+        self._ahead: dict[tuple[str, str], Task] = {}
         # (cursor, error) of each UPDATE that must change one row, checked in `settle`.
         self._checks: list[tuple[psycopg.Cursor[dict[str, Any]], str]] = []
 
@@ -285,7 +287,21 @@ class PostgresWriteTx(PostgresReadTx):
             self._touched = True
         return super()._execute(name, params)
 
+    def prefetch_tasks(self, tenant: str, task_ids: list[str]) -> None:
+        """One round trip for a batch of reports instead of one per report: each report then
+        reads its task from here, once (a second read of the same task sees this function's
+        own change to it in the store). Like `get_task`, it does not wait for rows another
+        transaction holds while this function holds nothing; those are read one by one later."""
+        ids = sorted(set(task_ids))
+        if len(ids) < 2:
+            return
+        free = self._release is not None and not self._touched
+        rows = self._all("get_tasks_if_free" if free else "get_tasks_locked", {"tenant": tenant, "task_ids": ids})
+        self._ahead = {(tenant, row["task_id"]): _ROWS.task(row) for row in rows}
+
     def get_task(self, tenant: str, task_id: str) -> Task | None:
+        if self._ahead and (task := self._ahead.pop((tenant, task_id), None)) is not None:
+            return task
         params = {"tenant": tenant, "task_id": task_id}
         if self._release is not None and not self._touched:
             row = self._one("get_task_if_free", params)
@@ -346,9 +362,11 @@ class PostgresWriteTx(PostgresReadTx):
         """Deletes the agent with its tasks and events (by cascade). Idempotency records stay
         until they expire: a retry after the deletion still gets its original answer."""
         self._agents.pop((tenant, agent_id), None)
+        self._ahead.clear()
         self._execute("delete_agent", {"tenant": tenant, "agent_id": agent_id})
 
     def delete_finished_tasks(self, tenant: str, agent_id: str, limit: int) -> int:
+        self._ahead.clear()
         params = {"tenant": tenant, "agent_id": agent_id, "limit": limit}
         return self._count("delete_finished_tasks", params)
 
@@ -365,11 +383,13 @@ class PostgresWriteTx(PostgresReadTx):
         return dataclasses.replace(task, seq=row["seq"])
 
     def update_task(self, task: Task) -> None:
+        self._ahead.pop((task.tenant, task.task_id), None)  # read it again: as written now
         error = f"no task {task.task_id!r} in tenant {task.tenant!r} to update"
         self._one_row("update_task", _ROWS.task_params(task), error)
         self.news.task(task)
 
     def renew_leases(self, worker_id: str, until: datetime) -> int:
+        self._ahead.clear()
         return self._count("renew_leases", {"worker_id": worker_id, "until": aware(until)})
 
     def append_event(self, event: TaskEvent) -> None:

@@ -258,6 +258,9 @@ class SqliteWriteTx(SqliteReadTx):
             self._tasks.clear()  # bounded: start over rather than grow
         self._tasks[key] = task
 
+    def prefetch_tasks(self, tenant: str, task_ids: list[str]) -> None:
+        """Nothing to do: a read here costs no round trip, and the writer's cache answers most."""
+
     def get_agent(self, tenant: str, agent_id: str) -> Agent | None:
         self._connection()  # a detached view fails even when the cache could answer
         key = (tenant, agent_id)

@@ -99,6 +99,19 @@ SELECT * FROM tasks WHERE task_id = %(task_id)s AND tenant || '' = %(tenant)s FO
 -- not hold (postgres_writer).
 SELECT * FROM tasks WHERE task_id = %(task_id)s AND tenant || '' = %(tenant)s FOR NO KEY UPDATE SKIP LOCKED;
 
+-- name: get_tasks_locked
+-- Several tasks a write function will change (a worker's batch of reports), read and locked in
+-- one round trip, in one order, as every such read locks them.
+SELECT * FROM tasks WHERE task_id = ANY(%(task_ids)s) AND tenant || '' = %(tenant)s
+ORDER BY task_id
+FOR NO KEY UPDATE;
+
+-- name: get_tasks_if_free
+-- get_tasks_locked that does not wait: rows another transaction holds are left out.
+SELECT * FROM tasks WHERE task_id = ANY(%(task_ids)s) AND tenant || '' = %(tenant)s
+ORDER BY task_id
+FOR NO KEY UPDATE SKIP LOCKED;
+
 -- name: list_tasks
 -- before_seq is always bound (a huge value when there is no cursor), so this stays one range
 -- scan of tasks_by_agent from the newest row, whichever page is asked for.
