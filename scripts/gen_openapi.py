@@ -45,7 +45,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 import agenttasks.v1
 from agenttasks.api.errors import ERROR_TABLE, INTERNAL
-from agenttasks.core.errors import InvalidArgument, Why
+from agenttasks.core.errors import InvalidArgument, RetryLater, Why
 from agenttasks.core.field_rules import Rule, field_rules
 from agenttasks.core.model import CallbackMode
 from agenttasks.settings import Settings
@@ -740,7 +740,8 @@ class Generator:
     def error_responses(self) -> Schema:
         reasons: dict[int, list[str]] = {}
         for error, mapping in ERROR_TABLE.items():
-            why = (error.__doc__ or "").strip().split("\n")[0]
+            # The docstring's first sentence, whatever lines it spans.
+            why = " ".join((error.__doc__ or "").split()).split(". ")[0].rstrip(".") + "."
             reasons.setdefault(mapping.http_status, []).append(f"- `{mapping.reason}`: {why}")
         content = {"application/json": {"schema": ref(STATUS)}}
         responses: Schema = {}
@@ -755,9 +756,13 @@ class Generator:
                     "\n\n`INVALID_ARGUMENT` also has a `google.rpc.BadRequest` naming each bad field, with a stable "
                     f"`reason` per field, one of: {whys}."
                 )
-            if status == 429:
+            retried = [
+                m.reason for e, m in ERROR_TABLE.items() if issubclass(e, RetryLater) and m.http_status == status
+            ]
+            if retried:
                 description += (
-                    "\n\nA `google.rpc.RetryInfo` detail and the `Retry-After` header say when to call again."
+                    f"\n\nWith {' and '.join(f'`{r}`' for r in retried)}, a `google.rpc.RetryInfo` detail and the "
+                    "`Retry-After` header say when to call again."
                 )
             responses[f"Error{status}"] = {"description": description, "content": content}
         responses["Error"] = {

@@ -1,10 +1,11 @@
-"""The documentation keeps up with the code: every setting is in the README's table."""
+"""The documentation keeps up with the code: every setting and every error reason is in the README."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+from agenttasks.api.errors import ERROR_TABLE, INTERNAL
 from agenttasks.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,3 +40,11 @@ def test_every_test_docs_reliability_cites_exists() -> None:
         assert target.exists(), path
         if name:
             assert f"def {name}(" in target.read_text(), f"{path}::{name}"
+
+
+def test_every_error_reason_is_in_the_readmes_error_table() -> None:
+    """Each reason a client can meet, with the gRPC code and HTTP status the server gives it."""
+    rows = re.findall(r"^\| `([A-Z_]+)` \| ([A-Z_]*) \| (\d+|4xx) \|", README.read_text(), flags=re.MULTILINE)
+    documented = {reason: (code, status) for reason, code, status in rows}
+    for mapping in [*ERROR_TABLE.values(), INTERNAL]:
+        assert documented.get(mapping.reason) == (mapping.code.name, str(mapping.http_status)), mapping.reason

@@ -74,12 +74,7 @@ async def test_over_its_rate_a_credential_is_refused_and_told_when_to_retry(limi
 
         code, reason, _ = error_info(caught.value)
         assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
-        status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
-        assert status is not None
-        retry = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
-        info = error_details_pb2.RetryInfo()
-        retry[0].Unpack(info)
-        delay = info.retry_delay.ToTimedelta().total_seconds()
+        delay = retry_delay(caught.value)
         assert 0 < delay <= 1 / RATE
         trailers = dict(caught.value.trailing_metadata() or ())
         assert trailers["retry-after"] == str(math.ceil(delay))
@@ -118,6 +113,16 @@ async def test_a_call_past_the_servers_deadline_is_deadline_exceeded(db_path: Pa
         finally:
             await api.channel.close()
     assert error_info(caught.value)[:2] == (grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED")
+
+
+def retry_delay(error: grpc.aio.AioRpcError) -> float:
+    """The seconds of the call's RetryInfo detail."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    retry = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    info = error_details_pb2.RetryInfo()
+    retry[0].Unpack(info)
+    return float(info.retry_delay.ToTimedelta().total_seconds())
 
 
 async def submit_refusal(api: Api, agent_id: str) -> tuple[grpc.StatusCode, str, list[str]] | None:
@@ -192,7 +197,11 @@ async def test_while_another_tenant_calls_a_tenant_over_its_running_calls_waits_
                     if slots._lines[("default", Role.CLIENT)].waiting:
                         break
                     await asyncio.sleep(0.01)
-                assert await submit_refusal(api, agent_id) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CALLS", [])
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await api.submit(agent_id)
+                assert error_info(caught.value) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CALLS", [])
+                assert retry_delay(caught.value) == 1.0  # told when to try again, as a rate limit is
+                assert dict(caught.value.trailing_metadata() or ())["retry-after"] == "1"
                 assert [await submit_refusal(other, other_agent) for _ in range(3)] == [None] * 3  # not held up
                 assert not waiting.done()
             submitted = await asyncio.wait_for(waiting, 30)  # the slot came free: it ran

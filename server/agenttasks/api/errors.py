@@ -27,6 +27,7 @@ from agenttasks.core.errors import (
     LeaseLost,
     PermissionDenied,
     RateLimited,
+    RetryLater,
     ShuttingDown,
     StoreUnreachable,
     TaskFinished,
@@ -99,7 +100,7 @@ def rich_status(error: BaseException) -> status_pb2.Status:
             for v in error.violations
         ]
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
-    if isinstance(error, RateLimited):
+    if isinstance(error, RetryLater):
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromNanoseconds(int(error.retry_after * 1e9))
         details.append(_pack(retry))
@@ -109,7 +110,7 @@ def rich_status(error: BaseException) -> status_pb2.Status:
 def to_status(error: BaseException) -> grpc.Status:
     """The rich status a client receives for `error`, ready for `context.abort`."""
     status: grpc.Status = rpc_status.to_status(rich_status(error))
-    if isinstance(error, RateLimited):
+    if isinstance(error, RetryLater):
         # Whole seconds, as HTTP's Retry-After has them; Envoy passes it on as a header.
         wait = str(max(1, math.ceil(error.retry_after)))
         status = _Status(status.code, status.details, (*status.trailing_metadata, ("retry-after", wait)))

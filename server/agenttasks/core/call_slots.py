@@ -15,7 +15,7 @@ store batches smaller (8 at a time cost one client with 64 in flight a fifth of 
 rate). Clients and workers of one tenant have separate lines, so a tenant's own client flood
 does not hold up its workers' reports and lease renewals. At most `waiting` calls of one line
 wait; beyond that a call is refused at once (`TooManyCalls`), so a client that ignores every
-deadline cannot queue without bound.
+deadline cannot queue without bound, and is told when to try again.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ from agenttasks.core.errors import TooManyCalls
 
 # A tenant that made a call this recently is calling: with another one, the caps apply.
 ACTIVE_SECONDS = 1.0
+# What a refused call is told to wait before it tries again (RetryInfo, Retry-After): long
+# enough for a full line of calls taking milliseconds each to move on.
+RETRY_AFTER_SECONDS = 1.0
 
 
 @dataclass(slots=True)
@@ -87,7 +90,7 @@ class CallSlots:
         else:
             if len(line.waiting) >= self.max_waiting:
                 self.refused += 1
-                raise TooManyCalls(self.per_tenant + self.max_waiting)
+                raise TooManyCalls(self.per_tenant + self.max_waiting, RETRY_AFTER_SECONDS)
             self.waited += 1
             turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             line.waiting.append(turn)

@@ -174,24 +174,32 @@ class TooManyQueued(DomainError):
         )
 
 
-class TooManyCalls(DomainError):
-    """The tenant's clients (or workers) already have as many calls running and waiting in this
-    server as one tenant may (`core.call_slots`)."""
+class RetryLater(DomainError):
+    """A refusal that passes: the client is told how long to wait (`retry_after` seconds) in a
+    RetryInfo detail and, over REST, a Retry-After header."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, message: str, retry_after: float, metadata: dict[str, str] | None = None) -> None:
+        seconds = max(retry_after, 0.001)
+        super().__init__(message, metadata={**(metadata or {}), "retry_after_seconds": f"{seconds:.3f}"})
+        self.retry_after = seconds
+
+
+class TooManyCalls(RetryLater):
+    """The tenant's clients (or workers) already have as many calls running and waiting on this
+    server as one tenant may. See `core.call_slots`: the calls ahead take milliseconds each, so
+    `retry_after` is short."""
+
+    def __init__(self, limit: int, retry_after: float) -> None:
         super().__init__(
-            f"this tenant already has {limit} calls running or waiting on this server; retry shortly",
+            f"this tenant already has {limit} calls running or waiting on this server; retry in {retry_after:.3g} s",
+            retry_after,
             metadata={"limit": str(limit)},
         )
 
 
-class RateLimited(DomainError):
+class RateLimited(RetryLater):
     """The credential made more calls than its rate allows; retry after `retry_after` seconds."""
 
     def __init__(self, retry_after: float) -> None:
         seconds = max(retry_after, 0.001)
-        super().__init__(
-            f"too many calls with this credential; retry in {seconds:.3g} s",
-            metadata={"retry_after_seconds": f"{seconds:.3f}"},
-        )
-        self.retry_after = seconds
+        super().__init__(f"too many calls with this credential; retry in {seconds:.3g} s", seconds)
