@@ -44,6 +44,7 @@ from agenttasks.core.watch import EventHub
 from agenttasks.observe.metrics_http import MetricsEndpoint, metrics_endpoint
 from agenttasks.settings import Settings
 from agenttasks.store import StoreUnavailable, open_store
+from agenttasks.store.sqlite_store import SqliteStore
 from agenttasks.v1 import (
     agent_service_pb2,
     agent_service_pb2_grpc,
@@ -173,6 +174,13 @@ class Service:
             self._store = store = await open_store(s.db)
         except StoreUnavailable as error:  # no driver, no server, no schema: said in one line
             raise StartupError(str(error)) from None
+        if isinstance(store, SqliteStore):
+            try:
+                store.serve_alone()
+            except StoreUnavailable as error:  # another server has the file
+                await store.close()
+                self._store = None
+                raise StartupError(str(error)) from None
         try:
             await self._start(store)
         except BaseException:
@@ -231,7 +239,7 @@ class Service:
         self.replicas = (
             Replicas(store, self.hub, self.dispatcher, authenticator.forget) if isinstance(store, SharedStore) else None
         )
-        if self.replicas is None:
+        if self.replicas is None:  # the only server of its SQLite file (`serve_alone`)
             self.hub.keep_latest()
 
         self._server = server = grpc.aio.server(options=GRPC_OPTIONS)

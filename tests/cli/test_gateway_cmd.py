@@ -1,7 +1,7 @@
 """`agenttasks gateway` as a real process in front of real `agenttasks serve --no-gateway`
-replicas sharing one database: the lines it prints, REST and native gRPC through it, a replica
-that stops answering taken out of rotation and back, clean stops, and one clear line for each
-way it can be started wrong."""
+replicas sharing one PostgreSQL database (a SQLite file has one server): the lines it prints,
+REST and native gRPC through it, a replica that stops answering taken out of rotation and back,
+clean stops, and one clear line for each way it can be started wrong."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 from tests.gateway.serve_process import children, wait_until_gone
+from tests.support import PostgresDatabases
 
-from .support import Spawned, StartServer, failed, free_port, ok, run_cli
+from .support import PostgresUrl, Spawned, StartServer, failed, free_port, ok, run_cli
 
 REST_LISTENING = re.compile(r"^agenttasks REST listening on (http://\S+)$")
 GRPC_FRONT_LISTENING = re.compile(r"^agenttasks gRPC front listening on (\S+:\d+)$")
@@ -53,14 +54,21 @@ def stderr_line(process: Spawned, pattern: re.Pattern[str]) -> re.Match[str]:
     pytest.fail(f"no {pattern.pattern!r} on stderr in 30s\n{process.stderr}")
 
 
+@pytest.fixture
+def shared_db(postgres_databases: PostgresDatabases, tmp_path: Path) -> Iterator[PostgresUrl]:
+    """The replicas' one database: PostgreSQL, as several servers need."""
+    with postgres_databases.database() as url:
+        yield PostgresUrl(url, tmp_path)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_one_front_serves_rest_and_grpc_for_two_replicas_and_stops_on_sigterm(
-    tmp_path: Path, start_server: StartServer, gateways: list[Spawned]
+    shared_db: PostgresUrl, start_server: StartServer, gateways: list[Spawned]
 ) -> None:
     rest_port = free_port()
     base_url = f"http://127.0.0.1:{rest_port}"  # where clients reach REST: the gateway
-    db = tmp_path / "agenttasks.db"
+    db = shared_db
     first = start_server(db, "--public-base-url", base_url)
     first_address, key = first.address(), first.admin_key()
     second = start_server(db, "--public-base-url", base_url)  # the same store: no new key
@@ -100,9 +108,9 @@ def test_one_front_serves_rest_and_grpc_for_two_replicas_and_stops_on_sigterm(
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_replica_that_stops_answering_leaves_the_rotation_and_comes_back(
-    tmp_path: Path, start_server: StartServer, gateways: list[Spawned]
+    shared_db: PostgresUrl, start_server: StartServer, gateways: list[Spawned]
 ) -> None:
-    db = tmp_path / "agenttasks.db"
+    db = shared_db
     first = start_server(db)
     first_address, key = first.address(), first.admin_key()
     second = start_server(db)

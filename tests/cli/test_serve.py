@@ -107,6 +107,28 @@ def test_a_failed_first_start_does_not_use_up_the_admin_key(start_server: StartS
     assert_clean_stop(server)
 
 
+@pytest.mark.timeout(120)
+def test_a_second_server_on_one_sqlite_file_is_refused_in_one_line(start_server: StartServer, tmp_path: Path) -> None:
+    """A SQLite file has one server: a second would change tasks the first never hears of. Admin
+    commands still open the file beside it; once the first has stopped, another may start."""
+    db = tmp_path / "x.db"
+    first = start_server(db)
+    address, key = first.address(), first.admin_key()
+    second = run_cli("serve", "--db", str(db), "--grpc-port", "0", "--no-gateway", cwd=tmp_path)
+    line = failed(second)
+    assert line.startswith("agenttasks: ") and str(db) in line and "PostgreSQL" in line, line
+    assert f"(pid {first.proc.pid})" in line, line
+    ok(run_cli("keys", "create", "--db", str(db), "--tenant", "t", cwd=tmp_path))  # admin commands: allowed
+    ok(run_cli(*as_client(address, key, "agents", "list")))  # the first one is untouched
+    assert_clean_stop(first)
+    third = start_server(db)
+    ok(run_cli(*as_client(third.address(), key, "agents", "list")))
+    third.kill()  # even killed, the kernel drops its claim with the process
+    fourth = start_server(db)
+    ok(run_cli(*as_client(fourth.address(), key, "agents", "list")))
+    assert_clean_stop(fourth)
+
+
 def test_an_address_that_cannot_be_bound_fails_with_one_clear_line(tmp_path: Path) -> None:
     result = run_cli("serve", "--db", str(tmp_path / "x.db"), "--grpc-host", "256.0.0.1", "--grpc-port", "0")
     assert "256.0.0.1" in failed(result)

@@ -1,9 +1,9 @@
 """Several replicas of the service on one store with one gateway in front, as `agenttasks gateway`
 runs them: for the tests of round robin, health checks, retries and the native gRPC front.
 
-Each replica is a real `Service` (grpc.aio on a free port) in this process; all of them open the
-same SQLite file (WAL lets several writers share it). The gateway is the project's own launcher
-running the real Envoy. What Envoy decided (which replica is in rotation, how many calls each
+Each replica is a real `Service` (grpc.aio on a free port) in this process; all of them use the
+same PostgreSQL database, as replicas do (a SQLite file has one server). The gateway is the
+project's own launcher running the real Envoy. What Envoy decided (which replica is in rotation, how many calls each
 took, how many were retried) is read from its admin endpoint, which only the test can reach.
 """
 

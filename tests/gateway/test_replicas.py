@@ -4,14 +4,14 @@ replicas on one store.
 Calls are spread round robin; the native gRPC front serves the project's own stubs, streams
 included; a replica that drains leaves the rotation without a read failing, and rejoins when it
 is back; with most replicas down the calls still reach the one left; with all down the answer is
-the gateway's JSON 503. Replicas on SQLite do not wake each other's watchers yet, so the calls
-here are unary, and the one live stream is woken through the replica that holds it.
+the gateway's JSON 503. Replicas share a PostgreSQL database: a SQLite file has one server
+(`SqliteStore.serve_alone`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -27,11 +27,18 @@ from agenttasks.v1 import agent_service_pb2 as apb
 from agenttasks.v1 import task_service_pb2 as tpb
 from tests.gateway.replicas import DEADLINE, cluster_stats, front, replica, replicas, until, upstream
 from tests.gateway.support import assert_error, http_client
-from tests.support import Api, api_for, error_info
+from tests.support import Api, PostgresDatabases, api_for, error_info
 
 pytestmark = pytest.mark.asyncio
 
 MISSING = "01a22373-0000-7000-8000-000000000000"
+
+
+@pytest.fixture
+def db_path(postgres_databases: PostgresDatabases) -> Iterator[str]:
+    """The replicas' one database: PostgreSQL only, as several servers need."""
+    with postgres_databases.database() as url:
+        yield url
 
 
 @pytest_asyncio.fixture
@@ -153,8 +160,8 @@ async def test_a_watch_through_the_grpc_front_gets_live_events(
     snapshot = await anext(messages)
     assert (snapshot.type, snapshot.status) == ("snapshot", "queued")
 
-    # The stream is open on one replica. Replicas on SQLite do not wake each other's watchers
-    # yet, so the cancel goes straight to that one.
+    # The stream is open on one replica; the cancel goes straight to that one, so what is tested
+    # is the front's stream, not the replicas' news to each other (tests/replicas has those).
     async def open_on_one() -> bool:
         return sorted(found.open_calls for found in await gateway_front.upstream_status()) == [0, 0, 1]
 

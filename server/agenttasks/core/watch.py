@@ -108,10 +108,10 @@ class EventHub:
         """Remember the last published state of the most recently changed tasks, so that a watch
         takes its snapshot here instead of reading the store on another thread.
 
-        Only for a server that publishes every change to its tasks itself: one server over its
-        own store (admin commands on the file write keys, never tasks). Replicas hear only of
-        tasks someone watches, so their memory could lag the store, and a watcher that
-        subscribed after the news it lacks would wait for it forever.
+        Only for a server that publishes every change to its tasks itself: the one server of a
+        SQLite file (`SqliteStore.serve_alone`; admin commands on the file write keys, never
+        tasks). Replicas hear only of tasks someone watches, so their memory could lag the store,
+        and a watcher that subscribed after the news it lacks would wait for it forever.
         """
         self._latest = {}
 

@@ -11,6 +11,7 @@ concurrently, so they stay off the loop.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import sqlite3
@@ -23,6 +24,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from agenttasks.core.ports import ReadTx, WriteObserver, WriteTx
+from agenttasks.store.errors import StoreUnavailable
 from agenttasks.store.migrations import migrate
 from agenttasks.store.sqlite_tx import SqliteReadTx
 from agenttasks.store.sqlite_writer import GroupCommitWriter, WriterStats
@@ -94,6 +96,34 @@ class SqliteStore:
         self._reader_conns_lock = threading.Lock()
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
+        self._server_lock: int | None = None
+
+    def serve_alone(self) -> None:
+        """Claim the file for this server (`serve`), or StoreUnavailable if another has it.
+
+        A server hears of its own changes only: it tells its watchers and workers, and answers
+        watch snapshots from memory, as it commits (`EventHub.keep_latest`). A second server on
+        the file would change tasks the first never hears of, and the first would go on giving
+        stale snapshots and never the second's events. Several servers need PostgreSQL, where
+        every change is announced to all. Admin commands (`keys`, `token`) open the file without
+        this claim; they write keys and settings, never tasks. The claim is an flock on a file
+        beside the database, so the kernel drops it with the process, however it ends.
+        """
+        lock = self.path.with_name(self.path.name + "-serve.lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            raise StoreUnavailable(
+                f"another agenttasks server{pid} is serving {self.path}: one server per SQLite file; "
+                "to run several, give them one PostgreSQL database (docs/deploy.md)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._server_lock = fd
 
     @classmethod
     async def open(
@@ -199,5 +229,8 @@ class SqliteStore:
                 conn.close()
             self._writer.finish()
         finally:
+            if self._server_lock is not None:  # closing the descriptor releases the flock
+                os.close(self._server_lock)
+                self._server_lock = None
             if self._scratch_dir is not None:
                 shutil.rmtree(self._scratch_dir, ignore_errors=True)
