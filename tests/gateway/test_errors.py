@@ -193,12 +193,38 @@ async def test_a_query_envoy_cannot_transcode_is_a_json_400_in_plain_words(
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/nope"), ("GET", "/v2/agent/list"), ("DELETE", "/agent/list"), ("POST", "/agent/list"), ("PUT", "/")],
+    [("GET", "/nope"), ("GET", "/v2/agent/list"), ("PUT", "/"), ("DELETE", "/agent/x/task/y/z"), ("POST", "/")],
 )
-async def test_an_unknown_path_or_method_is_a_json_404(rest: httpx.AsyncClient, method: str, path: str) -> None:
+async def test_an_unknown_path_is_a_json_404(rest: httpx.AsyncClient, method: str, path: str) -> None:
     response = await rest.request(method, path, params={"page_size": "1"})
     body = assert_error(response, 404, "PATH_NOT_FOUND", "NOT_FOUND")
     assert body["message"] == f"no such path: {method} {path}", body
+    assert "allow" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("DELETE", "/agent/list", "GET"),
+        ("POST", "/agent/list", "GET"),
+        ("GET", "/agent/request/a1", "POST"),
+        ("PUT", "/v1/agent/create", "GET, POST"),  # GET /agent/{agent_id} binds "create" too
+        ("DELETE", "/agent/a1", "GET"),
+        ("PATCH", "/agent/a1/task/t1", "GET"),
+        ("GET", "/agent/a1/task/t1/cancel", "POST"),
+        ("POST", "/agent/a1/task/t1/watch", "GET"),
+        ("GET", "/agent/a1/tasks:batchSubmit", "POST"),
+        ("DELETE", "/agent/a1/pause", "POST"),
+    ],
+)
+async def test_a_known_path_with_a_method_it_does_not_take_is_a_405_naming_those_it_does(
+    rest: httpx.AsyncClient, method: str, path: str, allow: str
+) -> None:
+    response = await rest.request(method, path, params={"page_size": "1"})
+    body = assert_error(response, 405, "METHOD_NOT_ALLOWED", "UNIMPLEMENTED")
+    assert response.headers["allow"] == allow
+    assert body["message"] == f"{method} is not allowed on {path}; it takes {allow}", body
+    assert body["details"][0]["metadata"] == {"allow": allow}
 
 
 # --- unknown body fields ------------------------------------------------------------------------

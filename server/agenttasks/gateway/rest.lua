@@ -10,6 +10,8 @@
 --   * gRPC's own headers (grpc-status, grpc-message, ...) are taken off HTTP/JSON answers;
 --   * errors Envoy made itself get a message a person understands instead of the transcoder's or
 --     the proxy's internal wording (the local reply mappers in envoy.yaml gave them their shape);
+--   * a path the API has, asked with a method it does not take, is 405 with an Allow header
+--     (the transcoder's 404 says only that it found no method);
 --   * successful answers are shaped as the google.api.http annotations ask, where the transcoder
 --     cannot, by the route's filter_context:
 --       status = "202"        Submit queues work: answer 202 Accepted instead of 200.
@@ -40,6 +42,48 @@ local TYPES = {
   TYPE_DOUBLE = "a number", TYPE_FLOAT = "a number", TYPE_BOOL = "true or false",
   TYPE_STRING = "a string", TYPE_BYTES = "base64 text",
 }
+
+-- Every REST path and the method that takes it, as the google.api.http annotations of the protos
+-- bind them, each also under /v1 (a test keeps this list equal to the annotations).
+local ROUTES = {
+  { "POST", "/agent/request/{agent_id}" },
+  { "POST", "/agent/{agent_id}/tasks:batchSubmit" },
+  { "GET", "/agent/{agent_id}/task/{task_id}" },
+  { "POST", "/agent/{agent_id}/task/{task_id}/message" },
+  { "POST", "/agent/{agent_id}/task/{task_id}/cancel" },
+  { "GET", "/agent/{agent_id}/task/{task_id}/watch" },
+  { "GET", "/agent/{agent_id}/tasks" },
+  { "POST", "/agent/create" },
+  { "GET", "/agent/list" },
+  { "GET", "/agent/{agent_id}" },
+  { "POST", "/agent/update/{agent_id}" },
+  { "POST", "/agent/delete/{agent_id}" },
+  { "POST", "/agent/{agent_id}/pause" },
+  { "POST", "/agent/{agent_id}/resume" },
+  { "POST", "/agent/{agent_id}/stop" },
+  { "POST", "/agent/{agent_id}/status" },
+}
+
+-- The routes as anchored Lua patterns: a {field} is one path segment.
+local ROUTE_PATTERNS = {}
+for _, route in ipairs(ROUTES) do
+  local pattern = route[2]:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"):gsub("{[%w_]+}", "[^/]+")
+  ROUTE_PATTERNS[#ROUTE_PATTERNS + 1] = { route[1], "^" .. pattern .. "$" }
+  ROUTE_PATTERNS[#ROUTE_PATTERNS + 1] = { route[1], "^/v1" .. pattern .. "$" }
+end
+
+-- The methods the API takes on `path`, sorted, as an Allow header lists them ("" if none).
+local function allowed_methods(path)
+  local seen, allowed = {}, {}
+  for _, route in ipairs(ROUTE_PATTERNS) do
+    if not seen[route[1]] and path:match(route[2]) then
+      seen[route[1]] = true
+      allowed[#allowed + 1] = route[1]
+    end
+  end
+  table.sort(allowed)
+  return table.concat(allowed, ", ")
+end
 
 local function is_grpc(content_type)
   return content_type ~= nil and content_type:sub(1, 16) == "application/grpc"
@@ -267,7 +311,22 @@ local function reword_local_reply(handle)
   if raw == nil then
     return
   end
-  local message = reworded(json_unescape(raw))
+  local original = json_unescape(raw)
+  local method, path = original:match("^(%u+) Could not resolve (.-) to a method%.$")
+  local allow = path ~= nil and allowed_methods(path) or ""
+  if allow ~= "" then
+    -- body() yielded: the headers from before are no longer valid, but they are still held
+    -- back with the body, so they can be changed.
+    local headers = handle:headers()
+    headers:replace(":status", "405")
+    headers:replace("allow", allow)
+    local text = method .. " is not allowed on " .. path .. "; it takes " .. allow
+    body:setBytes('{"code":12,"details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo",'
+      .. '"domain":"agenttasks.dev","metadata":{"allow":"' .. allow .. '"},"reason":"METHOD_NOT_ALLOWED"}],'
+      .. '"message":"' .. json_escape(text) .. '"}\n')
+    return
+  end
+  local message = reworded(original)
   if message ~= nil then
     body:setBytes(head .. json_escape(message) .. '"}\n')
   end
