@@ -109,7 +109,7 @@ class Settings(BaseSettings):
         30.0, ge=0, description="Longest a unary call may take on the server (0: no limit); then DEADLINE_EXCEEDED."
     )
     max_running_calls_per_tenant: int = Field(
-        8,
+        1,
         ge=0,
         description="While more than one tenant is calling, unary calls one tenant's clients (and, apart, its "
         "workers) may have running at once on one server; more wait their turn (0: no limit).",
