@@ -6,13 +6,16 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 import grpc
 import pytest
 
 from agenttasks.app import Service
 from agenttasks.auth import create_api_key
-from agenttasks.core.model import Role
+from agenttasks.core import lifecycle
+from agenttasks.core.model import Role, utcnow
+from agenttasks.core.ports import WriteTx, save
 from agenttasks.store import open_store
 from agenttasks.v1 import agent_service_pb2 as apb
 from agenttasks.v1 import task_service_pb2 as tpb
@@ -502,3 +505,33 @@ async def test_reports_keep_all_the_workers_leases_alive(client: Api, agent_id: 
         task = (await status(client, task_id)).task
         assert (task.status, task.attempt) == ("running", 1), task_id
     assert (await worker.send(complete=wpb.CompleteTask(task=ref(b), text="fine"))).code == 0
+
+
+async def test_a_start_the_worker_never_heard_of_is_not_kept_alive_by_its_heartbeats(
+    service: Service, client: Api, agent_id: str, workers: StartWorker
+) -> None:
+    """A start can commit although its server saw the COMMIT fail (the database went away under
+    it): the worker is never told. Its heartbeats renew only the tasks it was told of, so that
+    task's lease runs out and it is queued again, instead of running forever on paper."""
+    known, ghost = [(await client.submit(agent_id, f"job {i}")).task_id for i in range(2)]
+    worker = await workers(agent_id, capacity=1)
+    assignment = await worker.next_assignment()
+    assert assignment.task.task_id == known
+
+    def start_behind_its_back(tx: WriteTx) -> None:
+        holder = tx.get_task("default", known)
+        task = tx.get_task("default", ghost)
+        assert holder is not None and task is not None
+        now = utcnow()
+        save(tx, lifecycle.start(task, now, worker_id=holder.worker_id, lease_until=now + timedelta(seconds=1)))
+
+    await service.store.write(start_behind_its_back)
+    for _ in range(200):  # heartbeats go on; the ghost's lease runs out all the same
+        if (found := (await status(client, ghost)).task).status == "queued":
+            break
+        await asyncio.sleep(0.05)
+    assert (found.status, found.attempt) == ("queued", 2)
+    assert (await status(client, known)).task.status == "running"  # the known one is kept alive
+    await complete(worker, assignment)
+    again = await worker.next_assignment()
+    assert (again.task.task_id, again.task.attempt) == (ghost, 2)

@@ -758,7 +758,7 @@ async def test_renewed_leases_and_deleted_tasks_are_read_as_stored(
     await sqlite_store.write(lambda tx: tx.insert_agent(make_agent()))
     inserted = await sqlite_store.write(lambda tx: tx.insert_task(make_task("t1")))
     await sqlite_store.write(lambda tx: tx.update_task(replace(_running(inserted), lease_expires_at=when(10))))
-    await sqlite_store.write(lambda tx: tx.renew_leases("w1", when(99)))
+    await sqlite_store.write(lambda tx: tx.renew_leases("w1", when(99), ["t1"]))
     renewed = await sqlite_store.write(lambda tx: tx.get_task("tenant-a", "t1"))
     assert renewed is not None and renewed.lease_expires_at == when(99)
     await sqlite_store.write(lambda tx: tx.delete_agent("tenant-a", "agent-1"))

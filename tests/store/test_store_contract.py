@@ -608,7 +608,11 @@ async def test_leases_deadlines_and_worker_tasks(
     assert await store.read(lambda tx: ids(tx.expired_leases(when(15), 1))) == ["t3"]
     assert await store.read(lambda tx: ids(tx.overdue_tasks(when(60), 10))) == ["t2"]
     assert await store.read(lambda tx: ids(tx.worker_tasks("w1"))) == ["t1", "t2"]
-    assert await store.write(lambda tx: tx.renew_leases("w1", when(1000))) == 2
+    # Only the tasks named: one the worker was never told of (t2 here) keeps its old lease.
+    assert await store.write(lambda tx: tx.renew_leases("w1", when(1000), ["t1", "t3", "done"])) == 1
+    assert await store.read(lambda tx: ids(tx.expired_leases(when(500), 10))) == ["t3", "t2"]
+    assert await store.write(lambda tx: tx.renew_leases("w1", when(1000), ["t1", "t2"])) == 2
+    assert await store.write(lambda tx: tx.renew_leases("w1", when(1000), [])) == 0
     assert await store.read(lambda tx: ids(tx.expired_leases(when(500), 10))) == ["t3"]
 
 

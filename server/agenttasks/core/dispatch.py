@@ -548,6 +548,7 @@ class Dispatcher:
         # Any report keeps all the worker's leases alive, as a heartbeat does; renewing them on
         # every report would cost an update of every held row, so at most every third of a lease.
         renew_all = now - session.leases_renewed > self.lease / 3
+        held = list(session.held)  # what this server told the worker it holds (see renew_leases)
         if renew_all:
             session.leases_renewed = now
 
@@ -577,7 +578,7 @@ class Dispatcher:
 
         def op(tx: WriteTx) -> list[Applied | DomainError]:
             if renew_all:
-                tx.renew_leases(session.worker_id, now + self.lease)
+                tx.renew_leases(session.worker_id, now + self.lease, held)
             tx.prefetch_tasks(session.tenant, [ref.task_id for ref, _ in reports])
             queued = _Queued(len(reports))
             outcomes: list[Applied | DomainError] = []
@@ -630,7 +631,8 @@ class Dispatcher:
         self._heard_from(session, now)
         until = now + self.lease
         session.leases_renewed = now
-        await self._store.write(lambda tx: tx.renew_leases(session.worker_id, until))
+        held = list(session.held)  # what this server told the worker it holds (see renew_leases)
+        await self._store.write(lambda tx: tx.renew_leases(session.worker_id, until, held))
 
     # --- sweeps ---
 

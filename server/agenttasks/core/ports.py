@@ -179,8 +179,13 @@ class WriteTx(ReadTx, Protocol):
         from that read. Doing nothing is right too."""
         ...
 
-    def renew_leases(self, worker_id: str, until: datetime) -> int:
-        """Extends the lease of every task the worker holds; returns how many."""
+    def renew_leases(self, worker_id: str, until: datetime, task_ids: list[str]) -> int:
+        """Extends the leases of these tasks, those the worker holds; returns how many.
+
+        Only the tasks its server has told the worker of: a start whose commit the server could
+        not confirm (the database went away during COMMIT) may have committed all the same, and
+        the worker never heard of it. Renewed with the rest, such a task would run forever on
+        paper; left out, its lease runs out and it is queued again."""
         ...
 
     def append_event(self, event: TaskEvent) -> None:

@@ -388,9 +388,9 @@ class PostgresWriteTx(PostgresReadTx):
         self._one_row("update_task", _ROWS.task_params(task), error)
         self.news.task(task)
 
-    def renew_leases(self, worker_id: str, until: datetime) -> int:
+    def renew_leases(self, worker_id: str, until: datetime, task_ids: list[str]) -> int:
         self._ahead.clear()
-        return self._count("renew_leases", {"worker_id": worker_id, "until": aware(until)})
+        return self._count("renew_leases", {"worker_id": worker_id, "until": aware(until), "task_ids": task_ids})
 
     def append_event(self, event: TaskEvent) -> None:
         self._execute("append_event", _ROWS.event_params(event))

@@ -320,9 +320,10 @@ class SqliteWriteTx(SqliteReadTx):
     def put_signing_secret(self, secret: SigningSecret) -> None:
         self._execute("put_signing_secret", _ROWS.signing_secret_params(secret))
 
-    def renew_leases(self, worker_id: str, until: datetime) -> int:
+    def renew_leases(self, worker_id: str, until: datetime, task_ids: list[str]) -> int:
         self._tasks.clear()  # rare (a third of a lease apart per worker): not worth finding them
-        return self._execute("renew_leases", {"worker_id": worker_id, "until": to_micros(until)}).rowcount
+        params = {"worker_id": worker_id, "until": to_micros(until), "task_ids": json.dumps(task_ids)}
+        return self._execute("renew_leases", params).rowcount
 
     def append_event(self, event: TaskEvent) -> None:
         self._execute("append_event", _ROWS.event_params(event))

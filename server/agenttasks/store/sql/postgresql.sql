@@ -256,7 +256,7 @@ FOR NO KEY UPDATE;
 
 -- name: renew_leases
 UPDATE tasks SET lease_expires_at = %(until)s
-WHERE worker_id = %(worker_id)s AND status IN ('running', 'awaiting_input');
+WHERE worker_id = %(worker_id)s AND status IN ('running', 'awaiting_input') AND task_id = ANY(%(task_ids)s);
 
 -- name: events_of_type
 SELECT * FROM task_events

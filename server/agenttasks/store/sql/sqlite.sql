@@ -150,7 +150,8 @@ ORDER BY seq;
 
 -- name: renew_leases
 UPDATE tasks SET lease_expires_at = :until
-WHERE worker_id = :worker_id AND status IN ('running', 'awaiting_input');
+WHERE worker_id = :worker_id AND status IN ('running', 'awaiting_input')
+    AND task_id IN (SELECT value FROM json_each(:task_ids));
 
 -- name: events_of_type
 SELECT * FROM task_events
