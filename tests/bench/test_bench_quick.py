@@ -62,6 +62,11 @@ HEADLINE = {
     "stream_many_sse": "rate",
 }
 
+# Headlines that may truly be 0, with the figure that shows the workload ran: a task starts in
+# its Submit's own write when a worker has room, and can reach the worker before the client has
+# its answer, so a quiet run's dispatch p99 rounds to 0.0 ms.
+MAY_BE_ZERO = {"latency_500": "submit_rate"}
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(270)
@@ -89,7 +94,11 @@ def test_quick_bench_completes_every_workload(tmp_path: Path) -> None:
         metrics = outcome["metrics"]
         assert metrics, f"{name} produced no numbers"
         assert all(isinstance(v, int | float) for v in metrics.values()), metrics
-        assert math.isfinite(metrics[HEADLINE[name]]) and metrics[HEADLINE[name]] > 0, (name, metrics)
+        value = metrics[HEADLINE[name]]
+        if name in MAY_BE_ZERO:
+            assert math.isfinite(value) and value >= 0 and metrics[MAY_BE_ZERO[name]] > 0, (name, metrics)
+        else:
+            assert math.isfinite(value) and value > 0, (name, metrics)
     assert report["meta"]["mode"] == "quick"
     assert {t["target"] for t in report["targets"]}, "no targets were evaluated"
     assert "| Figure |" in done.stdout, done.stdout
