@@ -1,5 +1,5 @@
 """The queued tasks a batch of reports reads at once for the places it frees (dispatch._Queued):
-handed out in dispatch order, one read for the batch, and read again after `forget`."""
+handed out in dispatch order, one read for the batch."""
 
 from __future__ import annotations
 
@@ -44,16 +44,3 @@ async def test_the_queue_ahead_is_read_once_in_dispatch_order(service: Service, 
     taken, limits = await service.store.write(hand_out)
     assert taken == [ids[1], ids[0], ids[2], ids[3], None]  # priority first, FIFO within one
     assert limits == [10]  # one read; fewer came back, so the store has no more
-
-    def forget_and_read_again(tx: WriteTx) -> tuple[list[str | None], list[int]]:
-        counted = CountedReads(tx)
-        view: Any = counted
-        queued = _Queued(left=2)
-        first = queued.next(view, "default", agent_id)
-        queued.forget()  # as after a report that queued a task again
-        second = queued.next(view, "default", agent_id)
-        return [t.task_id if t is not None else None for t in (first, second)], counted.limits
-
-    taken, limits = await service.store.write(forget_and_read_again)
-    assert taken == [ids[1], ids[1]]  # read again from the store's head (nothing was started here)
-    assert limits == [2, 2]

@@ -200,8 +200,8 @@ class _Queued:
     """An agent's next queued tasks, read once for the reports of one write that end tasks:
     each such report hands its place to the next of them (on PostgreSQL a query is a round
     trip, so one per batch instead of one per report). At most as many are read as reports
-    are left, up to QUEUED_AHEAD; those not taken stay queued in the store. Forgotten when a
-    report of the write queues a task again, which may come before them."""
+    are left, up to QUEUED_AHEAD; those not taken stay queued in the store. No report queues a
+    task, so what was read stays the head of the queue for the rest of the write."""
 
     __slots__ = ("_done", "_tasks", "left")
 
@@ -216,9 +216,6 @@ class _Queued:
             self._tasks = tx.next_queued(tenant, agent_id, want)[::-1]
             self._done = len(self._tasks) < want
         return self._tasks.pop() if self._tasks else None
-
-    def forget(self) -> None:
-        self._tasks, self._done = [], False
 
 
 def _message(event: TaskEvent) -> TaskMessage:
@@ -548,7 +545,8 @@ class Dispatcher:
         # Any report keeps all the worker's leases alive, as a heartbeat does; renewing them on
         # every report would cost an update of every held row, so at most every third of a lease.
         renew_all = now - session.leases_renewed > self.lease / 3
-        held = list(session.held)  # what this server told the worker it holds (see renew_leases)
+        # Only what this server told the worker it holds (see renew_leases).
+        held = list(session.held) if renew_all else []
         if renew_all:
             session.leases_renewed = now
 
@@ -571,8 +569,6 @@ class Dispatcher:
                 task = replace(task, lease_expires_at=now + self.lease)
             task, events = save(tx, (task, events))
             # The holder ended it: its place goes to the next queued task in this same write.
-            if task.status is TaskStatus.QUEUED:
-                queued.forget()  # queued again (attempts left): it may come before those read
             following = None if task.worker_id else self._take_next(tx, claim, session, now, queued)
             return task, events, following
 
