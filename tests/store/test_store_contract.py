@@ -408,6 +408,68 @@ async def test_queued_counts_follow_every_way_into_and_out_of_the_queue(
     assert await counts() == [1, 1, 2, 3]
 
 
+async def test_queued_counts_inside_writes_follow_the_writes_before_them(
+    store: Store, make_agent: MakeAgent, make_task: MakeTask, when: When
+) -> None:
+    # Every Submit asks how many tasks are queued ahead of its own, inside its write. Writes
+    # queued together share one transaction (PostgreSQL reads the counts once per batch and
+    # keeps them up to date itself): each must still see every change made before it, its own
+    # batch's included, and nothing of a write that failed.
+    await add_agent(store, make_agent())
+    high = await add_task(store, make_task("high", priority=9))
+    mid = await add_task(store, make_task("mid", priority=5))
+    await add_task(store, make_task("low", priority=1))
+
+    def counts(tx: WriteTx) -> list[int]:
+        return [tx.queued_at_or_above("tenant-a", "agent-1", p) for p in (10, 9, 5, 1)]
+
+    def submit(tx: WriteTx) -> list[int]:
+        before = counts(tx)
+        tx.insert_task(make_task("new-mid", priority=5))
+        tx.insert_task(make_task("new-running", priority=9, status=TaskStatus.RUNNING))
+        return before + counts(tx)
+
+    def claim_read(tx: WriteTx) -> list[int]:
+        task = tx.get_task("tenant-a", "high")
+        assert task is not None
+        tx.update_task(dataclasses.replace(task, status=TaskStatus.RUNNING, worker_id="w", updated_at=when(2)))
+        return counts(tx)
+
+    def cancel_unread(tx: WriteTx) -> list[int]:
+        # Written from a copy this transaction never read: the counts are read again.
+        tx.update_task(dataclasses.replace(mid, status=TaskStatus.CANCELLED, updated_at=when(3)))
+        return counts(tx)
+
+    def failing(tx: WriteTx) -> None:
+        counts(tx)
+        tx.insert_task(make_task("rolled-back", priority=10))
+        raise Boom
+
+    def claim_next(tx: WriteTx) -> list[int]:
+        before = counts(tx)
+        first = tx.next_queued("tenant-a", "agent-1", 1)[0]
+        tx.update_task(dataclasses.replace(first, status=TaskStatus.RUNNING, worker_id="w", updated_at=when(4)))
+        requeued = dataclasses.replace(high, status=TaskStatus.QUEUED, priority=1, updated_at=when(5))
+        tx.update_task(requeued)  # read earlier in the batch, now back in the queue lower down
+        return before + counts(tx)
+
+    results = await asyncio.gather(
+        *(store.write(fn) for fn in (submit, claim_read, cancel_unread, failing, claim_next)),
+        return_exceptions=True,
+    )
+    assert results[0] == [0, 1, 2, 3, 0, 1, 3, 4]
+    assert results[1] == [0, 0, 2, 3]
+    assert results[2] == [0, 0, 1, 2]
+    assert isinstance(results[3], Boom)
+    # new-mid was next (priority 5) and is claimed; high comes back at priority 1.
+    assert results[4] == [0, 0, 1, 2, 0, 0, 0, 2]
+
+    def stored(tx: ReadTx) -> list[int]:
+        return [tx.queued_at_or_above("tenant-a", "agent-1", p) for p in (10, 9, 5, 1)]
+
+    assert await store.read(stored) == [0, 0, 0, 2]
+
+
 async def test_recent_run_seconds_is_the_mean_of_the_latest_completions(
     store: Store, make_agent: MakeAgent, make_task: MakeTask, when: When
 ) -> None:

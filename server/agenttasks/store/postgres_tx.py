@@ -44,6 +44,8 @@ Connection = psycopg.Connection[dict[str, Any]]
 # query one index range scan instead of two query shapes.
 _NO_BEFORE_SEQ = 2**63 - 1
 _NO_AFTER_TIME = datetime.min.replace(tzinfo=UTC)
+# A task this transaction has not read or written (BatchCache.tasks).
+_UNSEEN = (TaskStatus.QUEUED, -1)
 
 
 def aware(value: datetime) -> datetime:
@@ -70,6 +72,7 @@ _LOCK_FREE = frozenset(
         "events_of_type",
         "task_output",
         "queued_at_or_above",
+        "queued_by_priority",
         "queued_in_tenant",
         "recent_run_seconds",
         "get_api_key",
@@ -116,6 +119,9 @@ class PostgresReadTx:
     def _all(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         return self._execute(name, params).fetchall()
 
+    def _task(self, row: Row) -> Task:
+        return _ROWS.task(row)
+
     def get_agent(self, tenant: str, agent_id: str) -> Agent | None:
         row = self._one("get_agent", {"tenant": tenant, "agent_id": agent_id})
         return None if row is None else _ROWS.agent(row)
@@ -129,7 +135,7 @@ class PostgresReadTx:
 
     def get_task(self, tenant: str, task_id: str) -> Task | None:
         row = self._one(self._query("get_task"), {"tenant": tenant, "task_id": task_id})
-        return None if row is None else _ROWS.task(row)
+        return None if row is None else self._task(row)
 
     def list_tasks(
         self, tenant: str, agent_id: str, *, status: TaskStatus | None, before_seq: int | None, limit: int
@@ -141,11 +147,11 @@ class PostgresReadTx:
             "before_seq": _NO_BEFORE_SEQ if before_seq is None else before_seq,
             "limit": limit,
         }
-        return [_ROWS.task(row) for row in self._all("list_tasks", params)]
+        return [self._task(row) for row in self._all("list_tasks", params)]
 
     def unfinished_tasks(self, tenant: str, agent_id: str, limit: int | None = None) -> list[Task]:
         params = {"tenant": tenant, "agent_id": agent_id, "limit": limit}
-        return [_ROWS.task(row) for row in self._all(self._query("unfinished_tasks"), params)]
+        return [self._task(row) for row in self._all(self._query("unfinished_tasks"), params)]
 
     def events_after(self, tenant: str, task_id: str, after_sequence: int, limit: int) -> list[TaskEvent]:
         params = {"tenant": tenant, "task_id": task_id, "after_sequence": after_sequence, "limit": limit}
@@ -163,18 +169,18 @@ class PostgresReadTx:
 
     def next_queued(self, tenant: str, agent_id: str, limit: int) -> list[Task]:
         params = {"tenant": tenant, "agent_id": agent_id, "limit": limit}
-        return [_ROWS.task(row) for row in self._all(self._query("next_queued"), params)]
+        return [self._task(row) for row in self._all(self._query("next_queued"), params)]
 
     def expired_leases(self, now: datetime, limit: int) -> list[Task]:
         params = {"now": aware(now), "limit": limit}
-        return [_ROWS.task(row) for row in self._all(self._query("expired_leases"), params)]
+        return [self._task(row) for row in self._all(self._query("expired_leases"), params)]
 
     def overdue_tasks(self, now: datetime, limit: int) -> list[Task]:
         params = {"now": aware(now), "limit": limit}
-        return [_ROWS.task(row) for row in self._all(self._query("overdue_tasks"), params)]
+        return [self._task(row) for row in self._all(self._query("overdue_tasks"), params)]
 
     def worker_tasks(self, worker_id: str) -> list[Task]:
-        return [_ROWS.task(row) for row in self._all(self._query("worker_tasks"), {"worker_id": worker_id})]
+        return [self._task(row) for row in self._all(self._query("worker_tasks"), {"worker_id": worker_id})]
 
     def queued_at_or_above(self, tenant: str, agent_id: str, priority: int) -> int:
         row = self._one("queued_at_or_above", {"tenant": tenant, "agent_id": agent_id, "priority": priority})
@@ -232,6 +238,30 @@ class PostgresReadTx:
         return [(row["url"], int(row["n"])) for row in self._all("failing_delivery_urls", {"limit": limit})]
 
 
+@dataclasses.dataclass(slots=True)
+class BatchCache:
+    """What one transaction of the writer has read, kept true by its own writes and shared by
+    the write functions of its batch, so that each need not ask PostgreSQL again. The writer
+    clears it when a function fails (a rolled-back read or write may have filled it) and when
+    it starts a new transaction."""
+
+    # Agent rows: every Submit and every dispatch round reads its agent.
+    agents: dict[tuple[str, str], Agent] = dataclasses.field(default_factory=dict)
+    # (tenant, agent_id) -> {priority: tasks queued}: queue_counts as first read in this
+    # transaction, plus this transaction's own changes. Every Submit asks how many tasks are
+    # queued ahead of its own; one round trip per batch instead of one per Submit.
+    queued: dict[tuple[str, str], dict[int, int]] = dataclasses.field(default_factory=dict)
+    # (tenant, task_id) -> (status, priority) of every task this transaction read or wrote:
+    # what a change to the task does to `queued`. A task not here is changed unseen, and its
+    # agent's counts are dropped (read again when next needed).
+    tasks: dict[tuple[str, str], tuple[TaskStatus, int]] = dataclasses.field(default_factory=dict)
+
+    def clear(self) -> None:
+        self.agents.clear()
+        self.queued.clear()
+        self.tasks.clear()
+
+
 class PostgresWriteTx(PostgresReadTx):
     """A write view; the writer runs each write function in its batch's transaction, inside a
     savepoint of its own when the batch has more than one. It notes what other servers must
@@ -244,16 +274,15 @@ class PostgresWriteTx(PostgresReadTx):
     fails still fails the function, only later in it. Measured: ~12 round trips per task
     before, each a wait of the writer thread (and a fight for the GIL), one at a time.
 
-    `agents` is the batch's cache of agent rows: every Submit and every dispatch round reads
-    its agent, two round trips per task, and a batch's functions mostly read the same one.
-    It lives for one transaction only (the writer starts a new one with each batch and clears
-    it when a function fails, whose rolled-back read may have filled it), and this view's own
-    agent writes drop their entry. Within the batch a function sees the agent as the batch
-    first read it; what another server commits meanwhile is seen by the next batch, as an
-    unlocked read in the same transaction would have let it commit after the read anyway.
+    `cache` is the batch's (BatchCache): agent rows and queue counts that a batch's functions
+    mostly all read, for the same agent. It lives for one transaction only, and this view's own
+    writes keep it true. Within the batch a function sees an agent, or its queue counts, as the
+    batch first read them plus the batch's own changes; what another server commits meanwhile
+    is seen by the next batch, as an unlocked read in the same transaction would have let it
+    commit after the read anyway.
     """
 
-    __slots__ = ("_agents", "_ahead", "_checks", "_next_seq", "_pipeline", "_release", "_touched", "news")
+    __slots__ = ("_ahead", "_cache", "_checks", "_next_seq", "_pipeline", "_release", "_touched", "news")
 
     _LOCKING = True
 
@@ -261,7 +290,7 @@ class PostgresWriteTx(PostgresReadTx):
         self,
         conn: Connection,
         pipeline: psycopg.Pipeline | None = None,
-        agents: dict[tuple[str, str], Agent] | None = None,
+        cache: BatchCache | None = None,
         release: Callable[[], None] | None = None,
         next_seq: Callable[[], int] | None = None,
     ) -> None:
@@ -273,7 +302,7 @@ class PostgresWriteTx(PostgresReadTx):
         super().__init__(conn)
         self.news = Announcements()
         self._pipeline = pipeline
-        self._agents: dict[tuple[str, str], Agent] = {} if agents is None else agents
+        self._cache = BatchCache() if cache is None else cache
         self._release = release
         self._next_seq = next_seq
         self._touched = False  # whether a statement that writes or locks has been sent
@@ -297,7 +326,39 @@ class PostgresWriteTx(PostgresReadTx):
             return
         free = self._release is not None and not self._touched
         rows = self._all("get_tasks_if_free" if free else "get_tasks_locked", {"tenant": tenant, "task_ids": ids})
-        self._ahead = {(tenant, row["task_id"]): _ROWS.task(row) for row in rows}
+        self._ahead = {(tenant, row["task_id"]): self._task(row) for row in rows}
+
+    def _task(self, row: Row) -> Task:
+        task = _ROWS.task(row)
+        self._cache.tasks[(task.tenant, task.task_id)] = (task.status, task.priority)
+        return task
+
+    def queued_at_or_above(self, tenant: str, agent_id: str, priority: int) -> int:
+        if self._conn is None:  # a detached view fails even when the cache could answer
+            raise RuntimeError("a store transaction view was used after its function returned")
+        key = (tenant, agent_id)
+        counts = self._cache.queued.get(key)
+        if counts is None:
+            rows = self._all("queued_by_priority", {"tenant": tenant, "agent_id": agent_id})
+            counts = self._cache.queued[key] = {int(row["priority"]): int(row["queued"]) for row in rows}
+        return sum(count for at, count in counts.items() if at >= priority)
+
+    def _wrote_task(self, task: Task, *, inserted: bool) -> None:
+        """Keeps the cached queue counts of the task's agent true to this write."""
+        cache = self._cache
+        key = (task.tenant, task.task_id)
+        before = None if inserted else cache.tasks.get(key, _UNSEEN)
+        cache.tasks[key] = (task.status, task.priority)
+        counts = cache.queued.get((task.tenant, task.agent_id))
+        if counts is None:
+            return
+        if before is _UNSEEN:
+            del cache.queued[(task.tenant, task.agent_id)]
+            return
+        if before is not None and before[0] is TaskStatus.QUEUED:
+            counts[before[1]] -= 1
+        if task.status is TaskStatus.QUEUED:
+            counts[task.priority] = counts.get(task.priority, 0) + 1
 
     def get_task(self, tenant: str, task_id: str) -> Task | None:
         if self._ahead and (task := self._ahead.pop((tenant, task_id), None)) is not None:
@@ -306,11 +367,11 @@ class PostgresWriteTx(PostgresReadTx):
         if self._release is not None and not self._touched:
             row = self._one("get_task_if_free", params)
             if row is not None:
-                return _ROWS.task(row)
+                return self._task(row)
             # Locked by another transaction (or no such task): wait holding no other locks.
             self._release()
         row = self._one("get_task_locked", params)
-        return None if row is None else _ROWS.task(row)
+        return None if row is None else self._task(row)
 
     def settle(self) -> None:
         """Waits for every statement sent so far; raises the first failure (a statement's
@@ -342,26 +403,27 @@ class PostgresWriteTx(PostgresReadTx):
         if self._conn is None:  # a detached view fails even when the cache could answer
             raise RuntimeError("a store transaction view was used after its function returned")
         key = (tenant, agent_id)
-        agent = self._agents.get(key)
+        agent = self._cache.agents.get(key)
         if agent is None:
             agent = super().get_agent(tenant, agent_id)
             if agent is not None:
-                self._agents[key] = agent
+                self._cache.agents[key] = agent
         return agent
 
     def insert_agent(self, agent: Agent) -> None:
-        self._agents.pop((agent.tenant, agent.agent_id), None)
+        self._cache.agents.pop((agent.tenant, agent.agent_id), None)
         self._execute("insert_agent", _ROWS.agent_params(agent))
 
     def update_agent(self, agent: Agent) -> None:
-        self._agents.pop((agent.tenant, agent.agent_id), None)
+        self._cache.agents.pop((agent.tenant, agent.agent_id), None)
         error = f"no agent {agent.agent_id!r} in tenant {agent.tenant!r} to update"
         self._one_row("update_agent", _ROWS.agent_params(agent), error)
 
     def delete_agent(self, tenant: str, agent_id: str) -> None:
         """Deletes the agent with its tasks and events (by cascade). Idempotency records stay
         until they expire: a retry after the deletion still gets its original answer."""
-        self._agents.pop((tenant, agent_id), None)
+        self._cache.agents.pop((tenant, agent_id), None)
+        self._cache.queued.pop((tenant, agent_id), None)
         self._ahead.clear()
         self._execute("delete_agent", {"tenant": tenant, "agent_id": agent_id})
 
@@ -374,11 +436,13 @@ class PostgresWriteTx(PostgresReadTx):
         if self._next_seq is not None:
             seq = self._next_seq()
             self._execute("insert_task_numbered", {**_ROWS.task_params(task), "seq": seq})
+            self._wrote_task(task, inserted=True)
             self.news.task(task)
             return dataclasses.replace(task, seq=seq)
         row = self._execute("insert_task", _ROWS.task_params(task)).fetchone()
         if row is None:  # pragma: no cover - INSERT ... RETURNING always returns the row
             raise RuntimeError("PostgreSQL assigned no seq to an inserted task")
+        self._wrote_task(task, inserted=True)
         self.news.task(task)
         return dataclasses.replace(task, seq=row["seq"])
 
@@ -386,6 +450,7 @@ class PostgresWriteTx(PostgresReadTx):
         self._ahead.pop((task.tenant, task.task_id), None)  # read it again: as written now
         error = f"no task {task.task_id!r} in tenant {task.tenant!r} to update"
         self._one_row("update_task", _ROWS.task_params(task), error)
+        self._wrote_task(task, inserted=False)
         self.news.task(task)
 
     def renew_leases(self, worker_id: str, until: datetime, task_ids: list[str]) -> int:

@@ -33,10 +33,9 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from agenttasks.core.model import Agent
 from agenttasks.core.ports import WriteObserver, WriteTx
 from agenttasks.store.postgres_news import Announcements
-from agenttasks.store.postgres_tx import Connection, PostgresWriteTx, Q
+from agenttasks.store.postgres_tx import BatchCache, Connection, PostgresWriteTx, Q
 
 T = TypeVar("T")
 
@@ -219,7 +218,7 @@ class PostgresWriter:
         outcomes: list[_Outcome | None] = []
         committed = 0  # outcomes[:committed] are committed already, by `release`
         news = Announcements()
-        agents: dict[tuple[str, str], Agent] = {}  # this transaction's agent rows (PostgresWriteTx)
+        cache = BatchCache()  # what this transaction has read (PostgresWriteTx)
         seqs: collections.deque[int] = collections.deque()  # taken for this batch's task inserts
         taken = 0
         index = 0
@@ -252,7 +251,7 @@ class PostgresWriter:
             commit()
             committed = len(outcomes)
             news.clear()
-            agents.clear()
+            cache.clear()
             conn.execute("BEGIN")
             conn.execute("SAVEPOINT write_fn")
 
@@ -260,9 +259,9 @@ class PostgresWriter:
             self._writes += 1
             if not single:
                 conn.execute("SAVEPOINT write_fn")
-            error, value = _run_one(conn, pipeline, fn, news, agents, None if single else release, next_seq)
+            error, value = _run_one(conn, pipeline, fn, news, cache, None if single else release, next_seq)
             if error is not None:
-                agents.clear()  # a rolled-back read may have filled it
+                cache.clear()  # a rolled-back read or write may have filled it
                 try:
                     with contextlib.suppress(psycopg.Error):
                         pipeline.sync()  # leaves the aborted state the failure may have left
@@ -295,13 +294,13 @@ def _run_one(
     pipeline: psycopg.Pipeline,
     fn: Callable[[WriteTx], Any],
     news: Announcements,
-    agents: dict[tuple[str, str], Agent],
+    cache: BatchCache,
     release: Callable[[], None] | None,
     next_seq: Callable[[], int],
 ) -> _Outcome:
     """Runs fn and waits for its statements; what it changed joins `news` only if it succeeded
     (else it is rolled back)."""
-    tx = PostgresWriteTx(conn, pipeline, agents, release, next_seq)
+    tx = PostgresWriteTx(conn, pipeline, cache, release, next_seq)
     try:
         value = fn(tx)
         tx.settle()

@@ -276,6 +276,13 @@ WHERE task_id = %(task_id)s AND tenant = %(tenant)s AND type = 'output' AND sequ
 SELECT coalesce(sum(queued), 0) AS queued FROM queue_counts
 WHERE tenant = %(tenant)s AND agent_id = %(agent_id)s AND priority >= %(priority)s;
 
+-- name: queued_by_priority
+-- The same counts, every priority of the agent at once: a write batch reads them once and keeps
+-- them up to date with its own changes (PostgresWriteTx.queued_at_or_above).
+SELECT priority, sum(queued) AS queued FROM queue_counts
+WHERE tenant = %(tenant)s AND agent_id = %(agent_id)s
+GROUP BY priority;
+
 -- name: queued_in_tenant
 -- The same sharded counts over every agent of the tenant: one range of the primary key.
 SELECT coalesce(sum(queued), 0) AS queued FROM queue_counts WHERE tenant = %(tenant)s;
