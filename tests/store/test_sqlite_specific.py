@@ -86,7 +86,8 @@ async def commit_thread_held(store: Store) -> AsyncIterator[None]:
     waits for its BEGIN, and writes queued meanwhile wait for the next batch.
 
     Also used by tests beyond this file that run on either backend: with a PostgresStore it
-    holds its writer thread, where that writer's batches (BEGIN to COMMIT) run."""
+    holds its writer thread, where that writer's batches (BEGIN to COMMIT) run, with a write
+    that waits (queued first, it runs in a batch of its own)."""
     entered, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -97,7 +98,7 @@ async def commit_thread_held(store: Store) -> AsyncIterator[None]:
         holder = store._writer.on_commit_thread(hold)
     else:
         assert isinstance(store, PostgresStore), store
-        holder = asyncio.get_running_loop().run_in_executor(store._writer._thread, hold)
+        holder = asyncio.ensure_future(store.write(lambda tx: hold()))
     await asyncio.to_thread(entered.wait, 30)
     try:
         yield

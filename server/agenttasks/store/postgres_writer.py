@@ -24,9 +24,9 @@ import asyncio
 import collections
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -71,8 +71,14 @@ _Outcome = tuple[BaseException | None, Any]
 
 
 class PostgresWriter:
-    """Owns a pool of one connection (which replaces it when it breaks). Used from one event
-    loop, the one that first calls `submit`."""
+    """Owns a pool of one connection (which replaces it when it breaks) and the thread that
+    writes on it. Used from one event loop, the one that first calls `submit`.
+
+    The writer thread takes the next batch itself as soon as one commits, and hands each
+    batch's outcomes to the loop as it goes; the loop only queues writes and wakes the thread.
+    When the loop started each batch instead, every batch waited for the loop to get round to
+    it, behind the gRPC work queued there: a median of 5.8 ms between batches, a fifth of the
+    writer's time in e2e_pg (measured with thread timers around each batch)."""
 
     def __init__(
         self,
@@ -86,16 +92,16 @@ class PostgresWriter:
         self._pool = pool
         self._max_batch = max_batch
         self._announce = announce
+        # Queued jobs, taken by the writer thread; guarded by `_wake`'s lock.
         self._pending: collections.deque[_Job] = collections.deque()
+        self._wake = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._flusher: asyncio.Task[None] | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agenttasks-pg-writer")
+        self._thread: threading.Thread | None = None
         self._closed = False
-        self._cancelled = False
         self._writes = 0
         self._batches = 0
         self._commits = 0
-        # Told of every committed batch (metrics); None costs nothing.
+        # Told of every committed batch (metrics), on the loop; None costs nothing.
         self.observe: WriteObserver | None = None
 
     def stats(self) -> WriterStats:
@@ -111,72 +117,88 @@ class PostgresWriter:
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
+            self._thread = threading.Thread(target=self._drain, args=(loop,), name="agenttasks-pg-writer", daemon=True)
+            self._thread.start()
         elif loop is not self._loop:
             raise RuntimeError("the store is used from another event loop than the one it writes on")
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.append(_Job(fn, future))
-        if self._flusher is None or self._flusher.done():
-            # Started on the next turn of the loop: every write queued until then joins the batch.
-            self._flusher = loop.create_task(self._flush(), name="agenttasks-pg-flush")
+        with self._wake:
+            self._pending.append(_Job(fn, future))
+            self._wake.notify()
         return future
 
     async def close(self) -> None:
         """Refuses new writes and waits until every queued one has committed (or failed)."""
         self._closed = True
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.wait([self._flusher])  # its own cancellation is not ours to raise
+        with self._wake:
+            self._wake.notify()
+        if self._thread is not None:
+            # Outcomes the thread handed over before it ended run on the loop before this.
+            await asyncio.to_thread(self._thread.join)
         self._fail_pending()
-        await asyncio.to_thread(self._thread.shutdown, True)
 
     def _fail_pending(self) -> None:
-        orphans = list(self._pending)
-        self._pending.clear()
+        with self._wake:
+            orphans = list(self._pending)
+            self._pending.clear()
         for job in orphans:
             if not job.future.done():
                 job.future.set_exception(_stopped(None))
 
-    async def _flush(self) -> None:
-        self._cancelled = False
-        loop = asyncio.get_running_loop()
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The writer thread: runs batches of what is queued, one after the other, until the
+        writer is closed and nothing is left."""
         try:
-            while self._pending:
+            self._drain_batches(loop)
+        except BaseException:
+            # Not a failed batch (those are the callers' errors): the thread itself is ending.
+            # Later writes are refused at once, and none already queued waits forever.
+            self._closed = True
+            with self._wake:
+                orphans = list(self._pending)
+                self._pending.clear()
+            self._hand_over(loop, orphans, [(_stopped(None), None)] * len(orphans), time.perf_counter())
+            raise
+
+    def _drain_batches(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            with self._wake:
+                while not self._pending and not self._closed:
+                    self._wake.wait()
+                if not self._pending:
+                    return
                 count = min(len(self._pending), self._max_batch)
                 jobs = [self._pending.popleft() for _ in range(count)]
-                self._batches += 1
-                try:
-                    began = time.perf_counter()
-                    step = loop.run_in_executor(self._thread, self._run_batch, [job.fn for job in jobs])
-                    outcomes = await self._wait_for(step)
-                    if self.observe is not None:
-                        done = [job.queued for job, outcome in zip(jobs, outcomes, strict=True) if outcome is not None]
-                        self.observe(began, time.perf_counter(), done)
-                except BaseException as exc:  # no caller may wait forever, whatever went wrong
-                    if isinstance(exc, Exception):
-                        log.exception("PostgreSQL write batch failed")
-                        _resolve(jobs, [(exc, None)] * len(jobs))
-                        continue
-                    _resolve(jobs, [(_stopped(exc), None)] * len(jobs))
-                    raise
-                not_run = [job for job, outcome in zip(jobs, outcomes, strict=True) if outcome is None]
-                self._pending.extendleft(reversed(not_run))  # they go first next time
-                _resolve(jobs, outcomes)
-                if self._cancelled:  # the batch was seen through and its callers told
-                    raise asyncio.CancelledError
-        finally:
-            self._flusher = None
-            # Only left behind when the flush was cancelled (its loop is shutting down).
-            self._fail_pending()
-
-    async def _wait_for(self, step: asyncio.Future[T]) -> T:
-        """Awaits the batch on the writer thread to its end even if the flush is cancelled (the
-        loop shutting down), however often: callers must hear what really happened. The
-        cancellation is remembered and raised by `_flush` once the batch is settled."""
-        while not step.done():
+            self._batches += 1
+            began = time.perf_counter()
+            outcomes: Sequence[_Outcome | None]
             try:
-                await asyncio.wait([step])
-            except asyncio.CancelledError:
-                self._cancelled = True
-        return step.result()
+                outcomes = self._run_batch([job.fn for job in jobs])
+            except Exception as exc:  # no caller may wait forever, whatever went wrong
+                log.exception("PostgreSQL write batch failed")
+                outcomes = [(exc, None)] * len(jobs)
+            except BaseException as exc:
+                self._hand_over(loop, jobs, [(_stopped(exc), None)] * len(jobs), began)
+                raise
+            not_run = [job for job, outcome in zip(jobs, outcomes, strict=True) if outcome is None]
+            if not_run:
+                with self._wake:
+                    self._pending.extendleft(reversed(not_run))  # they go first next time
+            self._hand_over(loop, jobs, outcomes, began)
+
+    def _hand_over(
+        self, loop: asyncio.AbstractEventLoop, jobs: Sequence[_Job], outcomes: Sequence[_Outcome | None], began: float
+    ) -> None:
+        """From the writer thread: the loop resolves the batch's futures, in submission order."""
+        ended = time.perf_counter()
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(self._settled, jobs, outcomes, began, ended)
+
+    def _settled(self, jobs: Sequence[_Job], outcomes: Sequence[_Outcome | None], began: float, ended: float) -> None:
+        if self.observe is not None:
+            done = [job.queued for job, outcome in zip(jobs, outcomes, strict=True) if outcome is not None]
+            self.observe(began, ended, done)
+        _resolve(jobs, outcomes)
 
     def _run_batch(self, fns: Sequence[Callable[[WriteTx], Any]]) -> list[_Outcome | None]:
         """On the writer thread: runs `fns` in one transaction; one outcome each, in order."""
