@@ -28,6 +28,7 @@ from agenttasks.store import StoreUnavailable, open_store, postgres_url, shown_u
 from agenttasks.store.migrations import Migration, load_migrations
 from agenttasks.store.postgres_migrations import MIGRATION_LOCK_KEY, applied_migrations, has_schema, migrate
 from agenttasks.store.postgres_store import PostgresStore, redact
+from agenttasks.store.postgres_tx import WITH_EVENT
 from agenttasks.store.sql import load_queries
 from tests.support import PostgresDatabases
 
@@ -242,7 +243,7 @@ async def test_a_newer_database_is_one_line_when_opened(url: str) -> None:
 def test_every_named_statement_plans_against_the_schema(url: str) -> None:
     """EXPLAIN parses, binds and plans each statement without running it: a typo or a missing
     column fails here even for statements no other test reaches."""
-    queries = load_queries("postgresql")
+    queries = {**load_queries("postgresql"), **{f"{name} with its event": q for name, q in WITH_EVENT.items()}}
     with connect(url) as conn:
         for name, query in queries.items():
             if name == "create_schema_migrations":  # DDL cannot be EXPLAINed; migrations run it
@@ -442,6 +443,63 @@ async def test_a_pipelined_statement_that_fails_fails_its_own_function_only(
     names = ["kept-1", "kept-2", "undone", "also-undone", "undone-too"]
     found = await pg_store.read(lambda tx: [tx.get_meta(name) for name in names])
     assert found == ["1", "1", None, None, None]
+
+
+@pytest.mark.asyncio
+async def test_a_task_write_and_its_event_stand_or_fall_together(
+    pg_store: PostgresStore, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    """A task's write and the event after it go as one statement (WITH_EVENT): the event is
+    stored only with its write, and a write that finds no row still fails its function."""
+    await pg_store.write(lambda tx: tx.insert_agent(make_agent()))
+    ghost = make_task("never-inserted")
+
+    def event(task: Task, sequence: int, status: TaskStatus) -> TaskEvent:
+        return TaskEvent(task.tenant, task.task_id, sequence, EventType.STATUS, status, task.updated_at, {})
+
+    def insert_two(tx: WriteTx) -> None:
+        for name in ("a", "b"):
+            task = tx.insert_task(make_task(name))
+            tx.append_event(event(task, 1, TaskStatus.QUEUED))
+
+    def start_a_then_note_b(tx: WriteTx) -> None:
+        a = tx.get_task("tenant-a", "a")
+        assert a is not None
+        running = dataclasses.replace(a, status=TaskStatus.RUNNING, last_sequence=2)
+        tx.update_task(running)
+        tx.append_event(event(a, 2, TaskStatus.RUNNING))
+        tx.update_task(dataclasses.replace(running, status_reason="twice"))
+        tx.append_event(event(a, 3, TaskStatus.RUNNING))  # not the first after its write: alone
+        b = tx.get_task("tenant-a", "b")
+        assert b is not None
+        tx.update_task(dataclasses.replace(b, status_reason="noted"))
+        tx.append_event(event(a, 4, TaskStatus.RUNNING))  # another task's event: sent apart
+
+    def ghost_with_event(tx: WriteTx) -> None:
+        tx.set_meta("undone", "1")
+        tx.update_task(ghost)
+        tx.append_event(event(ghost, 1, TaskStatus.RUNNING))
+
+    results = await asyncio.gather(
+        pg_store.write(insert_two),
+        pg_store.write(start_a_then_note_b),
+        pg_store.write(ghost_with_event),
+        return_exceptions=True,
+    )
+    assert results[:2] == [None, None]
+    assert isinstance(results[2], LookupError)
+
+    def stored(tx: ReadTx) -> list[Any]:
+        tasks = [tx.get_task("tenant-a", name) for name in ("a", "b", "never-inserted")]
+        events = [[e.sequence for e in tx.events_after("tenant-a", name, 0, 10)] for name in ("a", "b", ghost.task_id)]
+        return [[(t.status, t.status_reason) if t else None for t in tasks], events, tx.get_meta("undone")]
+
+    found = await pg_store.read(stored)
+    assert found == [
+        [(TaskStatus.RUNNING, "twice"), (TaskStatus.QUEUED, "noted"), None],
+        [[1, 2, 3, 4], [1], []],
+        None,
+    ]
 
 
 @pytest.mark.asyncio

@@ -44,6 +44,24 @@ Connection = psycopg.Connection[dict[str, Any]]
 # query one index range scan instead of two query shapes.
 _NO_BEFORE_SEQ = 2**63 - 1
 _NO_AFTER_TIME = datetime.min.replace(tzinfo=UTC)
+
+
+def _and_event(statement: str) -> str:
+    """`statement`, which writes one task row, with the first event of that change in the same
+    statement: the event is inserted only if the row was written, so the statement's row count
+    is still the task statement's. One statement a change instead of two (PostgresWriteTx)."""
+    return (
+        f"WITH written AS (\n{statement.strip().removesuffix(';')}\nRETURNING task_id, tenant\n)\n"
+        "INSERT INTO task_events (task_id, sequence, tenant, type, status, time, data)\n"
+        "SELECT task_id, %(event_sequence)s::bigint, tenant, %(event_type)s::text, %(event_status)s::text,\n"
+        "    %(event_time)s::timestamptz, %(event_data)s::json\n"
+        "FROM written;"
+    )
+
+
+# Built from the named statements, so they cannot drift apart from them.
+WITH_EVENT = {name: _and_event(Q[name]) for name in ("update_task", "insert_task_numbered")}
+
 # A task this transaction has not read or written (BatchCache.tasks).
 _UNSEEN = (TaskStatus.QUEUED, -1)
 
@@ -282,7 +300,7 @@ class PostgresWriteTx(PostgresReadTx):
     commit after the read anyway.
     """
 
-    __slots__ = ("_ahead", "_cache", "_checks", "_next_seq", "_pipeline", "_release", "_touched", "news")
+    __slots__ = ("_ahead", "_cache", "_checks", "_held", "_next_seq", "_pipeline", "_release", "_touched", "news")
 
     _LOCKING = True
 
@@ -310,11 +328,46 @@ class PostgresWriteTx(PostgresReadTx):
         self._ahead: dict[tuple[str, str], Task] = {}
         # (cursor, error) of each UPDATE that must change one row, checked in `settle`.
         self._checks: list[tuple[psycopg.Cursor[dict[str, Any]], str]] = []
+        # A task write not sent yet: (statement name, params, error if no row is written). The
+        # event that follows it goes in the same statement (WITH_EVENT); anything else sends it
+        # first. Each change of a task is a write and an event: three statements less a task.
+        self._held: tuple[str, dict[str, Any], str | None] | None = None
 
     def _execute(self, name: str, params: dict[str, Any]) -> psycopg.Cursor[dict[str, Any]]:
+        if self._held is not None:
+            self._send_held()
         if name not in _LOCK_FREE:
             self._touched = True
         return super()._execute(name, params)
+
+    def _hold(self, name: str, params: dict[str, Any], error: str | None) -> None:
+        """Sends a task write, or, in a pipeline, keeps it for the event that may follow."""
+        if self._pipeline is None:
+            if error is None:
+                self._execute(name, params)
+            else:
+                self._one_row(name, params, error)
+            return
+        if self._conn is None:
+            raise RuntimeError("a store transaction view was used after its function returned")
+        if self._held is not None:
+            self._send_held()
+        self._touched = True
+        self._held = (name, params, error)
+
+    def _send_held(self) -> None:
+        if self._held is not None:
+            name, params, error = self._held
+            self._send(Q[name], params, error)
+
+    def _send(self, query: str, params: dict[str, Any], error: str | None) -> None:
+        """Sends the held write, as `query` (its own statement, or the one of WITH_EVENT)."""
+        self._held = None
+        if self._conn is None:
+            raise RuntimeError("a store transaction view was used after its function returned")
+        cursor = self._conn.execute(query, params)
+        if error is not None:
+            self._checks.append((cursor, error))
 
     def prefetch_tasks(self, tenant: str, task_ids: list[str]) -> None:
         """One round trip for a batch of reports instead of one per report: each report then
@@ -378,6 +431,7 @@ class PostgresWriteTx(PostgresReadTx):
         error, or LookupError for an UPDATE that found no row)."""
         if self._pipeline is None:
             return
+        self._send_held()
         self._pipeline.sync()
         checks, self._checks = self._checks, []
         for cursor, error in checks:
@@ -435,7 +489,7 @@ class PostgresWriteTx(PostgresReadTx):
     def insert_task(self, task: Task) -> Task:
         if self._next_seq is not None:
             seq = self._next_seq()
-            self._execute("insert_task_numbered", {**_ROWS.task_params(task), "seq": seq})
+            self._hold("insert_task_numbered", {**_ROWS.task_params(task), "seq": seq}, None)
             self._wrote_task(task, inserted=True)
             self.news.task(task)
             return dataclasses.replace(task, seq=seq)
@@ -449,7 +503,7 @@ class PostgresWriteTx(PostgresReadTx):
     def update_task(self, task: Task) -> None:
         self._ahead.pop((task.tenant, task.task_id), None)  # read it again: as written now
         error = f"no task {task.task_id!r} in tenant {task.tenant!r} to update"
-        self._one_row("update_task", _ROWS.task_params(task), error)
+        self._hold("update_task", _ROWS.task_params(task), error)
         self._wrote_task(task, inserted=False)
         self.news.task(task)
 
@@ -458,7 +512,13 @@ class PostgresWriteTx(PostgresReadTx):
         return self._count("renew_leases", {"worker_id": worker_id, "until": aware(until), "task_ids": task_ids})
 
     def append_event(self, event: TaskEvent) -> None:
-        self._execute("append_event", _ROWS.event_params(event))
+        params = _ROWS.event_params(event)
+        held = self._held
+        if held is not None and held[1]["task_id"] == event.task_id and held[1]["tenant"] == event.tenant:
+            both = {**held[1], **{f"event_{key}": value for key, value in params.items()}}
+            self._send(WITH_EVENT[held[0]], both, held[2])
+        else:
+            self._execute("append_event", params)
         self.news.event(event)
 
     def put_idempotency(self, record: IdempotencyRecord) -> None:
