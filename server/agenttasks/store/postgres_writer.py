@@ -24,6 +24,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import select
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -204,17 +205,21 @@ class PostgresWriter:
         """On the writer thread: runs `fns` in one transaction; one outcome each, in order."""
         for retry in (True, False):
             with self._pool.connection() as conn:
-                try:
-                    conn.execute("BEGIN")
-                except psycopg.OperationalError:
-                    # A connection that broke while idle (a server restart) is only found out
-                    # now; nothing ran yet, so the batch may go to a fresh one, once.
-                    if retry:
-                        continue
-                    raise
+                quiet = _quiet(conn)
+                if not quiet:
+                    try:
+                        conn.execute("BEGIN")
+                    except psycopg.OperationalError:
+                        # A connection that broke while idle (a server restart) is only found
+                        # out now; nothing ran yet, so the batch may go to a fresh one, once.
+                        if retry:
+                            continue
+                        raise
                 outcomes: list[_Outcome | None] | None = None
                 try:
                     with conn.pipeline() as pipeline:
+                        if quiet:
+                            conn.execute("BEGIN")  # goes with the first statement that waits
                         outcomes = self._run_in_transaction(conn, pipeline, fns)
                 except psycopg.Error:
                     # Leaving the pipeline syncs once more: on a connection that broke after
@@ -336,6 +341,20 @@ def _run_one(
         return exc, None
     finally:
         tx.detach()
+
+
+def _quiet(conn: Connection) -> bool:
+    """Whether PostgreSQL has sent nothing to this idle connection since its last batch. Then
+    the batch's BEGIN need not be a round trip of its own: a server that restarts, or ends the
+    connection, says so on it first (an error, then the close), which makes it readable, and
+    such a connection still gets a BEGIN alone, that finds out before anything runs."""
+    if conn.closed or conn.broken:
+        return False
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.OperationalError):
+        return False
+    return not readable
 
 
 def _stopped(cause: BaseException | None) -> RuntimeError:
