@@ -445,6 +445,13 @@ async def test_queued_counts_inside_writes_follow_the_writes_before_them(
         tx.insert_task(make_task("rolled-back", priority=10))
         raise Boom
 
+    def agent_then_queue(tx: WriteTx) -> list[int]:
+        # Reading the agent may ask for its counts too (PostgreSQL): a write before they are
+        # read must still count.
+        assert tx.get_agent("tenant-a", "agent-1") is not None
+        tx.insert_task(make_task("after-agent", priority=1))
+        return counts(tx)
+
     def claim_next(tx: WriteTx) -> list[int]:
         before = counts(tx)
         first = tx.next_queued("tenant-a", "agent-1", 1)[0]
@@ -454,20 +461,21 @@ async def test_queued_counts_inside_writes_follow_the_writes_before_them(
         return before + counts(tx)
 
     results = await asyncio.gather(
-        *(store.write(fn) for fn in (submit, claim_read, cancel_unread, failing, claim_next)),
+        *(store.write(fn) for fn in (submit, claim_read, cancel_unread, failing, agent_then_queue, claim_next)),
         return_exceptions=True,
     )
     assert results[0] == [0, 1, 2, 3, 0, 1, 3, 4]
     assert results[1] == [0, 0, 2, 3]
     assert results[2] == [0, 0, 1, 2]
     assert isinstance(results[3], Boom)
+    assert results[4] == [0, 0, 1, 3]
     # new-mid was next (priority 5) and is claimed; high comes back at priority 1.
-    assert results[4] == [0, 0, 1, 2, 0, 0, 0, 2]
+    assert results[5] == [0, 0, 1, 3, 0, 0, 0, 3]
 
     def stored(tx: ReadTx) -> list[int]:
         return [tx.queued_at_or_above("tenant-a", "agent-1", p) for p in (10, 9, 5, 1)]
 
-    assert await store.read(stored) == [0, 0, 0, 2]
+    assert await store.read(stored) == [0, 0, 0, 3]
 
 
 async def test_recent_run_seconds_is_the_mean_of_the_latest_completions(

@@ -102,6 +102,7 @@ class PostgresWriter:
         self._writes = 0
         self._batches = 0
         self._commits = 0
+        self._inserting = False  # whether the last batch inserted tasks (the writer thread's)
         # Told of every committed batch (metrics), on the loop; None costs nothing.
         self.observe: WriteObserver | None = None
 
@@ -249,9 +250,18 @@ class PostgresWriter:
         seqs: collections.deque[int] = collections.deque()  # taken for this batch's task inserts
         taken = 0
         index = 0
+        # When the last batch inserted tasks, this one likely does too: its seqs are asked for
+        # with its BEGIN, and come back with the first answer the batch waits for anyway.
+        ahead: psycopg.Cursor[dict[str, Any]] | None = None
+        if self._inserting:
+            taken = min(len(fns), 1024)
+            ahead = conn.execute(Q["take_task_seqs"], {"count": taken})
 
         def next_seq() -> int:
-            nonlocal taken
+            nonlocal taken, ahead
+            if not seqs and ahead is not None:
+                seqs.extend(int(row["seq"]) for row in ahead.fetchall())
+                ahead = None
             if not seqs:
                 # Enough for every function left to insert one task; a batch that used them all
                 # (BatchSubmit inserts many in one function) gets twice as many each time.
@@ -308,6 +318,7 @@ class PostgresWriter:
                 if single:
                     return [(error, None)]
             outcomes.append((error, value))
+        self._inserting = ahead is None and taken > len(seqs)  # some were used
         try:
             commit()
         except psycopg.Error as exc:
