@@ -63,6 +63,7 @@ WORKLOADS: dict[str, tuple[Workload, str]] = {
     "pgqueuer": (pgqueuer_peer, "peer: pgqueuer on the same PostgreSQL (--db), same N tasks"),
     "latency": (latency, "dispatch and cancel latency at each of --rates tasks/s"),
     "isolation": (isolation, "a quiet tenant's unary p99, alone and while another tenant floods (default limits)"),
+    "isolation_pg": (on_postgres(isolation), "the same isolation workload on PostgreSQL (--db)"),
     "latency_pg": (on_postgres(latency), "dispatch and cancel latency on PostgreSQL (--db)"),
     "latency_pg_replicas": (
         on_postgres(latency, replicas=True),
@@ -75,7 +76,15 @@ WORKLOADS: dict[str, tuple[Workload, str]] = {
     "stream_many": (stream_many, "many tasks stream paced chunks, one watcher each: gRPC, then SSE via Envoy"),
 }
 RESULTS = Path(__file__).resolve().parent / "results"
-NEEDS_POSTGRES = {"e2e_pg", "e2e_pg_replicas", "pgqueuer", "latency_pg", "latency_pg_replicas", "fanout_pg"}
+NEEDS_POSTGRES = {
+    "e2e_pg",
+    "e2e_pg_replicas",
+    "pgqueuer",
+    "latency_pg",
+    "latency_pg_replicas",
+    "fanout_pg",
+    "isolation_pg",
+}
 NEEDS_REPLICAS = {"e2e_pg_replicas", "latency_pg_replicas"}
 
 

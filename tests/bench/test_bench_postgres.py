@@ -18,12 +18,14 @@ from tests.support import POSTGRES_SERVER
 
 ROOT = Path(__file__).resolve().parents[2]
 URL = f"{POSTGRES_SERVER}/test"
-ONLY = "e2e_pg,e2e_pg_replicas,pgqueuer,latency_pg_replicas"
+ONLY = "e2e_pg,e2e_pg_replicas,pgqueuer,latency_pg_replicas,isolation_pg"
 HEADLINE = {
     "e2e_pg": "rate",
     "e2e_pg_r2": "rate",
     "pgqueuer": "rate",
     "latency_500_pg_r2": "dispatched",
+    "isolation_unloaded_pg": "p99_ms",
+    "isolation_pg": "p99_ms",
 }
 
 
@@ -34,7 +36,7 @@ def _bench_databases() -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_quick_bench_on_postgres_with_two_replicas(tmp_path: Path) -> None:
     try:
         before = set(_bench_databases())
@@ -44,7 +46,7 @@ def test_quick_bench_on_postgres_with_two_replicas(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "bench", "--quick", "--db", URL, "--replicas", "2", "--only", ONLY]
     run = subprocess.Popen([*command, "--json", str(out)], cwd=ROOT, stdout=PIPE, stderr=PIPE, text=True)
     try:
-        stdout, stderr = run.communicate(timeout=110)
+        stdout, stderr = run.communicate(timeout=170)
     finally:
         run.kill()
     done = subprocess.CompletedProcess(run.args, run.returncode, stdout, stderr)
