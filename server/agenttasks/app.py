@@ -230,7 +230,7 @@ class Service:
         )
         rate_limit = TokenBuckets(s.rate_limit_per_second, s.rate_limit_burst) if s.rate_limit_per_second else None
         slots = (
-            CallSlots(s.max_running_calls_per_tenant, s.max_waiting_calls_per_tenant)
+            CallSlots(s.max_running_calls_per_tenant, s.max_waiting_calls_per_tenant, s.max_time_share_per_tenant)
             if s.max_running_calls_per_tenant
             else None
         )

@@ -117,6 +117,13 @@ class Settings(BaseSettings):
     max_waiting_calls_per_tenant: int = Field(
         1000, ge=0, description="Calls that may wait for a running slot, per tenant; more get TOO_MANY_CALLS."
     )
+    max_time_share_per_tenant: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="While more than one tenant is calling, the share of one server's time a tenant with calls "
+        "waiting may keep its running slots busy: after each call, its next waits out the rest (1: no pause).",
+    )
     max_watches_per_credential: int = Field(
         1000, ge=0, description="Open WatchTask streams one credential may hold on one server (0: no cap)."
     )

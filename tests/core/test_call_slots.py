@@ -133,3 +133,56 @@ async def test_tenants_that_stopped_calling_are_forgotten() -> None:
     async with slots.slot("last", "client"):
         pass
     assert list(slots._seen) == ["last"] and not slots._lines
+
+
+async def test_a_line_with_calls_waiting_pauses_between_them_to_keep_its_share() -> None:
+    """Share 0.25: a call that held the slot 0.1 s makes the next one of its line start 0.3 s
+    later (the line busy a quarter of the time); the other tenant is not held up meanwhile."""
+    clock = Clock()
+    slots = CallSlots(per_tenant=1, waiting=10, share=0.25, clock=clock)
+    async with slots.slot("b", "client"):
+        pass  # another tenant calling: the caps apply
+    loop = asyncio.get_running_loop()
+    entered: list[str] = []
+    leave, second_in = asyncio.Event(), asyncio.Event()
+
+    async def second() -> float:
+        async with slots.slot("a", "client"):
+            entered.append("a1")
+            second_in.set()
+            return loop.time()
+
+    a0 = asyncio.create_task(hold(slots, "a", "client", entered, "a0", leave))
+    a1 = asyncio.create_task(second())
+    async with started(a0, a1):
+        clock.now += 0.1  # a0 holds the slot 0.1 s
+        released = loop.time()
+        leave.set()
+        await a0
+        await asyncio.sleep(0.05)
+        assert entered == ["a0"]  # a1 waits out the pause
+        async with asyncio.timeout(1), slots.slot("b", "client"):
+            entered.append("b")  # while the other tenant runs at once
+        async with asyncio.timeout(5):
+            await second_in.wait()
+        assert await a1 - released >= 0.3 - 0.01  # the pause, at least (less only by clock resolution)
+        assert entered == ["a0", "b", "a1"] and slots.paused == pytest.approx(0.3)
+
+
+async def test_a_line_with_no_call_waiting_never_pauses() -> None:
+    """One call at a time (nothing waiting when it ends): the next starts at once, whatever the share."""
+    clock = Clock()
+    slots = CallSlots(per_tenant=1, waiting=10, share=0.25, clock=clock)
+    async with slots.slot("b", "client"):
+        pass
+    for _ in range(3):
+        async with slots.slot("a", "client"):
+            clock.now += 0.1
+        assert slots.running("a", "client") == 0
+    assert slots.paused == 0
+
+
+async def test_a_share_outside_zero_to_one_is_refused() -> None:
+    for share in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="share"):
+            CallSlots(per_tenant=1, waiting=1, share=share)

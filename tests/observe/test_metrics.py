@@ -235,8 +235,8 @@ async def test_the_endpoint_answers_only_get_metrics(service: Service) -> None:
 
 async def test_calls_held_back_for_other_tenants_are_counted(db_path: Path | str) -> None:
     """One running call per tenant, one waiting: a held slot (standing for a call of the tenant
-    still running) makes the next call wait and the one after it refused; the gauge and both
-    counters say so."""
+    still running) makes the next call wait and the one after it refused; the gauge and the
+    counters say so, with the pause the line took before its waiting call (its time share)."""
     settings = make_settings(
         db_path, metrics_port=free_port(), max_running_calls_per_tenant=1, max_waiting_calls_per_tenant=1
     )
@@ -259,6 +259,8 @@ async def test_calls_held_back_for_other_tenants_are_counted(db_path: Path | str
             assert value(after, "agenttasks_calls_waiting") == 0
             assert value(after, "agenttasks_calls_waited_total") == 1
             assert value(after, "agenttasks_calls_refused_total") == 1
+            # The waiting call started after the line's pause (it had a call waiting when the slot came free).
+            assert value(after, "agenttasks_calls_paused_seconds_total") > 0
         finally:
             await api.channel.close()
             await other.channel.close()

@@ -23,6 +23,17 @@ with 2, 2.3x with 4 and 4.9x with 8. Each running call of the flood is work the 
 call waits behind in the event loop and the writer's batch. The price: while another tenant
 calls, a tenant's calls run one at a time on a server (the flood made ~850 Submits/s instead of
 ~1,500); alone, it is not capped.
+
+One running call is not yet enough: run back to back, a flood's single calls still kept the
+server's one core busy (0.96 cores on an Intel host of this kind, 660-740 Submits/s), and the
+quiet tenant's calls waited behind them, 1.6x-2.1x its unloaded p99. So a line that has calls
+waiting also pauses between them: after a call that held its slot for t seconds, the next one
+starts t * (1 - share) / share later, so the line keeps its slot busy at most `share` of the
+time and the server keeps the rest for the others. A line with nothing waiting never pauses, so
+a tenant making one call at a time is not slowed. The default share is a quarter, measured
+(docs/reliability.md, four alternating pairs): server CPU under the flood 0.97 -> 0.38 cores, the
+quiet tenant's p99 against alone 1.66x-1.69x -> 1.28x-1.45x; the flood made 230-237 Submits/s
+instead of 680-719. Shares of 0.33 and 0.5 left 1.35x-1.65x and 1.42x-1.54x.
 """
 
 from __future__ import annotations
@@ -50,17 +61,21 @@ class _Line:
 
 
 class CallSlots:
-    def __init__(self, per_tenant: int, waiting: int, *, clock: Callable[[], float] = time.monotonic) -> None:
-        if per_tenant < 1 or waiting < 0:
-            raise ValueError("per_tenant must be at least 1 and waiting at least 0")
+    def __init__(
+        self, per_tenant: int, waiting: int, share: float = 1.0, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if per_tenant < 1 or waiting < 0 or not 0 < share <= 1:
+            raise ValueError("per_tenant must be at least 1, waiting at least 0, and share in (0, 1]")
         self.per_tenant = per_tenant
         self.max_waiting = waiting
+        self.share = share
         self._clock = clock
         self._lines: dict[tuple[str, str], _Line] = {}
         self._seen: dict[str, float] = {}  # tenant -> when it last called; pruned once a second
         self._pruned = clock()
         self.waited = 0  # calls that had to wait for a slot, since start (a metric)
         self.refused = 0  # calls refused because their line was full
+        self.paused = 0.0  # seconds lines with calls waiting paused between them, since start (a metric)
 
     def waiting(self) -> int:
         """Calls waiting for a slot now, over every line."""
@@ -111,14 +126,23 @@ class CallSlots:
                         line.waiting.remove(turn)
                     self._forget_if_idle(key, line)
                 raise
+        began = self._clock()
         try:
             yield
         finally:
-            self._release(key, line)
+            self._release(key, line, self._clock() - began)
 
-    def _release(self, key: tuple[str, str], line: _Line) -> None:
+    def _release(self, key: tuple[str, str], line: _Line, held: float = 0.0) -> None:
+        """Hand the slot to the line's next waiting call (after the line's pause, when it has
+        held it for `held` seconds while others call), or give it up."""
         # Over the cap (it ran alone until another tenant came): the slot is not handed on.
         if line.running <= self.per_tenant or not self.contended():
+            if line.waiting and held > 0 and self.share < 1 and self.contended():
+                pause = held * (1 - self.share) / self.share
+                self.paused += pause
+                # The slot stays the line's meanwhile, so no call of it starts in the pause.
+                asyncio.get_running_loop().call_later(pause, self._release, key, line)
+                return
             while line.waiting:
                 turn = line.waiting.popleft()
                 if not turn.done():

@@ -126,6 +126,12 @@ class ServiceCollector(Collector):
                 "Unary calls refused with TOO_MANY_CALLS: their tenant's line of waiting calls was full.",
                 slots.refused,
             )
+            yield CounterMetricFamily(
+                "agenttasks_calls_paused_seconds",
+                "Seconds tenants with calls waiting paused between them, to keep their share of the server "
+                "(AGENTTASKS_MAX_TIME_SHARE_PER_TENANT) while another tenant was calling.",
+                slots.paused,
+            )
 
     def _tasks(self) -> Iterator[Metric]:
         m = self._metrics
