@@ -14,8 +14,9 @@ from agenttasks.core import lifecycle
 from agenttasks.core.dispatch import Assign, TaskRef, complete_change
 from agenttasks.core.ids import new_id
 from agenttasks.core.model import Principal, Role, Task, TaskStatus, utcnow
-from agenttasks.core.ports import WriteTx
+from agenttasks.core.ports import Rerunnable, WriteTx
 from agenttasks.core.tasks import SubmitInput
+from agenttasks.store.postgres_store import PostgresStore
 from agenttasks.v1 import task_service_pb2 as tpb
 from agenttasks.v1 import worker_service_pb2 as wpb
 from tests.dispatch.raw_worker import RawWorker, ref
@@ -197,5 +198,37 @@ async def test_a_start_is_not_undone_by_the_earlier_news_of_its_task(service: Se
         assert session.held == {q: 1}
         stored = await service.store.read(lambda tx: tx.get_task("default", q))
         assert stored is not None and (stored.status, stored.worker_id) == (TaskStatus.RUNNING, session.worker_id)
+    finally:
+        await dispatcher.disconnect(session)
+
+
+async def test_a_submit_run_again_after_a_rollback_starts_its_task_once(service: Service, agent_id: str) -> None:
+    """A Submit's write is Rerunnable: on PostgreSQL, when a write beside it in its batch fails,
+    the run is rolled back and run again, settled. The worker place the Submit's first run took
+    is given back (Claim.rewind): the worker is sent the task once and keeps its other place.
+    (On SQLite the write runs once; the same holds.)"""
+    dispatcher, tasks = service.dispatcher, service.tasks
+    owner = Principal(tenant="default", role=Role.CLIENT, subject="test")
+    session = await dispatcher.connect(Principal(tenant="default", role=Role.WORKER, subject="w"), agent_id, 2)
+    now = utcnow()
+    ghost = Task(tenant="default", task_id=new_id(), agent_id=agent_id, message="never", created_at=now, updated_at=now)
+    before = service.store.stats()
+    try:
+        async with commit_thread_held(service.store):  # both writes in one batch
+            failing = asyncio.ensure_future(service.store.write(Rerunnable(lambda tx: tx.update_task(ghost))))
+            await turns(5)
+            submitted = asyncio.ensure_future(tasks.submit(owner, agent_id, SubmitInput("once")))
+            await turns(5)
+        with pytest.raises(LookupError):
+            await failing
+        task_id = (await submitted).task_id
+        await turns(5)
+        pushed = [session.outbox.get_nowait() for _ in range(session.outbox.qsize())]
+        assert [(type(p).__name__, p.task.task_id if isinstance(p, Assign) else p) for p in pushed] == [
+            ("Assign", task_id)
+        ]
+        assert session.held == {task_id: 1} and session.free == 1
+        if isinstance(service.store, PostgresStore):
+            assert service.store.stats().reruns > before.reruns  # it did run twice
     finally:
         await dispatcher.disconnect(session)

@@ -23,13 +23,14 @@ import pytest_asyncio
 
 from agenttasks.core.errors import AgentNotFound, TaskNotFound
 from agenttasks.core.model import Agent, AgentStatus, EventType, Task, TaskEvent, TaskStatus
-from agenttasks.core.ports import ReadTx, WriteTx
+from agenttasks.core.ports import ReadTx, Rerunnable, TaskNews, WriteTx
 from agenttasks.store import StoreUnavailable, open_store, postgres_url, shown_url, sqlite_path
 from agenttasks.store.migrations import Migration, load_migrations
 from agenttasks.store.postgres_migrations import MIGRATION_LOCK_KEY, applied_migrations, has_schema, migrate
 from agenttasks.store.postgres_store import PostgresStore, redact
 from agenttasks.store.postgres_tx import WITH_EVENT
 from agenttasks.store.sql import load_queries
+from tests.store.test_sqlite_specific import commit_thread_held
 from tests.support import PostgresDatabases
 
 MakeAgent = Callable[..., Agent]
@@ -443,6 +444,285 @@ async def test_a_pipelined_statement_that_fails_fails_its_own_function_only(
     names = ["kept-1", "kept-2", "undone", "also-undone", "undone-too"]
     found = await pg_store.read(lambda tx: [tx.get_meta(name) for name in names])
     assert found == ["1", "1", None, None, None]
+
+
+class Runs:
+    """Counts the runs of each named Rerunnable write function."""
+
+    def __init__(self) -> None:
+        self.count: dict[str, int] = {}
+
+    def __call__(self, name: str, body: Callable[[WriteTx], Any]) -> Rerunnable[Any]:
+        def fn(tx: WriteTx) -> Any:
+            self.count[name] = self.count.get(name, 0) + 1
+            return body(tx)
+
+        return Rerunnable(fn)
+
+
+@pytest.mark.asyncio
+async def test_rerunnable_functions_are_settled_together_and_each_run_once(pg_store: PostgresStore) -> None:
+    """A batch of Rerunnable functions (Submits) waits for its answers once, not after each;
+    when nothing fails, each runs once, in order, seeing the writes before it."""
+    runs = Runs()
+    before = pg_store.stats()
+
+    def step(n: int) -> Callable[[WriteTx], str | None]:
+        def body(tx: WriteTx) -> str | None:
+            seen = tx.get_meta("last")
+            tx.set_meta("last", str(n))
+            return seen
+
+        return body
+
+    results = await asyncio.gather(*(pg_store.write(runs(f"f{n}", step(n))) for n in range(20)))
+    assert results == [None, *[str(n) for n in range(19)]]
+    assert runs.count == {f"f{n}": 1 for n in range(20)}
+    assert await pg_store.read(lambda tx: tx.get_meta("last")) == "19"
+    # Writes that read nothing, queued while the writer is held so that they make one batch:
+    # no wait per function; plain functions are waited for one by one (and so is the holder).
+    start = pg_store.stats()
+    async with commit_thread_held(pg_store):
+        queued = asyncio.gather(
+            *(pg_store.write(runs(f"b{n}", lambda tx, n=n: tx.set_meta(f"b{n}", "1"))) for n in range(20))
+        )
+    blind = await queued
+    middle = pg_store.stats()
+    async with commit_thread_held(pg_store):
+        queued = asyncio.gather(*(pg_store.write(lambda tx, n=n: tx.set_meta(f"p{n}", "1")) for n in range(20)))
+    await queued
+    after = pg_store.stats()
+    assert blind == [None] * 20 and after.reruns == before.reruns
+    assert middle.settled - start.settled == 1  # the holder's
+    assert after.settled - middle.settled == 21
+    assert await pg_store.read(lambda tx: {tx.get_meta(f"{k}{n}") for k in "bp" for n in range(20)}) == {"1"}
+
+
+@pytest.mark.asyncio
+async def test_a_failure_among_rerunnable_functions_fails_its_own_only(
+    pg_store: PostgresStore, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    """Sent without waiting, a Rerunnable's failing statement is found only when the run is
+    settled: the run is rolled back and run again one function at a time, so each function
+    keeps its own outcome, exactly as settled functions do, and the others are committed once."""
+    agent = make_agent()
+    await pg_store.write(lambda tx: tx.insert_agent(agent))
+    ghost = make_task("never-inserted")
+    runs = Runs()
+    before = pg_store.stats()
+
+    def writes_then_updates_a_missing_task(tx: WriteTx) -> None:
+        tx.set_meta("undone", "1")
+        tx.update_task(ghost)  # no such row: found out only when the run settles
+        tx.set_meta("also-undone", "1")
+
+    def duplicate_key(tx: WriteTx) -> None:
+        tx.set_meta("undone-too", "1")
+        tx.insert_agent(agent)
+
+    def count(name: str) -> Callable[[WriteTx], None]:
+        def body(tx: WriteTx) -> None:
+            tx.set_meta(name, str(int(tx.get_meta(name) or "0") + 1))
+
+        return body
+
+    async def batch(*fns: Callable[[WriteTx], Any]) -> list[Any]:
+        async with commit_thread_held(pg_store):  # queued together: one batch
+            queued = asyncio.gather(*(pg_store.write(fn) for fn in fns), return_exceptions=True)
+        return await queued
+
+    def blind(name: str) -> Callable[[WriteTx], None]:
+        return lambda tx: tx.set_meta(name, "1")
+
+    # Found when the run settles: a failed check, and a failed statement, each alone in its run.
+    results = await batch(runs("blind-1", blind("blind-1")), runs("missing", writes_then_updates_a_missing_task))
+    assert results[0] is None and isinstance(results[1], LookupError), results
+    results = await batch(runs("duplicate", duplicate_key), runs("blind-2", blind("blind-2")))
+    assert isinstance(results[0], psycopg.errors.UniqueViolation) and results[1] is None, results
+    # Found by a later function's read, which waits for the statements before it.
+    results = await batch(
+        runs("kept-1", count("kept-1")),
+        runs("missing-2", writes_then_updates_a_missing_task),
+        runs("duplicate-2", duplicate_key),
+        runs("kept-2", count("kept-2")),
+    )
+    assert results[0] is None and results[3] is None
+    assert isinstance(results[1], LookupError)
+    assert isinstance(results[2], psycopg.errors.UniqueViolation)
+    names = ["blind-1", "blind-2", "kept-1", "kept-2", "undone", "also-undone", "undone-too"]
+    found = await pg_store.read(lambda tx: [tx.get_meta(name) for name in names])
+    assert found == ["1", "1", "1", "1", None, None, None]  # first runs of kept-1 and kept-2 left nothing
+    # Each ran again, settled. A function after a failed statement may have found the failure
+    # before its own first run began (psycopg reads answers that have come as it sends).
+    assert all(runs.count[name] == 2 for name in ("blind-1", "missing", "duplicate", "kept-1", "missing-2")), runs
+    assert all(runs.count[name] in (1, 2) for name in ("blind-2", "duplicate-2", "kept-2")), runs
+    assert pg_store.stats().reruns - before.reruns == 8
+
+
+class Heard:
+    """The news another store hears (Neighbours)."""
+
+    def __init__(self) -> None:
+        self.tasks: list[str] = []
+        self.changed = asyncio.Event()
+
+    def tasks_changed(self, news: list[TaskNews]) -> None:
+        self.tasks += [item.task_id for item in news]
+        self.changed.set()
+
+    def keys_revoked(self, key_ids: list[str]) -> None:
+        pass
+
+    def may_have_missed(self) -> None:
+        pass
+
+
+@pytest.mark.asyncio
+async def test_what_a_run_of_rerunnable_functions_wrote_is_announced_to_other_servers_once(
+    pg_store: PostgresStore, url: str, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    """Their news joins the batch's NOTIFY only once the run is settled: all of it when it
+    succeeded, and, after a rerun, only that of the functions that succeeded."""
+    await pg_store.write(lambda tx: tx.insert_agent(make_agent()))
+    other, heard, stopping = await PostgresStore.open(url), Heard(), asyncio.Event()
+    follower = asyncio.ensure_future(other.follow_others(heard, stopping))
+    runs = Runs()
+
+    def insert(name: str) -> Callable[[WriteTx], None]:
+        def body(tx: WriteTx) -> None:
+            task = tx.insert_task(make_task(name))
+            tx.append_event(
+                TaskEvent(task.tenant, task.task_id, 1, EventType.STATUS, TaskStatus.QUEUED, task.updated_at, {})
+            )
+
+        return body
+
+    def fails(tx: WriteTx) -> None:
+        insert("undone")(tx)
+        tx.update_task(make_task("never-inserted"))
+
+    try:
+        await asyncio.sleep(0.5)  # listening
+        async with commit_thread_held(pg_store):
+            queued = asyncio.gather(
+                *(pg_store.write(runs(name, insert(name))) for name in ("n1", "n2", "n3")), return_exceptions=True
+            )
+        assert await queued == [None, None, None]
+        async with commit_thread_held(pg_store):
+            queued = asyncio.gather(
+                pg_store.write(runs("n4", insert("n4"))),
+                pg_store.write(runs("fails", fails)),
+                pg_store.write(runs("n5", insert("n5"))),
+                return_exceptions=True,
+            )
+        results = await queued
+        assert results[0] is None and isinstance(results[1], LookupError) and results[2] is None
+        async with asyncio.timeout(10):
+            while len(heard.tasks) < 5:
+                heard.changed.clear()
+                await heard.changed.wait()
+        await asyncio.sleep(0.3)  # anything more would have come by now
+    finally:
+        stopping.set()
+        await follower
+        await other.close()
+    assert sorted(heard.tasks) == ["n1", "n2", "n3", "n4", "n5"]
+
+
+@pytest.mark.asyncio
+async def test_a_rerunnable_that_raises_undoes_its_own_writes_without_a_rerun(pg_store: PostgresStore) -> None:
+    """An exception of the function's own (a domain error) is known at once: its statements
+    are rolled back to its savepoint and the run goes on, nothing run twice."""
+    runs = Runs()
+    before = pg_store.stats()
+
+    def raises(tx: WriteTx) -> None:
+        tx.set_meta("undone", "1")
+        raise ValueError("no")
+
+    results = await asyncio.gather(
+        pg_store.write(runs("first", raises)),  # the run's first: its savepoint is the run's
+        pg_store.write(runs("kept", lambda tx: tx.set_meta("kept", "1"))),
+        pg_store.write(runs("middle", raises)),
+        pg_store.write(runs("last", lambda tx: tx.set_meta("last", tx.get_meta("kept") or "?"))),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], ValueError) and isinstance(results[2], ValueError)
+    assert results[1] is None and results[3] is None
+    assert await pg_store.read(lambda tx: [tx.get_meta(k) for k in ("undone", "kept", "last")]) == [None, "1", "1"]
+    assert runs.count == {"first": 1, "kept": 1, "middle": 1, "last": 1}
+    assert pg_store.stats().reruns == before.reruns
+
+
+@pytest.mark.asyncio
+async def test_rerunnable_and_settled_functions_interleave_in_order(pg_store: PostgresStore) -> None:
+    """A settled function after a run of Rerunnable ones settles the run first, and sees it."""
+    runs = Runs()
+
+    def append(mark: str) -> Callable[[WriteTx], str]:
+        def body(tx: WriteTx) -> str:
+            value = (tx.get_meta("trail") or "") + mark
+            tx.set_meta("trail", value)
+            return value
+
+        return body
+
+    results = await asyncio.gather(
+        pg_store.write(runs("a", append("a"))),
+        pg_store.write(runs("b", append("b"))),
+        pg_store.write(append("C")),  # settled
+        pg_store.write(runs("d", append("d"))),
+        pg_store.write(append("E")),
+    )
+    assert results == ["a", "ab", "abC", "abCd", "abCdE"]
+    assert runs.count == {"a": 1, "b": 1, "d": 1}
+
+
+@pytest.mark.asyncio
+async def test_a_rerunnable_that_must_wait_for_a_lock_settles_its_run_first(
+    pg_store: PostgresStore, url: str, make_agent: MakeAgent, make_task: MakeTask
+) -> None:
+    """A function about to wait for a row another transaction locked first commits the ones
+    before it (`release`). In a run of Rerunnable functions they are not settled yet: the run
+    is run again, settled, and then the function commits them and waits as any other."""
+    (task,) = await _queue(pg_store, make_agent, make_task, 1)
+    other = await PostgresStore.open(url)
+    locked, go = threading.Event(), threading.Event()
+    runs = Runs()
+    before = pg_store.stats()
+
+    def hold(tx: WriteTx) -> None:
+        tx.get_task(task.tenant, task.task_id)  # locks the row until this write commits
+        locked.set()
+        assert go.wait(10)
+
+    def touch(tx: WriteTx) -> str:
+        found = tx.get_task(task.tenant, task.task_id)
+        assert found is not None
+        tx.update_task(dataclasses.replace(found, status_reason="touched"))
+        return found.task_id
+
+    try:
+        holder = asyncio.ensure_future(other.write(hold))
+        assert await asyncio.to_thread(locked.wait, 10)
+        batch = asyncio.gather(
+            pg_store.write(runs("before", lambda tx: tx.set_meta("before", "1"))),
+            pg_store.write(runs("touch", touch)),
+        )
+        await asyncio.sleep(0.2)  # the batch is waiting for the lock by now
+        seen_meanwhile = await pg_store.read(lambda tx: tx.get_meta("before"))
+        go.set()
+        results = await asyncio.wait_for(batch, 30)
+        await holder
+    finally:
+        go.set()
+        await other.close()
+    assert results == [None, task.task_id]
+    assert seen_meanwhile == "1"  # committed before the wait, as release does
+    assert runs.count == {"before": 2, "touch": 2}
+    assert pg_store.stats().reruns > before.reruns
+    stored = await pg_store.read(lambda tx: tx.get_task(task.tenant, task.task_id))
+    assert stored is not None and stored.status_reason == "touched"
 
 
 @pytest.mark.asyncio

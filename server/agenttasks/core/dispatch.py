@@ -195,6 +195,13 @@ class Claim:
         self.dispatcher._settle(self.started, committed=True)
         return value
 
+    def rewind(self) -> None:
+        """Give back the places of what the write function started, as it runs again after its
+        first run was rolled back (ports.Rerunnable); nothing to do on a first run."""
+        for _, _, session, _ in self.started:
+            session.reserve(-1)
+        self.started.clear()
+
 
 class _Queued:
     """An agent's next queued tasks, read once for the reports of one write that end tasks:

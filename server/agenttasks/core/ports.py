@@ -20,7 +20,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from agenttasks.core.codec import task_to_json
 from agenttasks.core.ids import new_id
@@ -226,6 +226,24 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class Rerunnable(Generic[T]):
+    """A write function that may be run a second time, in the same transaction, after the
+    statements of its first run were rolled back: whatever it does outside its WriteTx is
+    undone or harmless when it runs again. A store may then send its statements without
+    waiting for their answers before the next function runs, and, when any of a run of such
+    functions failed, roll them all back and run them again one at a time, each settled
+    before the next (on PostgreSQL the wait at the end of each function was the writer's
+    bound: postgres_writer). Callers see one run: the value (or error) of the last."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[WriteTx], T]) -> None:
+        self.fn = fn
+
+    def __call__(self, tx: WriteTx) -> T:
+        return self.fn(tx)
 
 
 # Told of each committed batch of writes: when the batch began and was committed, and when each

@@ -45,7 +45,7 @@ from agenttasks.core.model import (
     utcnow,
 )
 from agenttasks.core.paging import PageTokens
-from agenttasks.core.ports import ReadTx, Store, WriteTx, save, to_the_end, with_output
+from agenttasks.core.ports import ReadTx, Rerunnable, Store, WriteTx, save, to_the_end, with_output
 from agenttasks.core.watch import EventHub, WatchItem, follow
 from agenttasks.observe import tracing
 
@@ -387,11 +387,16 @@ class TaskCore:
         claim = self.dispatcher.claim() if self.dispatcher is not None else None
 
         def op(tx: WriteTx) -> tuple[SubmitResult, list[Changed]]:
+            # Run again after a rollback (Rerunnable): the worker place its first run took is
+            # given back first. The tenant's queued count (_take_queue_place) may then count
+            # the task twice until its next recount; it is an estimate between recounts anyway.
+            if claim is not None:
+                claim.rewind()
             return self._create(tx, tenant, agent_id, new, self._agent_once(tx, tenant, agent_id), claim, now)
 
         # A span per Submit, from queueing its write to the durable commit of the group it went in.
         with tracing.span("agenttasks.store.write", {"agenttasks.task_id": new.task_id}):
-            result: SubmitResult = await self._commit(op, claim)
+            result: SubmitResult = await self._commit(Rerunnable(op), claim)
         return result
 
     async def submit_batch(

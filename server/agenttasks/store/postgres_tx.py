@@ -439,6 +439,14 @@ class PostgresWriteTx(PostgresReadTx):
         row = self._one("get_task_locked", params)
         return None if row is None else self._task(row)
 
+    def defer(self) -> list[tuple[psycopg.Cursor[dict[str, Any]], str]]:
+        """Sends what `settle` would wait for, without waiting: returns the checks it would
+        make (each UPDATE that must have found its row, with its error), for the writer to
+        make once the answers are in (a run of ports.Rerunnable functions)."""
+        self._send_held()
+        checks, self._checks = self._checks, []
+        return checks
+
     def settle(self) -> None:
         """Waits for every statement sent so far; raises the first failure (a statement's
         error, or LookupError for an UPDATE that found no row)."""

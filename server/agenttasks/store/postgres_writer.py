@@ -16,6 +16,13 @@ savepoint and only its caller sees the exception; the rest of the batch still co
 `max_batch` defaults to 64: each savepoint that writes gets a subtransaction id, and a
 transaction with more than 64 of them overflows PostgreSQL's per-backend cache, which makes
 every other session's visibility checks slower until it ends.
+
+The writer waits for PostgreSQL's answers at the end of each function, so that its outcome is
+known before the next runs. For a run of functions marked `ports.Rerunnable` (a Submit's) it
+does not: their statements go on without a wait, and the run is settled once. If any of it
+failed, the run is rolled back to its savepoint and run again one function at a time, settled,
+so each function still gets its own outcome. Measured (docs/benchmarks.md): the waits were
+most of the writer's time, and end to end went from ~900 to ~1,100 tasks/s on one replica.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from agenttasks.core.ports import WriteObserver, WriteTx
+from agenttasks.core.ports import Rerunnable, WriteObserver, WriteTx
 from agenttasks.store.postgres_news import Announcements
 from agenttasks.store.postgres_tx import BatchCache, Connection, PostgresWriteTx, Q
 
@@ -52,6 +59,8 @@ class WriterStats:
     writes: int
     batches: int
     commits: int
+    reruns: int = 0  # Rerunnable functions run again, settled one by one, after a failure among them
+    settled: int = 0  # functions the writer waited for one by one (not in a run of Rerunnable ones)
 
 
 @dataclass(slots=True)
@@ -102,12 +111,20 @@ class PostgresWriter:
         self._writes = 0
         self._batches = 0
         self._commits = 0
+        self._reruns = 0
+        self._one_by_one = 0
         self._inserting = False  # whether the last batch inserted tasks (the writer thread's)
         # Told of every committed batch (metrics), on the loop; None costs nothing.
         self.observe: WriteObserver | None = None
 
     def stats(self) -> WriterStats:
-        return WriterStats(writes=self._writes, batches=self._batches, commits=self._commits)
+        return WriterStats(
+            writes=self._writes,
+            batches=self._batches,
+            commits=self._commits,
+            reruns=self._reruns,
+            settled=self._one_by_one,
+        )
 
     def submit(self, fn: Callable[[WriteTx], T]) -> asyncio.Future[T]:
         """Queues fn; the future resolves after the batch holding it has committed.
@@ -292,8 +309,16 @@ class PostgresWriter:
             conn.execute("BEGIN")
             conn.execute("SAVEPOINT write_fn")
 
-        for index, fn in enumerate(fns):
-            self._writes += 1
+        # A run of Rerunnable functions (ports.Rerunnable): their statements go without a wait
+        # at the end of each (the wait was most of the writer's time, one answer per Submit),
+        # from a savepoint of the run's own. The run is settled once, before any other function,
+        # COMMIT, or `release`; if any of it failed, it is rolled back and run again one
+        # function at a time, settled as any other, so each keeps its own outcome.
+        window: list[_Deferred] = []
+
+        def settled(at: int, fn: Callable[[WriteTx], Any]) -> list[_Outcome | None] | None:
+            """Runs fns[at] and waits for it; what the batch returns at once, if it must."""
+            self._one_by_one += 1
             if not single:
                 conn.execute("SAVEPOINT write_fn")
             error, value = _run_one(conn, pipeline, fn, news, cache, None if single else release, next_seq)
@@ -305,19 +330,109 @@ class PostgresWriter:
                     conn.execute("ROLLBACK" if single else "ROLLBACK TO SAVEPOINT write_fn")
                     pipeline.sync()
                 except psycopg.Error as gone:
-                    # The transaction went with the connection: earlier successes since the
-                    # last commit are gone too.
-                    lost = TransactionLost(f"the batch's transaction was lost after {error!r}; this write was lost")
-                    lost.__cause__ = gone
-                    return [
-                        *outcomes[:committed],
-                        *[(lost if o[0] is None else o[0], None) for o in outcomes[committed:] if o],
-                        (error, None),
-                        *[None] * (len(fns) - index - 1),
-                    ]
+                    return lost(at, error, gone)
                 if single:
                     return [(error, None)]
             outcomes.append((error, value))
+            return None
+
+        def lost(at: int, error: BaseException, gone: psycopg.Error) -> list[_Outcome | None]:
+            # The transaction went with the connection: earlier successes since the last
+            # commit are gone too.
+            dead = TransactionLost(f"the batch's transaction was lost after {error!r}; this write was lost")
+            dead.__cause__ = gone
+            return [
+                *outcomes[:committed],
+                *[(dead if o[0] is None else o[0], None) for o in outcomes[committed:at] if o],
+                (error, None),
+                *[None] * (len(fns) - at - 1),
+            ]
+
+        def window_release() -> None:
+            raise _Rerun  # settle the run first: it is run again, this function settled too
+
+        def deferred(at: int, fn: Callable[[WriteTx], Any]) -> list[_Outcome | None] | None:
+            """Runs fns[at], a Rerunnable, in the current run without waiting for it."""
+            savepoint = "write_fn" if window else "write_window"
+            tx = PostgresWriteTx(conn, pipeline, cache, window_release, next_seq)
+            try:
+                conn.execute(f"SAVEPOINT {savepoint}")
+                try:
+                    value = fn(tx)
+                    checks = tx.defer()
+                except Exception as exc:
+                    if isinstance(exc, psycopg.Error):
+                        raise
+                    # Its own error, as a settled function's: its statements are rolled back.
+                    cache.clear()
+                    conn.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
+                    outcomes.append((_error(exc), None))
+                    window.append(_Deferred(at, fn, None, []))
+                    return None
+            except (psycopg.Error, _Rerun):
+                # A failure of a statement sent before it, or of its own: which, only a settled
+                # run can tell.
+                return again((at, fn))
+            finally:
+                tx.detach()
+            outcomes.append((None, value))
+            window.append(_Deferred(at, fn, tx.news, checks))
+            return None
+
+        def close_window() -> list[_Outcome | None] | None:
+            """Waits for the run's answers; runs it again, settled, if any of it failed."""
+            if not window:
+                return None
+            try:
+                pipeline.sync()
+                failed = any(cursor.rowcount != 1 for run in window for cursor, _ in run.checks)
+            except psycopg.Error:
+                failed = True
+            if failed:
+                return again(None)
+            for run in window:
+                if run.news is not None:
+                    news.merge(run.news)
+            window.clear()
+            return None
+
+        def again(current: tuple[int, Callable[[WriteTx], Any]] | None) -> list[_Outcome | None] | None:
+            """Rolls the run back and runs its functions (and `current`) again, settled."""
+            redo = [(run.at, run.fn) for run in window] + ([current] if current is not None else [])
+            window.clear()
+            cache.clear()
+            first = redo[0][0]
+            del outcomes[first:]
+            try:
+                with contextlib.suppress(psycopg.Error):
+                    pipeline.sync()  # leaves the aborted state a failure may have left
+                conn.execute("ROLLBACK TO SAVEPOINT write_window")
+                pipeline.sync()
+            except psycopg.Error as gone:
+                dead = TransactionLost("the batch's transaction was lost; this write was lost")
+                dead.__cause__ = gone
+                return [
+                    *outcomes[:committed],
+                    *[(dead if o[0] is None else o[0], None) for o in outcomes[committed:first] if o],
+                    *[(dead, None)] * len(redo),
+                    *[None] * (len(fns) - first - len(redo)),
+                ]
+            for at, fn in redo:
+                self._reruns += 1
+                if (early := settled(at, fn)) is not None:
+                    return early
+            return None
+
+        for index, fn in enumerate(fns):
+            self._writes += 1
+            if not single and isinstance(fn, Rerunnable):
+                early = deferred(index, fn)
+            else:
+                early = close_window() or settled(index, fn)
+            if early is not None:
+                return early
+        if (early := close_window()) is not None:
+            return early
         self._inserting = ahead is None and taken > len(seqs)  # some were used
         try:
             commit()
@@ -325,6 +440,31 @@ class PostgresWriter:
             # A function that failed on its own keeps its own error: that is still the truth.
             return [*outcomes[:committed], *[(exc if o[0] is None else o[0], None) for o in outcomes[committed:] if o]]
         return outcomes
+
+
+class _Rerun(BaseException):  # a signal that no `except Exception` in a write function stops
+    """Raised into a Rerunnable function that would commit the functions before it (`release`)
+    while their run is not settled: the run is settled by running it again."""
+
+
+@dataclass(slots=True)
+class _Deferred:
+    """A Rerunnable function run without waiting: its news (None if it failed on its own) and
+    the checks of its UPDATEs, made when the run is settled."""
+
+    at: int
+    fn: Callable[[WriteTx], Any]
+    news: Announcements | None
+    checks: list[tuple[psycopg.Cursor[dict[str, Any]], str]]
+
+
+def _error(exc: Exception) -> BaseException:
+    """What a write function's caller is told of an exception it raised."""
+    if isinstance(exc, StopIteration):  # a future cannot carry it (asyncio wraps it too)
+        wrapped = RuntimeError("a write function raised StopIteration")
+        wrapped.__cause__ = exc
+        return wrapped
+    return exc
 
 
 def _run_one(
@@ -345,11 +485,7 @@ def _run_one(
         news.merge(tx.news)
         return None, value
     except Exception as exc:
-        if isinstance(exc, StopIteration):  # a future cannot carry it (asyncio wraps it too)
-            wrapped = RuntimeError("a write function raised StopIteration")
-            wrapped.__cause__ = exc
-            return wrapped, None
-        return exc, None
+        return _error(exc), None
     finally:
         tx.detach()
 
