@@ -17,6 +17,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_SCHEDULE = (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 43200, 43200, 43200, 43200, 43200)
 
 
+# Settings that `agenttasks gateway` or the client commands read, and `serve` does not (its
+# --help lists all the others).
+NOT_READ_BY_SERVE = frozenset({"upstream", "grpc_front_host", "grpc_front_port", "server", "api_key"})
+
+
 class Settings(BaseSettings):
     """Server and client configuration. See the README's configuration table."""
 

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from agenttasks.cli.main import build_parser
+from agenttasks.settings import NOT_READ_BY_SERVE, Settings
 
 from .support import ok, run_cli, usage_error
 
@@ -102,3 +103,17 @@ def test_an_unknown_command_is_a_usage_error() -> None:
 
 def test_version() -> None:
     assert ok(run_cli("--version")).startswith("agenttasks ")
+
+
+def test_serve_help_lists_every_setting_it_reads_with_its_default() -> None:
+    out = ok(run_cli("serve", "--help"))
+    listed = {line.split()[0]: line for line in out.splitlines() if line.startswith("  AGENTTASKS_")}
+    for name in Settings.model_fields:
+        variable = f"AGENTTASKS_{name.upper()}"
+        if name in NOT_READ_BY_SERVE:
+            assert variable not in listed, f"'serve --help' lists {variable}, which serve does not read"
+            continue
+        line = listed.get(variable)
+        assert line is not None, f"'serve --help' does not list {variable}"
+        assert "(default " in line, line
+    assert "AGENTTASKS_MAX_TIME_SHARE_PER_TENANT (default 0.25)" in out

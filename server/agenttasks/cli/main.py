@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ from agenttasks.cli import commands, gateway_cmd, store_cmds, webhook_cmds, work
 from agenttasks.cli.client import Client, CliError
 from agenttasks.core.model import Role, TaskStatus
 from agenttasks.observe import logs
-from agenttasks.settings import Settings
+from agenttasks.settings import NOT_READ_BY_SERVE, Settings
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -153,6 +154,20 @@ def _add(
     return p
 
 
+def settings_help() -> str:
+    """Every setting `serve` reads, with its environment variable and default: made from
+    Settings itself, so a setting added there is listed here too (the README has the table)."""
+    lines = ["settings: each one can also be set in the environment (an option above wins):", ""]
+    for name, field in Settings.model_fields.items():
+        if name in NOT_READ_BY_SERVE:
+            continue
+        default = field.default
+        shown = "unset" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
+        lines.append(f"  AGENTTASKS_{name.upper()} (default {shown or 'empty'})")
+        lines += textwrap.wrap(field.description or "", 76, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="agenttasks",
@@ -188,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the REST gateway's (Envoy's) own statistics at /stats/prometheus on this port (default 0: off)",
     )
     p.set_defaults(serve=True)
+    p.epilog = settings_help()
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
 
     p = _add(sub, "gateway", gateway_cmd.HELP, local=_lazy("agenttasks.cli.gateway_cmd", "run"))
     gateway_cmd.add_arguments(p)
