@@ -330,22 +330,24 @@ class PostgresWriter:
                     conn.execute("ROLLBACK" if single else "ROLLBACK TO SAVEPOINT write_fn")
                     pipeline.sync()
                 except psycopg.Error as gone:
-                    return lost(at, error, gone)
+                    return lost(at, gone, error)
                 if single:
                     return [(error, None)]
             outcomes.append((error, value))
             return None
 
-        def lost(at: int, error: BaseException, gone: psycopg.Error) -> list[_Outcome | None]:
-            # The transaction went with the connection: earlier successes since the last
-            # commit are gone too.
-            dead = TransactionLost(f"the batch's transaction was lost after {error!r}; this write was lost")
+        def lost(at: int, gone: psycopg.Error, *errors: BaseException | None) -> list[_Outcome | None]:
+            """The batch's outcomes once its transaction went with the connection: the ones
+            since the last commit are lost, fns[at:] get `errors` (None: lost too), the rest
+            did not run."""
+            after = next((f" after {error!r}" for error in errors if error is not None), "")
+            dead = TransactionLost(f"the batch's transaction was lost{after}; this write was lost")
             dead.__cause__ = gone
             return [
                 *outcomes[:committed],
                 *[(dead if o[0] is None else o[0], None) for o in outcomes[committed:at] if o],
-                (error, None),
-                *[None] * (len(fns) - at - 1),
+                *[(dead if error is None else error, None) for error in errors],
+                *[None] * (len(fns) - at - len(errors)),
             ]
 
         def window_release() -> None:
@@ -409,14 +411,7 @@ class PostgresWriter:
                 conn.execute("ROLLBACK TO SAVEPOINT write_window")
                 pipeline.sync()
             except psycopg.Error as gone:
-                dead = TransactionLost("the batch's transaction was lost; this write was lost")
-                dead.__cause__ = gone
-                return [
-                    *outcomes[:committed],
-                    *[(dead if o[0] is None else o[0], None) for o in outcomes[committed:first] if o],
-                    *[(dead, None)] * len(redo),
-                    *[None] * (len(fns) - first - len(redo)),
-                ]
+                return lost(first, gone, *[None] * len(redo))
             for at, fn in redo:
                 self._reruns += 1
                 if (early := settled(at, fn)) is not None:
